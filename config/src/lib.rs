@@ -1,0 +1,17 @@
+//! The layered configuration of an edge node: the base file compiled into the binary,
+//! an environment file, an optional `--config` file and `EDGECACHE__SECTION__KEY`
+//! environment variables, deserialised into a typed [`Settings`] and validated.
+
+mod load;
+mod schema;
+mod secret;
+mod settings;
+mod validate;
+
+pub use load::{load, ConfigError, Sources, BASE};
+pub use schema::{Collection, Field, FieldType, Freshness};
+pub use settings::{
+    ApiSettings, CacheSettings, FlagSettings, NodeSettings, OriginSettings, ServerSettings,
+    SessionSettings, Settings, TokenKey,
+};
+pub use validate::InvalidSetting;

@@ -1,0 +1,148 @@
+//! The typed configuration of an edge node. Every field is documented where it is
+//! declared; `edgecache check-config` prints the effective values.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edgecache_flags::{Rollout, Strategy};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::Collection;
+use crate::secret::redacted;
+
+/// Everything an edge node is configured with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub node: NodeSettings,
+    pub origin: OriginSettings,
+    pub cache: CacheSettings,
+    pub session: SessionSettings,
+    pub api: ApiSettings,
+    pub flags: FlagSettings,
+    /// The data model: collection name → its fields and their freshness classes.
+    pub collections: BTreeMap<String, Collection>,
+    /// Documents written into a fresh store (one with no commit yet), per collection.
+    #[serde(default)]
+    pub seed: BTreeMap<String, BTreeMap<String, serde_json::Map<String, serde_json::Value>>>,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Largest request body accepted, in bytes; a larger one is answered 413.
+    pub max_body_bytes: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+/// Who this node is, for flags (Unleash context) and, later, the cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// This node's id, unique in the deployment.
+    pub id: String,
+    /// The region this node serves.
+    pub region: String,
+}
+
+/// The origin: where data lives durably.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OriginSettings {
+    /// SQLite in WAL mode in one file, shareable by several node processes on a host.
+    Embedded {
+        /// The database file; created with its tables (and the seed) when absent.
+        path: PathBuf,
+        /// Connections used for reads (writes use one connection of their own).
+        read_connections: usize,
+        /// How long a statement waits for SQLite's lock before the origin counts as
+        /// unavailable (503).
+        #[serde(with = "humantime_serde")]
+        busy_timeout: Duration,
+    },
+}
+
+/// The shared, byte-weighted document cache of the node.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Capacity in bytes of cached documents (their JSON size plus overhead).
+    pub capacity_bytes: u64,
+    /// Expected number of cached items (sizes the cache's tables).
+    pub estimated_items: usize,
+    /// TTL of the plain edge cache: how long an entry is served to a session with the
+    /// strict-fields strategy off, for its strict fields.
+    #[serde(with = "humantime_serde")]
+    pub plain_ttl: Duration,
+    /// How long a read waits on another request's fetch of the same key (coalescing)
+    /// before it reads the origin itself.
+    #[serde(with = "humantime_serde")]
+    pub fill_deadline: Duration,
+}
+
+/// Sessions: tokens, live actors and their bounds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    /// A session actor with no request for this long is passivated (its state lives
+    /// on in the token the client holds).
+    #[serde(with = "humantime_serde")]
+    pub idle_lease: Duration,
+    /// Most live session actors on this node; the least recently used is evicted.
+    pub max_live: usize,
+    /// Most written values a session keeps to answer its own reads.
+    pub max_pending_writes: usize,
+    /// Most per-item watermarks a token carries before it compacts to a position
+    /// floor (more conservative: an extra origin read, never a stale one).
+    pub max_token_items: usize,
+    /// How long a write waits for the session's earlier writes (its mailbox).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// The key id tokens are signed with; must name one of `keys`.
+    pub active_key: String,
+    /// Token signing keys. Tokens signed with any listed key are accepted, so a key
+    /// can be rotated by adding the new one, making it active, then removing the old.
+    pub keys: Vec<TokenKey>,
+}
+
+/// One HMAC-SHA256 token key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKey {
+    /// Short id carried in every token (1 to 16 characters: letters, digits, `-`, `_`).
+    pub id: String,
+    /// The secret, at least 32 bytes.
+    #[serde(serialize_with = "redacted")]
+    pub secret: SecretString,
+}
+
+/// Limits of the REST API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Longest item id, in bytes. Ids are 1..=max characters of `[A-Za-z0-9_.:-]`.
+    pub max_id_bytes: usize,
+    /// Most ids in one `batch-get`.
+    pub max_batch: usize,
+}
+
+/// Strategy flags.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagSettings {
+    /// Rollout of each strategy when no flag server says otherwise: `on`, `off` or a
+    /// percentage of sessions (`"50%"`), sticky per session id. Unnamed ones are on.
+    #[serde(default)]
+    pub defaults: BTreeMap<Strategy, Rollout>,
+}

@@ -1,0 +1,133 @@
+use std::collections::BTreeMap;
+
+use crate::{FlagContext, Rollout, Strategy};
+
+/// The arm of one strategy for one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arm {
+    /// Whether the strategy is on for the session.
+    pub enabled: bool,
+    /// The variant name, when the flag source has one (an Unleash variant); else the
+    /// arm is named by `enabled`.
+    pub variant: Option<&'static str>,
+}
+
+impl Arm {
+    pub const ON: Arm = Arm {
+        enabled: true,
+        variant: None,
+    };
+    pub const OFF: Arm = Arm {
+        enabled: false,
+        variant: None,
+    };
+
+    /// The label of this arm in logs and metrics: the variant, else `on`/`off`.
+    pub fn label(self) -> &'static str {
+        match (self.variant, self.enabled) {
+            (Some(v), _) => v,
+            (None, true) => "on",
+            (None, false) => "off",
+        }
+    }
+}
+
+/// Evaluates strategies for a request. Implementations must be cheap and must not
+/// block: they run on the request path of every read.
+pub trait FlagSource: Send + Sync + 'static {
+    /// The arm of `strategy` for the session in `ctx`.
+    fn arm(&self, strategy: Strategy, ctx: &FlagContext<'_>) -> Arm;
+
+    /// Every strategy evaluated once for this request.
+    fn strategies(&self, ctx: &FlagContext<'_>) -> Strategies {
+        let mut arms = [Arm::OFF; Strategy::ALL.len()];
+        for s in Strategy::ALL {
+            arms[s.index()] = self.arm(s, ctx);
+        }
+        Strategies { arms }
+    }
+}
+
+/// The arms of every strategy for one request, evaluated once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strategies {
+    arms: [Arm; Strategy::ALL.len()],
+}
+
+impl Strategies {
+    /// Every strategy on (what a session gets when nothing is configured).
+    pub const ALL_ON: Strategies = Strategies {
+        arms: [Arm::ON; Strategy::ALL.len()],
+    };
+
+    pub fn arm(&self, strategy: Strategy) -> Arm {
+        self.arms[strategy.index()]
+    }
+
+    pub fn is_on(&self, strategy: Strategy) -> bool {
+        self.arms[strategy.index()].enabled
+    }
+
+    /// A copy with one strategy set to `arm`.
+    pub fn with(mut self, strategy: Strategy, arm: Arm) -> Self {
+        self.arms[strategy.index()] = arm;
+        self
+    }
+}
+
+/// Rollouts from configuration: `flags.defaults` maps a strategy to `on`, `off` or a
+/// percentage. A strategy not named is on.
+#[derive(Debug, Clone)]
+pub struct ConfigFlags {
+    rollouts: [Rollout; Strategy::ALL.len()],
+}
+
+impl ConfigFlags {
+    pub fn new(defaults: &BTreeMap<Strategy, Rollout>) -> Self {
+        let mut rollouts = [Rollout::On; Strategy::ALL.len()];
+        for (strategy, rollout) in defaults {
+            rollouts[strategy.index()] = *rollout;
+        }
+        Self { rollouts }
+    }
+
+    pub fn rollout(&self, strategy: Strategy) -> Rollout {
+        self.rollouts[strategy.index()]
+    }
+}
+
+impl FlagSource for ConfigFlags {
+    fn arm(&self, strategy: Strategy, ctx: &FlagContext<'_>) -> Arm {
+        let enabled = self.rollouts[strategy.index()].is_enabled(strategy.flag_name(), ctx.session_id);
+        if enabled {
+            Arm::ON
+        } else {
+            Arm::OFF
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(session_id: &str) -> FlagContext<'_> {
+        FlagContext {
+            session_id,
+            user_id: session_id,
+            node: "n1",
+            region: "r1",
+        }
+    }
+
+    #[test]
+    fn unnamed_strategies_default_to_on() {
+        let mut defaults = BTreeMap::new();
+        defaults.insert(Strategy::ReadYourWrites, Rollout::Off);
+        let flags = ConfigFlags::new(&defaults);
+        let arms = flags.strategies(&ctx("abc"));
+        assert!(!arms.is_on(Strategy::ReadYourWrites));
+        assert!(arms.is_on(Strategy::MonotonicReads));
+        assert_eq!(arms.arm(Strategy::ReadYourWrites).label(), "off");
+    }
+}

@@ -1,0 +1,1 @@
+//! The embedded origin (SQLite in WAL mode). Being written.

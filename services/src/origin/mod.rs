@@ -1,0 +1,87 @@
+//! The origin: where data lives durably, behind one trait so the embedded store and
+//! PostgreSQL (a primary with streaming replicas) plug in alike.
+//!
+//! Reads say which tier they may use and the least position they need; every read
+//! returns the position it reflects. Writes are acknowledged only once committed, and
+//! return the new version of the item and a position at or after the commit.
+
+mod embedded;
+mod error;
+mod write_op;
+
+use std::sync::Arc;
+
+use edgecache_actors::{Doc, ItemKey, Position};
+use futures_util::future::BoxFuture;
+
+pub use embedded::EmbeddedOrigin;
+pub use error::{OriginError, WriteError};
+pub use write_op::{Committed, WriteOp, WriteOpKind};
+
+/// Which tier of the origin a read may be served by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierPolicy {
+    /// The primary only: the newest committed state (strict fields, fallbacks).
+    Primary,
+    /// Any tier whose replayed position is at least the request's `min_position`; a
+    /// backend with one tier reads its primary.
+    AtLeast,
+}
+
+/// The tier that served an origin read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginTier {
+    Primary,
+    Replica,
+}
+
+impl OriginTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginTier::Primary => "primary",
+            OriginTier::Replica => "replica",
+        }
+    }
+}
+
+/// A read of one or more items.
+#[derive(Debug, Clone)]
+pub struct ReadRequest {
+    pub policy: TierPolicy,
+    /// The read must reflect at least this position.
+    pub min_position: Position,
+}
+
+/// What an origin read returns for one item: the item (absent items come back with
+/// `fields: None` and their last version) and the tier that served it.
+#[derive(Debug, Clone)]
+pub struct OriginRead {
+    pub doc: Doc,
+    pub tier: OriginTier,
+}
+
+/// A durable origin. Implementations are cheap to clone behind an `Arc` and never
+/// block the calling thread: blocking work runs on a blocking pool.
+pub trait Origin: Send + Sync + 'static {
+    /// Reads one item.
+    fn read(&self, key: ItemKey, request: ReadRequest) -> BoxFuture<'static, Result<OriginRead, OriginError>>;
+
+    /// Reads several items in one round trip; the result is in the order of `keys`.
+    fn read_many(
+        &self,
+        keys: Vec<ItemKey>,
+        request: ReadRequest,
+    ) -> BoxFuture<'static, Result<Vec<OriginRead>, OriginError>>;
+
+    /// Applies one write atomically and returns once it is committed.
+    fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Committed, WriteError>>;
+
+    /// Whether the origin answers at all (`/readyz`).
+    fn ping(&self) -> BoxFuture<'static, Result<Position, OriginError>>;
+
+    /// A short name for logs and `/readyz` (`embedded`, `postgres`).
+    fn kind(&self) -> &'static str;
+}
+
+/// A shared origin.
+pub type SharedOrigin = Arc<dyn Origin>;
