@@ -2,5 +2,13 @@
 //! them between nodes. No HTTP here.
 
 mod model;
+mod registry;
+mod session;
+mod token;
+mod watermarks;
 
 pub use model::{item_hash, Doc, Fields, ItemKey, KeyRef, Position, Version};
+pub use token::{TokenError, TokenKeys, MAX_TOKEN_LEN};
+pub use watermarks::{Mark, Need, Watermarks};
+pub use registry::{SessionHandle, SessionRegistry, SessionStart};
+pub use session::{Passivate, PendingWrite, Session, SessionActor, SessionLimits, SessionState, Write, WriteFuture};

@@ -1,0 +1,214 @@
+//! The node's table of live sessions: bounded, least-recently-used sessions evicted,
+//! idle ones passivated; a session that is not live is rebuilt from its token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use quick_cache::sync::{Cache, GuardResult};
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
+
+use crate::session::{Session, SessionActor, SessionLimits};
+use crate::Watermarks;
+
+/// A live session: its shared state and its actor.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub session: Arc<Session>,
+    pub addr: Addr<SessionActor>,
+}
+
+/// How a request found its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStart {
+    /// The session was live on this node.
+    Live,
+    /// The session was not live here; it was rebuilt from the token.
+    Rebuilt,
+    /// A session with nothing to rebuild from (no token): a new one.
+    New,
+}
+
+impl SessionStart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStart::Live => "live",
+            SessionStart::Rebuilt => "rebuilt",
+            SessionStart::New => "new",
+        }
+    }
+}
+
+/// Marks an evicted session retired, so its actor stops at its next tick.
+#[derive(Clone, Copy, Default)]
+struct RetireOnEvict;
+
+impl Lifecycle<Arc<str>, SessionHandle> for RetireOnEvict {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _: &mut Self::RequestState, _: Arc<str>, handle: SessionHandle) {
+        handle.session.retire();
+    }
+}
+
+type Table = Cache<Arc<str>, SessionHandle, UnitWeighter, DefaultHashBuilder, RetireOnEvict>;
+
+/// The live sessions of this node. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionRegistry {
+    table: Arc<Table>,
+    limits: SessionLimits,
+    lease: Duration,
+}
+
+impl SessionRegistry {
+    /// A table of at most `max_live` sessions, each passivated after `lease` idle.
+    pub fn new(max_live: usize, lease: Duration, limits: SessionLimits) -> Self {
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(max_live)
+            .weight_capacity(max_live as u64)
+            .build()
+            .expect("valid session table options");
+        let table = Cache::with_options(options, UnitWeighter, DefaultHashBuilder::default(), RetireOnEvict);
+        Self {
+            table: Arc::new(table),
+            limits,
+            lease,
+        }
+    }
+
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// The live session `id`, if any.
+    pub fn get(&self, id: &str) -> Option<SessionHandle> {
+        self.table.get(id).filter(|h| !h.session.is_retired())
+    }
+
+    /// The session `id`: the live one, else one rebuilt from `token` (the watermarks
+    /// of a verified token), else a new one. Must run inside an actix system (the
+    /// session's actor starts on the current arbiter).
+    pub fn open(&self, id: &str, token: Option<&Watermarks>) -> (SessionHandle, SessionStart) {
+        if let Some(handle) = self.get(id) {
+            return (handle, SessionStart::Live);
+        }
+        // One request creates the session; a concurrent one waits for it briefly.
+        let key: Arc<str> = id.into();
+        let guard = match self.table.get_value_or_guard(&key, Some(Duration::from_millis(50))) {
+            GuardResult::Value(handle) if !handle.session.is_retired() => return (handle, SessionStart::Live),
+            GuardResult::Guard(guard) => Some(guard),
+            GuardResult::Value(_) | GuardResult::Timeout => None,
+        };
+        let start = if token.is_some() {
+            SessionStart::Rebuilt
+        } else {
+            SessionStart::New
+        };
+        let mut watermarks = token.cloned().unwrap_or_default();
+        watermarks.compact(self.limits.max_items);
+        let handle = self.start(Arc::new(Session::new(key.clone(), watermarks, self.limits)));
+        match guard {
+            Some(guard) => {
+                let _ = guard.insert(handle.clone());
+            }
+            None => self.table.insert(key, handle.clone()),
+        }
+        (handle, start)
+    }
+
+    /// Starts a new actor for a session whose actor stopped while a request still
+    /// held it (evicted or passivated mid-request), and makes it live again.
+    pub fn revive(&self, session: Arc<Session>) -> SessionHandle {
+        let fresh = Arc::new(Session::new(
+            session.id().into(),
+            session.state().watermarks().clone(),
+            self.limits,
+        ));
+        let handle = self.start(fresh);
+        self.table.insert(handle.session.id().into(), handle.clone());
+        handle
+    }
+
+    fn start(&self, session: Arc<Session>) -> SessionHandle {
+        session.touch();
+        let table = Arc::downgrade(&self.table);
+        let on_stop = Box::new(move |stopped: &Arc<Session>| {
+            if let Some(table) = table.upgrade() {
+                table.remove_if(stopped.id(), |h: &SessionHandle| Arc::ptr_eq(&h.session, stopped));
+            }
+        });
+        let addr = SessionActor::new(session.clone(), self.lease, on_stop).start();
+        SessionHandle { session, addr }
+    }
+
+    /// Stops every live session (node shutdown). Their state lives on in the tokens.
+    pub fn passivate_all(&self) {
+        for (_, handle) in self.table.iter() {
+            handle.session.retire();
+        }
+        self.table.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Position, Version};
+
+    fn registry(max_live: usize, lease: Duration) -> SessionRegistry {
+        SessionRegistry::new(
+            max_live,
+            lease,
+            SessionLimits {
+                max_items: 8,
+                max_pending: 4,
+            },
+        )
+    }
+
+    #[actix_rt::test]
+    async fn a_session_is_rebuilt_from_its_token_after_passivation() {
+        let reg = registry(16, Duration::from_millis(40));
+        let (handle, start) = reg.open("s1", None);
+        assert_eq!(start, SessionStart::New);
+        handle.session.state().merge(
+            &{
+                let mut w = Watermarks::default();
+                w.record_write(7, Version(3), Position(30), 8);
+                w
+            },
+            reg.limits(),
+        );
+        let carried = handle.session.state().watermarks().clone();
+        assert_eq!(reg.open("s1", None).1, SessionStart::Live);
+
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(reg.get("s1").is_none(), "an idle session is passivated after its lease");
+        assert!(handle.session.is_retired());
+
+        let (rebuilt, start) = reg.open("s1", Some(&carried));
+        assert_eq!(start, SessionStart::Rebuilt);
+        assert_eq!(rebuilt.session.state().need(7, true, true).version, Version(3));
+    }
+
+    #[actix_rt::test]
+    async fn the_table_is_bounded() {
+        let reg = registry(32, Duration::from_secs(60));
+        let handles: Vec<_> = (0..500).map(|i| reg.open(&format!("s{i}"), None).0).collect();
+        assert!(reg.len() <= 40, "{} live sessions for a bound of 32", reg.len());
+        let retired = handles.iter().filter(|h| h.session.is_retired()).count();
+        assert!(retired >= 460, "evicted sessions are retired ({retired})");
+    }
+}

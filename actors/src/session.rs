@@ -1,0 +1,260 @@
+//! One live session: its shared state (watermarks, own pending writes) and the actor
+//! that serialises its writes and passivates it when idle.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::LocalBoxFuture;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::{Doc, ItemKey, KeyRef, Need, TokenKeys, Watermarks};
+
+/// Bounds of one session's state.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Most per-item marks kept (and carried in the token).
+    pub max_items: usize,
+    /// Most own written values kept to answer the session's reads.
+    pub max_pending: usize,
+}
+
+/// A write of this session the origin committed: the value it wrote, kept so the
+/// session's next read of the item can be answered from it while the cache or a
+/// replica may not show it yet.
+#[derive(Debug, Clone)]
+pub struct PendingWrite {
+    pub key: ItemKey,
+    pub doc: Doc,
+    /// When the write was acknowledged (the age of this value).
+    pub committed_at: Instant,
+}
+
+/// The state of one session, read by request handlers under a short per-session lock
+/// (never a global one) and changed by its actor (writes) and by reads (read marks).
+#[derive(Debug)]
+pub struct SessionState {
+    watermarks: Watermarks,
+    pending: VecDeque<PendingWrite>,
+    /// Bumped on every change of `watermarks`, so an unchanged session reuses its
+    /// last token instead of signing again.
+    generation: u64,
+    issued: Option<(u64, Arc<str>)>,
+}
+
+impl SessionState {
+    pub fn watermarks(&self) -> &Watermarks {
+        &self.watermarks
+    }
+
+    /// The need of a read of `item` under the given switches.
+    pub fn need(&self, item: u64, ryw: bool, monotonic: bool) -> Need {
+        self.watermarks.need(item, ryw, monotonic)
+    }
+
+    /// This session's own last write of `key`, if still kept.
+    pub fn pending(&self, key: KeyRef<'_>) -> Option<&PendingWrite> {
+        self.pending
+            .iter()
+            .rev()
+            .find(|p| p.key.hash() == key.hash && p.key.id() == key.id && p.key.collection() == key.collection)
+    }
+
+    /// Records that the session was served `doc` of `item`.
+    pub fn record_read(&mut self, item: u64, doc: &Doc, limits: SessionLimits) {
+        if self.watermarks.record_read(item, doc.version, doc.position, limits.max_items) {
+            self.generation += 1;
+        }
+    }
+
+    /// Takes in the watermarks of a token the client sent.
+    pub fn merge(&mut self, other: &Watermarks, limits: SessionLimits) {
+        if self.watermarks.merge(other, limits.max_items) {
+            self.generation += 1;
+        }
+    }
+
+    fn record_write(&mut self, key: ItemKey, doc: Doc, limits: SessionLimits) {
+        if self.watermarks.record_write(key.hash(), doc.version, doc.position, limits.max_items) {
+            self.generation += 1;
+        }
+        self.pending.retain(|p| p.key != key);
+        if limits.max_pending > 0 {
+            if self.pending.len() == limits.max_pending {
+                self.pending.pop_front();
+            }
+            self.pending.push_back(PendingWrite {
+                key,
+                doc,
+                committed_at: Instant::now(),
+            });
+        }
+    }
+
+    /// The token for the current watermarks: the last one issued if nothing changed
+    /// since, else a freshly signed one.
+    pub fn token(&mut self, session_id: &str, keys: &TokenKeys) -> Arc<str> {
+        match &self.issued {
+            Some((generation, token)) if *generation == self.generation => token.clone(),
+            _ => {
+                let token: Arc<str> = keys.sign(session_id, &self.watermarks).into();
+                self.issued = Some((self.generation, token.clone()));
+                token
+            }
+        }
+    }
+}
+
+/// A live session, shared between its actor and the requests that use it.
+#[derive(Debug)]
+pub struct Session {
+    id: Arc<str>,
+    state: Mutex<SessionState>,
+    limits: SessionLimits,
+    /// Milliseconds since `epoch` of the last request (for the idle lease).
+    last_seen: AtomicU64,
+    epoch: Instant,
+    /// Set when the session table dropped this session (evicted or passivated); its
+    /// actor stops at its next tick.
+    retired: AtomicBool,
+}
+
+impl Session {
+    pub fn new(id: Arc<str>, watermarks: Watermarks, limits: SessionLimits) -> Self {
+        Self {
+            id,
+            state: Mutex::new(SessionState {
+                watermarks,
+                pending: VecDeque::new(),
+                generation: 0,
+                issued: None,
+            }),
+            limits,
+            last_seen: AtomicU64::new(0),
+            epoch: Instant::now(),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
+    }
+
+    /// Locks the session's state. Hold it only for bookkeeping, never across an await.
+    pub fn state(&self) -> parking_lot::MutexGuard<'_, SessionState> {
+        self.state.lock()
+    }
+
+    /// Marks the session as used now (renews its idle lease).
+    pub fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_seen.store(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_seen.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+}
+
+/// What a write job resolves to: the item as committed, and whatever else the caller
+/// wants back (e.g. whether the item was created).
+pub type WriteFuture<T, E> = LocalBoxFuture<'static, Result<(ItemKey, Doc, T), E>>;
+
+/// Runs one write of the session in its turn: the actor starts `start` only after the
+/// session's earlier writes finished, and records the commit (watermark and pending
+/// value) before it takes the next message. That is monotonic writes on this node;
+/// across nodes they follow from the client waiting for each acknowledgement.
+pub struct Write<T, E> {
+    pub start: Box<dyn FnOnce() -> WriteFuture<T, E> + Send>,
+}
+
+impl<T: Send + 'static, E: Send + 'static> Message for Write<T, E> {
+    type Result = Result<(Doc, T), E>;
+}
+
+/// Asks the actor to stop now (node shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Passivate;
+
+/// The actor of one session. It owns what must be serialised — the session's writes —
+/// and its lifetime (the idle lease). Reads do not pass through it.
+pub struct SessionActor {
+    session: Arc<Session>,
+    lease: Duration,
+    on_stop: Option<Box<dyn FnOnce(&Arc<Session>) + Send>>,
+}
+
+impl SessionActor {
+    /// An actor for `session`; `on_stop` runs once when it stops (the session table
+    /// uses it to drop the entry if it is still this session's).
+    pub fn new(session: Arc<Session>, lease: Duration, on_stop: Box<dyn FnOnce(&Arc<Session>) + Send>) -> Self {
+        Self {
+            session,
+            lease,
+            on_stop: Some(on_stop),
+        }
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+        let tick = (self.lease / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        ctx.run_interval(tick, |actor, ctx| {
+            if actor.session.is_retired() || actor.session.idle_for() >= actor.lease {
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.session.retire();
+        if let Some(on_stop) = self.on_stop.take() {
+            on_stop(&self.session);
+        }
+        tracing::debug!(session_id = %self.session.id(), "session passivated");
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Handler<Write<T, E>> for SessionActor {
+    type Result = AtomicResponse<Self, Result<(Doc, T), E>>;
+
+    fn handle(&mut self, msg: Write<T, E>, _: &mut Self::Context) -> Self::Result {
+        self.session.touch();
+        let fut = (msg.start)();
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|result, actor, _| {
+            result.map(|(key, doc, extra)| {
+                let limits = actor.session.limits;
+                actor.session.state().record_write(key, doc.clone(), limits);
+                (doc, extra)
+            })
+        })))
+    }
+}
+
+impl Handler<Passivate> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
