@@ -1,1 +1,97 @@
-fn main() {}
+//! `edgecache`: a regional edge node with per-session consistency.
+//!
+//! ```text
+//! edgecache [serve] [--config FILE] [--listen ADDR]   run a node (the default)
+//! edgecache check-config [--config FILE]              validate and print the configuration
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edgecache_config::{Settings, Sources};
+use edgecache_services::Application;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "edgecache",
+    version,
+    about = "A regional edge cache with per-session consistency"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an edge node (the default).
+    Serve(ServeArgs),
+    /// Validate the configuration and print the effective one, secrets redacted.
+    CheckConfig {
+        /// A configuration file layered over the defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ServeArgs {
+    /// A configuration file layered over the defaults.
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// The address to listen on (overrides `server.listen`).
+    #[arg(long, value_name = "ADDR", global = true)]
+    listen: Option<SocketAddr>,
+}
+
+fn load(config: Option<PathBuf>) -> anyhow::Result<Settings> {
+    let sources = Sources {
+        file: config,
+        ..Sources::default()
+    };
+    Ok(edgecache_config::load(&sources)?)
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_env("EDGECACHE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if std::env::var("EDGECACHE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { config }) => {
+            let settings = load(config.or(cli.serve.config))?;
+            print!("{}", edgecache_config::effective_toml(&settings));
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Some(Command::Serve(args)) => serve(ServeArgs {
+            config: args.config.or(cli.serve.config),
+            listen: args.listen.or(cli.serve.listen),
+        }),
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let mut settings = load(args.config)?;
+    if let Some(listen) = args.listen {
+        settings.server.listen = listen;
+    }
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(&settings).context("starting the edge node")?;
+        app.run_until_stopped().await.context("serving")
+    })
+}

@@ -8,7 +8,9 @@ mod token;
 mod watermarks;
 
 pub use model::{item_hash, Doc, Fields, ItemKey, KeyRef, Position, Version};
+pub use registry::{SessionHandle, SessionRegistry, SessionStart};
+pub use session::{
+    Passivate, PendingWrite, Session, SessionActor, SessionLimits, SessionState, Write, WriteFuture,
+};
 pub use token::{TokenError, TokenKeys, MAX_TOKEN_LEN};
 pub use watermarks::{Mark, Need, Watermarks};
-pub use registry::{SessionHandle, SessionRegistry, SessionStart};
-pub use session::{Passivate, PendingWrite, Session, SessionActor, SessionLimits, SessionState, Write, WriteFuture};

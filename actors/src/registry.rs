@@ -71,7 +71,12 @@ impl SessionRegistry {
             .weight_capacity(max_live as u64)
             .build()
             .expect("valid session table options");
-        let table = Cache::with_options(options, UnitWeighter, DefaultHashBuilder::default(), RetireOnEvict);
+        let table = Cache::with_options(
+            options,
+            UnitWeighter,
+            DefaultHashBuilder::default(),
+            RetireOnEvict,
+        );
         Self {
             table: Arc::new(table),
             limits,
@@ -106,8 +111,13 @@ impl SessionRegistry {
         }
         // One request creates the session; a concurrent one waits for it briefly.
         let key: Arc<str> = id.into();
-        let guard = match self.table.get_value_or_guard(&key, Some(Duration::from_millis(50))) {
-            GuardResult::Value(handle) if !handle.session.is_retired() => return (handle, SessionStart::Live),
+        let guard = match self
+            .table
+            .get_value_or_guard(&key, Some(Duration::from_millis(50)))
+        {
+            GuardResult::Value(handle) if !handle.session.is_retired() => {
+                return (handle, SessionStart::Live)
+            }
             GuardResult::Guard(guard) => Some(guard),
             GuardResult::Value(_) | GuardResult::Timeout => None,
         };
@@ -195,7 +205,10 @@ mod tests {
         assert_eq!(reg.open("s1", None).1, SessionStart::Live);
 
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(reg.get("s1").is_none(), "an idle session is passivated after its lease");
+        assert!(
+            reg.get("s1").is_none(),
+            "an idle session is passivated after its lease"
+        );
         assert!(handle.session.is_retired());
 
         let (rebuilt, start) = reg.open("s1", Some(&carried));

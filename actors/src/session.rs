@@ -57,15 +57,17 @@ impl SessionState {
 
     /// This session's own last write of `key`, if still kept.
     pub fn pending(&self, key: KeyRef<'_>) -> Option<&PendingWrite> {
-        self.pending
-            .iter()
-            .rev()
-            .find(|p| p.key.hash() == key.hash && p.key.id() == key.id && p.key.collection() == key.collection)
+        self.pending.iter().rev().find(|p| {
+            p.key.hash() == key.hash && p.key.id() == key.id && p.key.collection() == key.collection
+        })
     }
 
     /// Records that the session was served `doc` of `item`.
     pub fn record_read(&mut self, item: u64, doc: &Doc, limits: SessionLimits) {
-        if self.watermarks.record_read(item, doc.version, doc.position, limits.max_items) {
+        if self
+            .watermarks
+            .record_read(item, doc.version, doc.position, limits.max_items)
+        {
             self.generation += 1;
         }
     }
@@ -78,7 +80,10 @@ impl SessionState {
     }
 
     fn record_write(&mut self, key: ItemKey, doc: Doc, limits: SessionLimits) {
-        if self.watermarks.record_write(key.hash(), doc.version, doc.position, limits.max_items) {
+        if self
+            .watermarks
+            .record_write(key.hash(), doc.version, doc.position, limits.max_items)
+        {
             self.generation += 1;
         }
         self.pending.retain(|p| p.key != key);
@@ -92,6 +97,13 @@ impl SessionState {
                 committed_at: Instant::now(),
             });
         }
+    }
+
+    /// Whether `token` is the last token this node issued for the session. It then
+    /// needs no verification and carries nothing new: watermarks only ever rise, so
+    /// the state it was signed from is contained in the current one.
+    pub fn issued_is(&self, token: &str) -> bool {
+        matches!(&self.issued, Some((_, issued)) if &**issued == token)
     }
 
     /// The token for the current watermarks: the last one issued if nothing changed
@@ -193,18 +205,21 @@ impl<T: Send + 'static, E: Send + 'static> Message for Write<T, E> {
 #[rtype(result = "()")]
 pub struct Passivate;
 
+/// Runs once when a session's actor stops.
+pub type OnStop = Box<dyn FnOnce(&Arc<Session>) + Send>;
+
 /// The actor of one session. It owns what must be serialised — the session's writes —
 /// and its lifetime (the idle lease). Reads do not pass through it.
 pub struct SessionActor {
     session: Arc<Session>,
     lease: Duration,
-    on_stop: Option<Box<dyn FnOnce(&Arc<Session>) + Send>>,
+    on_stop: Option<OnStop>,
 }
 
 impl SessionActor {
     /// An actor for `session`; `on_stop` runs once when it stops (the session table
     /// uses it to drop the entry if it is still this session's).
-    pub fn new(session: Arc<Session>, lease: Duration, on_stop: Box<dyn FnOnce(&Arc<Session>) + Send>) -> Self {
+    pub fn new(session: Arc<Session>, lease: Duration, on_stop: OnStop) -> Self {
         Self {
             session,
             lease,

@@ -128,27 +128,38 @@ impl TokenKeys {
             return Err(TokenError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(format), Some(kid), Some(payload), Some(tag), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(format), Some(kid), Some(payload), Some(tag), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(TokenError::Malformed);
         };
         if format != FORMAT {
             return Err(TokenError::Malformed);
         }
-        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| TokenError::Malformed)?;
         if tag.len() != TAG_LEN {
             return Err(TokenError::Malformed);
         }
-        let key = self.keys.iter().find(|k| k.id == kid).ok_or(TokenError::UnknownKey)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == kid)
+            .ok_or(TokenError::UnknownKey)?;
         let mut mac = key.mac.clone();
         mac.update(FORMAT.as_bytes());
         mac.update(b".");
         mac.update(kid.as_bytes());
         mac.update(b".");
         mac.update(&payload);
-        mac.verify_truncated_left(&tag).map_err(|_| TokenError::Tampered)?;
+        mac.verify_truncated_left(&tag)
+            .map_err(|_| TokenError::Tampered)?;
         let (binding, watermarks) = decode(&payload).ok_or(TokenError::Malformed)?;
         if binding != session_binding(session_id) {
             return Err(TokenError::Foreign);
@@ -196,14 +207,21 @@ fn decode(mut input: &[u8]) -> Option<([u8; 8], Watermarks)> {
             input = &input[8..];
             let version = Version(get_varint(&mut input)?);
             let position = Position(get_varint(&mut input)?);
-            list.push(Mark { item, version, position });
+            list.push(Mark {
+                item,
+                version,
+                position,
+            });
         }
     }
     if !input.is_empty() {
         return None;
     }
     let [writes, reads] = lists;
-    Some((binding, Watermarks::from_parts(writes, reads, write_floor, read_floor)))
+    Some((
+        binding,
+        Watermarks::from_parts(writes, reads, write_floor, read_floor),
+    ))
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -233,7 +251,10 @@ mod tests {
 
     fn keys() -> TokenKeys {
         TokenKeys::new(
-            [("k1", b"0123456789abcdef0123456789abcdef".as_slice()), ("k2", b"fedcba9876543210fedcba9876543210")],
+            [
+                ("k1", b"0123456789abcdef0123456789abcdef".as_slice()),
+                ("k2", b"fedcba9876543210fedcba9876543210"),
+            ],
             "k1",
         )
         .unwrap()
@@ -243,7 +264,12 @@ mod tests {
         let mut w = Watermarks::default();
         for i in 0..n {
             w.record_write(i, Version(i + 1), Position(1_000_000_000 + i), 64);
-            w.record_read(u64::MAX - i, Version(u64::MAX / 2), Position(2_000_000_000 + i), 64);
+            w.record_read(
+                u64::MAX - i,
+                Version(u64::MAX / 2),
+                Position(2_000_000_000 + i),
+                64,
+            );
         }
         w
     }
@@ -272,7 +298,14 @@ mod tests {
         let foreign_key = token.replacen("v1.k1.", "v1.k9.", 1);
         assert_eq!(keys.verify("s1", &foreign_key), Err(TokenError::UnknownKey));
 
-        for junk in ["", "v1", "v1.k1.x.y", "v2.k1.AAAA.AAAAAAAAAAAAAAAAAAAAAA", "a.b.c.d.e", "v1.k1.!!.??"] {
+        for junk in [
+            "",
+            "v1",
+            "v1.k1.x.y",
+            "v2.k1.AAAA.AAAAAAAAAAAAAAAAAAAAAA",
+            "a.b.c.d.e",
+            "v1.k1.!!.??",
+        ] {
             assert_eq!(keys.verify("s1", junk), Err(TokenError::Malformed), "{junk:?}");
         }
     }
@@ -281,7 +314,10 @@ mod tests {
     fn rotation_keeps_old_tokens_valid() {
         let old = keys().sign("s1", &marks(1));
         let rotated = TokenKeys::new(
-            [("k1", b"0123456789abcdef0123456789abcdef".as_slice()), ("k2", b"fedcba9876543210fedcba9876543210")],
+            [
+                ("k1", b"0123456789abcdef0123456789abcdef".as_slice()),
+                ("k2", b"fedcba9876543210fedcba9876543210"),
+            ],
             "k2",
         )
         .unwrap();

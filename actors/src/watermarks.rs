@@ -50,7 +50,12 @@ pub struct Watermarks {
 
 impl Watermarks {
     /// Watermarks from their parts (a decoded token), compacted to `max_items`.
-    pub fn from_parts(writes: Vec<Mark>, reads: Vec<Mark>, write_floor: Position, read_floor: Position) -> Self {
+    pub fn from_parts(
+        writes: Vec<Mark>,
+        reads: Vec<Mark>,
+        write_floor: Position,
+        read_floor: Position,
+    ) -> Self {
         Self {
             writes,
             reads,
@@ -95,8 +100,21 @@ impl Watermarks {
     }
 
     /// Records a write the origin committed. Returns whether anything changed.
-    pub fn record_write(&mut self, item: u64, version: Version, position: Position, max_items: usize) -> bool {
-        let changed = upsert(&mut self.writes, Mark { item, version, position });
+    pub fn record_write(
+        &mut self,
+        item: u64,
+        version: Version,
+        position: Position,
+        max_items: usize,
+    ) -> bool {
+        let changed = upsert(
+            &mut self.writes,
+            Mark {
+                item,
+                version,
+                position,
+            },
+        );
         if changed {
             self.compact(max_items);
         }
@@ -110,7 +128,14 @@ impl Watermarks {
             // Already implied by the floor: any source admitted later reflects it.
             return false;
         }
-        let changed = upsert(&mut self.reads, Mark { item, version, position });
+        let changed = upsert(
+            &mut self.reads,
+            Mark {
+                item,
+                version,
+                position,
+            },
+        );
         if changed {
             self.compact(max_items);
         }
@@ -264,8 +289,14 @@ mod tests {
         for i in 0..10u64 {
             let need = w.need(i, true, false);
             let stale = doc(i, 100 + i - 1);
-            assert!(!need.admits(&stale), "item {i}: an older version must never be admitted");
-            assert!(need.admits(&doc(i + 1, 110)), "the primary's answer is always admitted");
+            assert!(
+                !need.admits(&stale),
+                "item {i}: an older version must never be admitted"
+            );
+            assert!(
+                need.admits(&doc(i + 1, 110)),
+                "the primary's answer is always admitted"
+            );
         }
     }
 

@@ -6,12 +6,14 @@ mod load;
 mod schema;
 mod secret;
 mod settings;
+#[cfg(test)]
+mod tests;
 mod validate;
 
-pub use load::{load, ConfigError, Sources, BASE};
+pub use load::{effective_toml, load, ConfigError, Sources, BASE};
 pub use schema::{Collection, Field, FieldType, Freshness};
 pub use settings::{
-    ApiSettings, CacheSettings, FlagSettings, NodeSettings, OriginSettings, ServerSettings,
-    SessionSettings, Settings, TokenKey,
+    ApiSettings, CacheSettings, FlagSettings, NodeSettings, OriginSettings, ServerSettings, SessionSettings,
+    Settings, TokenKey,
 };
 pub use validate::InvalidSetting;

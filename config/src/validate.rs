@@ -1,3 +1,18 @@
+//! What deserialisation cannot check: bounds, references between keys, the seed
+//! against the data model. Every error names the dotted key it is about.
+
+use std::collections::HashSet;
+use std::fmt::Display;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::schema::{Collection, Field, FieldType, Freshness};
+use crate::settings::{
+    ApiSettings, CacheSettings, NodeSettings, OriginSettings, ServerSettings, SessionSettings,
+};
 use crate::Settings;
 
 /// A setting whose value cannot be used.
@@ -9,10 +24,399 @@ pub struct InvalidSetting {
     pub message: String,
 }
 
+type Check = Result<(), InvalidSetting>;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+/// Shortest token signing secret, in bytes (HMAC-SHA256 wants at least its output size).
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
+/// Most per-item watermarks in a token: 24 keep an encoded token under 1 KiB.
+pub(crate) const MAX_TOKEN_ITEMS: usize = 24;
+
 impl Settings {
     /// Checks what deserialisation cannot: bounds, references between keys, the seed
-    /// against the data model.
+    /// against the data model. The first problem found is returned.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
+        server(&self.server)?;
+        node(&self.node)?;
+        origin(&self.origin)?;
+        cache(&self.cache)?;
+        session(&self.session)?;
+        api(&self.api)?;
+        collections(self)?;
+        seed(self)
+    }
+}
+
+// ------------------------------------------------------------------ sections
+
+fn server(s: &ServerSettings) -> Check {
+    in_range("server.max_body_bytes", s.max_body_bytes, 64..=16 * MIB)?;
+    positive("server.shutdown_timeout", s.shutdown_timeout)
+}
+
+fn node(n: &NodeSettings) -> Check {
+    name("node.id", &n.id, &NODE_NAME)?;
+    name("node.region", &n.region, &NODE_NAME)
+}
+
+fn origin(o: &OriginSettings) -> Check {
+    match o {
+        OriginSettings::Embedded {
+            path,
+            read_connections,
+            busy_timeout,
+        } => {
+            if path.as_os_str().is_empty() {
+                return Err(invalid("origin.path", "must not be empty"));
+            }
+            in_range("origin.read_connections", *read_connections, 1..=64)?;
+            positive("origin.busy_timeout", *busy_timeout)
+        }
+    }
+}
+
+fn cache(c: &CacheSettings) -> Check {
+    at_least("cache.capacity_bytes", c.capacity_bytes, 64 * KIB as u64)?;
+    at_least("cache.estimated_items", c.estimated_items, 1)?;
+    positive("cache.fill_deadline", c.fill_deadline)?;
+    at_most("cache.fill_deadline", c.fill_deadline, Duration::from_secs(60))
+}
+
+fn session(s: &SessionSettings) -> Check {
+    at_least("session.idle_lease", s.idle_lease, Duration::from_secs(1))?;
+    at_least("session.max_live", s.max_live, 1)?;
+    at_most("session.max_pending_writes", s.max_pending_writes, 1024)?;
+    at_most("session.max_token_items", s.max_token_items, MAX_TOKEN_ITEMS)?;
+    positive("session.write_timeout", s.write_timeout)?;
+
+    if s.keys.is_empty() {
+        return Err(invalid("session.keys", "at least one token key is required"));
+    }
+    let mut ids = HashSet::new();
+    for (i, key) in s.keys.iter().enumerate() {
+        name(&format!("session.keys[{i}].id"), &key.id, &KEY_ID)?;
+        if !ids.insert(key.id.as_str()) {
+            return Err(invalid(
+                format!("session.keys[{i}].id"),
+                format!("duplicate key id `{}`", key.id),
+            ));
+        }
+        let secret_len = key.secret.expose_secret().len();
+        if secret_len < MIN_SECRET_BYTES {
+            return Err(invalid(
+                format!("session.keys[{i}].secret"),
+                format!("must be at least {MIN_SECRET_BYTES} bytes, is {secret_len}"),
+            ));
+        }
+    }
+    if !ids.contains(s.active_key.as_str()) {
+        let known = s.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>();
+        return Err(invalid(
+            "session.active_key",
+            format!(
+                "`{}` names no key in `session.keys` (known: {})",
+                s.active_key,
+                known.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn api(a: &ApiSettings) -> Check {
+    in_range("api.max_id_bytes", a.max_id_bytes, 1..=512)?;
+    in_range("api.max_batch", a.max_batch, 1..=1000)
+}
+
+// ------------------------------------------------------------------ data model
+
+fn collections(settings: &Settings) -> Check {
+    if settings.collections.is_empty() {
+        return Err(invalid("collections", "at least one collection is required"));
+    }
+    for (name_, collection) in &settings.collections {
+        let key = join("collections", name_);
+        name(&key, name_, &SCHEMA_NAME)?;
+        freshness(&join(&key, "freshness"), collection.freshness)?;
+        if collection.fields.is_empty() {
+            return Err(invalid(join(&key, "fields"), "at least one field is required"));
+        }
+        for (field_name, f) in &collection.fields {
+            field(&join(&join(&key, "fields"), field_name), field_name, f)?;
+        }
+    }
+    Ok(())
+}
+
+fn field(key: &str, field_name: &str, f: &Field) -> Check {
+    name(key, field_name, &SCHEMA_NAME)?;
+    if field_name == "id" {
+        return Err(invalid(
+            key,
+            "`id` is reserved for the item id and cannot be a field",
+        ));
+    }
+    if let Some(fr) = f.freshness {
+        freshness(&join(key, "freshness"), fr)?;
+    }
+    let numeric = matches!(f.kind, FieldType::Integer | FieldType::Number);
+    for (bound, value) in [("min", f.min), ("max", f.max)] {
+        let Some(value) = value else { continue };
+        let key = join(key, bound);
+        if !numeric {
+            return Err(invalid(
+                key,
+                format!(
+                    "bounds apply only to integer and number fields, this one is {}",
+                    f.kind.as_str()
+                ),
+            ));
+        }
+        if !value.is_finite() {
+            return Err(invalid(key, "must be a finite number"));
+        }
+        if f.kind == FieldType::Integer && value.fract() != 0.0 {
+            return Err(invalid(key, "must be a whole number on an integer field"));
+        }
+    }
+    if let (Some(min), Some(max)) = (f.min, f.max) {
+        if min > max {
+            return Err(invalid(
+                join(key, "min"),
+                format!("{min} is greater than max {max}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn freshness(key: &str, f: Freshness) -> Check {
+    match f {
+        Freshness::Strict => Ok(()),
+        Freshness::Bounded { max_staleness } => positive(&join(key, "max_staleness"), max_staleness),
+        // A zero ttl means always revalidate; zero grace periods mean none.
+        Freshness::Relaxed { .. } => Ok(()),
+    }
+}
+
+// ------------------------------------------------------------------ seed
+
+fn seed(settings: &Settings) -> Check {
+    for (collection_name, documents) in &settings.seed {
+        let key = join("seed", collection_name);
+        let Some(collection) = settings.collections.get(collection_name) else {
+            return Err(invalid(
+                key,
+                format!("no collection `{collection_name}` in `collections`"),
+            ));
+        };
+        for (id, document) in documents {
+            let key = join(&key, id);
+            item_id(&key, id, settings.api.max_id_bytes)?;
+            for (field_name, value) in document {
+                seed_value(&join(&key, field_name), collection, field_name, value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn item_id(key: &str, id: &str, max_bytes: usize) -> Check {
+    if id.is_empty() || id.len() > max_bytes {
+        return Err(invalid(
+            key,
+            format!(
+                "item id must be 1 to {max_bytes} bytes (api.max_id_bytes), is {}",
+                id.len()
+            ),
+        ));
+    }
+    if let Some(c) = id.chars().find(|c| !(ITEM_ID.allows)(*c)) {
+        return Err(invalid(
+            key,
+            format!("item id contains {c:?}; allowed: {}", ITEM_ID.describe),
+        ));
+    }
+    Ok(())
+}
+
+fn seed_value(key: &str, collection: &Collection, field_name: &str, value: &Value) -> Check {
+    let Some(f) = collection.fields.get(field_name) else {
+        let known = collection.fields.keys().map(String::as_str);
+        return Err(invalid(
+            key,
+            format!(
+                "unknown field (the collection has: {})",
+                known.collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    };
+    if value.is_null() {
+        return Err(invalid(key, "a seed value cannot be null"));
+    }
+    if !f.kind.admits(value) {
+        return Err(invalid(
+            key,
+            format!("expected a {} value, got {value}", f.kind.as_str()),
+        ));
+    }
+    if let Some(n) = value.as_f64() {
+        if let Some(min) = f.min.filter(|min| n < *min) {
+            return Err(invalid(key, format!("{value} is below min {min}")));
+        }
+        if let Some(max) = f.max.filter(|max| n > *max) {
+            return Err(invalid(key, format!("{value} is above max {max}")));
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ helpers
+
+/// The characters a kind of name may hold.
+struct Charset {
+    max_len: usize,
+    allows: fn(char) -> bool,
+    /// Whether the first character must be a lowercase letter.
+    letter_first: bool,
+    describe: &'static str,
+}
+
+const NODE_NAME: Charset = Charset {
+    max_len: 64,
+    allows: |c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'),
+    letter_first: false,
+    describe: "letters, digits, `_`, `.`, `-`",
+};
+
+const KEY_ID: Charset = Charset {
+    max_len: 16,
+    allows: |c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'),
+    letter_first: false,
+    describe: "letters, digits, `_`, `-`",
+};
+
+const SCHEMA_NAME: Charset = Charset {
+    max_len: 64,
+    allows: |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_',
+    letter_first: true,
+    describe: "lowercase letters, digits, `_`, starting with a letter",
+};
+
+const ITEM_ID: Charset = Charset {
+    max_len: usize::MAX, // bounded by api.max_id_bytes
+    allows: |c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'),
+    letter_first: false,
+    describe: "letters, digits, `_`, `.`, `:`, `-`",
+};
+
+/// `value` is 1..=`max_len` characters of `charset`.
+fn name(key: &str, value: &str, charset: &Charset) -> Check {
+    let len = value.chars().count();
+    if len == 0 || len > charset.max_len {
+        return Err(invalid(
+            key,
+            format!(
+                "`{value}` must be 1 to {} characters ({})",
+                charset.max_len, charset.describe
+            ),
+        ));
+    }
+    let bad_first = charset.letter_first && !value.starts_with(|c: char| c.is_ascii_lowercase());
+    if bad_first || !value.chars().all(charset.allows) {
+        return Err(invalid(
+            key,
+            format!("`{value}` may only hold {}", charset.describe),
+        ));
+    }
+    Ok(())
+}
+
+fn in_range<T: PartialOrd + Display>(key: &str, value: T, range: RangeInclusive<T>) -> Check {
+    if range.contains(&value) {
         Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "must be between {} and {}, is {value}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+fn at_least<T: PartialOrd + Show>(key: &str, value: T, min: T) -> Check {
+    if value >= min {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("must be at least {}, is {}", min.show(), value.show()),
+        ))
+    }
+}
+
+fn at_most<T: PartialOrd + Show>(key: &str, value: T, max: T) -> Check {
+    if value <= max {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("must be at most {}, is {}", max.show(), value.show()),
+        ))
+    }
+}
+
+fn positive(key: &str, value: Duration) -> Check {
+    if value.is_zero() {
+        Err(invalid(key, "must be greater than zero"))
+    } else {
+        Ok(())
+    }
+}
+
+/// How a bound is written in a message: durations as in the configuration files.
+trait Show {
+    fn show(&self) -> String;
+}
+
+impl Show for Duration {
+    fn show(&self) -> String {
+        humantime_serde::re::humantime::format_duration(*self).to_string()
+    }
+}
+
+macro_rules! show_display {
+    ($($t:ty),*) => {$(
+        impl Show for $t {
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+show_display!(usize, u64);
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> InvalidSetting {
+    InvalidSetting {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Appends `segment` to a dotted key, quoting it as TOML does when it is not a bare key.
+fn join(key: &str, segment: &str) -> String {
+    let bare = !segment.is_empty()
+        && segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    if bare {
+        format!("{key}.{segment}")
+    } else {
+        format!("{key}.{segment:?}")
     }
 }

@@ -109,7 +109,10 @@ mod tests {
         let on = (0..10_000)
             .filter(|i| rollout.is_enabled("edgecache.read-your-writes", &format!("s{i}")))
             .count();
-        assert!((2_500..3_500).contains(&on), "{on} of 10000 sessions enabled at 30%");
+        assert!(
+            (2_500..3_500).contains(&on),
+            "{on} of 10000 sessions enabled at 30%"
+        );
         for i in 0..100 {
             let id = format!("s{i}");
             assert_eq!(

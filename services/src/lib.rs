@@ -1,4 +1,17 @@
 //! The edge node's services: origins, the shared cache, the read and write paths and
 //! the REST API.
 
+pub mod cache;
+mod cache_status;
+pub mod freshness;
+pub mod http;
+pub mod metrics;
+pub mod node;
 pub mod origin;
+pub mod plan;
+mod startup;
+mod telemetry;
+
+pub use cache_status::CacheStatus;
+pub use node::{Node, ReadError, ReadOutcome, SessionCtx, SessionError, WriteFailure};
+pub use startup::{Application, StartError};

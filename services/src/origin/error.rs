@@ -20,14 +20,20 @@ pub enum OriginError {
 }
 
 impl OriginError {
-    pub fn unavailable(reason: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn unavailable(
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         OriginError::Unavailable {
             reason: reason.into(),
             source: Some(Box::new(source)),
         }
     }
 
-    pub fn internal(reason: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn internal(
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         OriginError::Internal {
             reason: reason.into(),
             source: Some(Box::new(source)),

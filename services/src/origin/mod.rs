@@ -64,7 +64,8 @@ pub struct OriginRead {
 /// block the calling thread: blocking work runs on a blocking pool.
 pub trait Origin: Send + Sync + 'static {
     /// Reads one item.
-    fn read(&self, key: ItemKey, request: ReadRequest) -> BoxFuture<'static, Result<OriginRead, OriginError>>;
+    fn read(&self, key: ItemKey, request: ReadRequest)
+        -> BoxFuture<'static, Result<OriginRead, OriginError>>;
 
     /// Reads several items in one round trip; the result is in the order of `keys`.
     fn read_many(

@@ -1,0 +1,481 @@
+//! Loading, layering and validation of the configuration.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use edgecache_flags::{Rollout, Strategy};
+use secrecy::ExposeSecret;
+
+use crate::load::load_with_env;
+use crate::{effective_toml, load, ConfigError, Freshness, OriginSettings, Settings, Sources};
+
+const SECRET: &str = "edgecache-development-secret-change-me-0123456789";
+
+/// Sources isolated from the working directory and the process environment.
+fn isolated(overrides: &str) -> Sources {
+    Sources {
+        dir: Some("/nonexistent/edgecache-config-test".into()),
+        environment: Some("test".into()),
+        file: None,
+        skip_env: true,
+        overrides: Some(overrides.to_owned()),
+    }
+}
+
+fn with_overrides(overrides: &str) -> Result<Settings, ConfigError> {
+    load(&isolated(overrides))
+}
+
+/// Loads with `vars` as the whole environment.
+fn with_env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let sources = Sources {
+        skip_env: false,
+        overrides: None,
+        ..isolated("")
+    };
+    let env = vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
+    load_with_env(&sources, env)
+}
+
+/// The key an invalid setting names, or panics with the error.
+fn invalid_key(result: Result<Settings, ConfigError>) -> String {
+    match result {
+        Err(ConfigError::Invalid(invalid)) => invalid.key,
+        Err(other) => panic!("expected an invalid setting, got {other}"),
+        Ok(_) => panic!("expected an invalid setting, got a valid configuration"),
+    }
+}
+
+fn base() -> Settings {
+    with_overrides("").expect("the base configuration loads")
+}
+
+// ------------------------------------------------------------------ base
+
+#[test]
+fn base_config_loads_and_validates() {
+    let settings = base();
+    settings.validate().expect("base is valid");
+    assert_eq!(settings.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(settings.server.shutdown_timeout, Duration::from_secs(10));
+    assert_eq!(settings.session.active_key, "dev");
+    assert_eq!(settings.session.keys[0].secret.expose_secret(), SECRET);
+    assert_eq!(
+        settings.flags.defaults.get(&Strategy::ReadYourWrites),
+        Some(&Rollout::On)
+    );
+    assert_eq!(settings.flags.defaults.len(), Strategy::ALL.len());
+    let products = &settings.collections["products"];
+    assert_eq!(
+        products.freshness_of(&products.fields["stock"]),
+        Freshness::Strict
+    );
+    assert_eq!(settings.seed["products"]["p1"]["stock"], 40);
+    assert_eq!(settings.seed["products"]["p2"]["price"], 49.0);
+    let OriginSettings::Embedded { read_connections, .. } = settings.origin;
+    assert_eq!(read_connections, 4);
+}
+
+// ------------------------------------------------------------------ layering
+
+#[test]
+fn overrides_replace_single_keys_and_keep_the_rest() {
+    let settings = with_overrides(
+        r#"
+        server.listen = "0.0.0.0:9000"
+        [flags.defaults]
+        monotonic_reads = "25%"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(settings.server.listen, "0.0.0.0:9000".parse().unwrap());
+    assert_eq!(settings.server.max_body_bytes, 65536, "the rest is kept");
+    // `monotonic_reads` overrides the base's `monotonic-reads`, it does not sit beside it.
+    assert_eq!(
+        settings.flags.defaults[&Strategy::MonotonicReads],
+        Rollout::Percent(25)
+    );
+}
+
+#[test]
+fn a_new_freshness_class_replaces_the_one_below() {
+    let settings = with_overrides(
+        r#"
+        [collections.products]
+        freshness = { class = "bounded", max_staleness = "3s" }
+        [collections.profiles.fields.bio]
+        type = "string"
+        freshness = { class = "strict" }
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        settings.collections["products"].freshness,
+        Freshness::Bounded {
+            max_staleness: Duration::from_secs(3)
+        }
+    );
+    assert_eq!(
+        settings.collections["profiles"].fields["bio"].freshness,
+        Some(Freshness::Strict)
+    );
+}
+
+#[test]
+fn the_same_freshness_class_merges_into_the_one_below() {
+    let settings =
+        with_overrides(r#"collections.products.freshness = { class = "relaxed", ttl = "0s" }"#).unwrap();
+    assert_eq!(
+        settings.collections["products"].freshness,
+        Freshness::Relaxed {
+            ttl: Duration::ZERO,
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(600),
+        }
+    );
+}
+
+#[test]
+fn environment_file_then_config_file_then_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("staging.toml"),
+        "[server]\nlisten = \"127.0.0.1:7001\"\nworkers = 3\n[node]\nregion = \"eu-west\"\n",
+    )
+    .unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "[server]\nworkers = 5\n[node]\nid = \"edge-9\"\n").unwrap();
+
+    let sources = Sources {
+        dir: Some(dir.path().to_owned()),
+        environment: Some("staging".into()),
+        file: Some(file.clone()),
+        skip_env: true,
+        overrides: Some("node.id = \"edge-10\"".into()),
+    };
+    let settings = load(&sources).unwrap();
+    assert_eq!(settings.server.listen, "127.0.0.1:7001".parse().unwrap());
+    assert_eq!(settings.node.region, "eu-west");
+    assert_eq!(
+        settings.server.workers, 5,
+        "--config overrides the environment file"
+    );
+    assert_eq!(settings.node.id, "edge-10", "overrides override --config");
+
+    // Another environment has no file there: skipped.
+    let other = Sources {
+        environment: Some("production".into()),
+        file: None,
+        overrides: None,
+        ..sources.clone()
+    };
+    assert_eq!(load(&other).unwrap().server.listen.port(), 8080);
+
+    // A missing --config file is an error that names it.
+    let missing = Sources {
+        file: Some(dir.path().join("absent.toml")),
+        ..sources.clone()
+    };
+    let error = load(&missing).unwrap_err();
+    assert!(matches!(error, ConfigError::File { .. }), "{error}");
+    assert!(error.to_string().contains("absent.toml"), "{error}");
+
+    // A syntax error names the file.
+    std::fs::write(&file, "[server\n").unwrap();
+    let error = load(&sources).unwrap_err().to_string();
+    assert!(error.contains("node.toml"), "{error}");
+}
+
+#[test]
+fn environment_name_cannot_leave_the_directory() {
+    let sources = Sources {
+        environment: Some("../secrets".into()),
+        ..isolated("")
+    };
+    let error = load(&sources).unwrap_err();
+    assert!(matches!(error, ConfigError::Env { .. }), "{error}");
+}
+
+// ------------------------------------------------------------------ environment variables
+
+#[test]
+fn env_vars_override_nested_keys() {
+    let settings = with_env(&[
+        ("EDGECACHE__SERVER__LISTEN", "0.0.0.0:9090"),
+        ("EDGECACHE__SERVER__WORKERS", "8"),
+        ("EDGECACHE__FLAGS__DEFAULTS__READ_YOUR_WRITES", "off"),
+        ("EDGECACHE__FLAGS__DEFAULTS__REPLICA_WAIT", "false"),
+        ("EDGECACHE__FLAGS__DEFAULTS__STRICT_FIELDS", "50%"),
+        ("EDGECACHE__ORIGIN__READ_CONNECTIONS", "8"),
+        ("EDGECACHE__CACHE__FILL_DEADLINE", "500ms"),
+        ("EDGECACHE__COLLECTIONS__PRODUCTS__FIELDS__PRICE__MAX", "1000.5"),
+        ("EDGECACHE__NODE__ID", "007"),
+        ("EDGECACHE__NODE__REGION", "1e3"),
+        ("EDGECACHE_ENVIRONMENT_UNRELATED", "x"),
+        ("PATH", "/usr/bin"),
+    ])
+    .unwrap();
+    assert_eq!(
+        settings.server.listen,
+        "0.0.0.0:9090".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(settings.server.workers, 8);
+    let defaults = &settings.flags.defaults;
+    assert_eq!(defaults.len(), Strategy::ALL.len(), "no duplicate strategy keys");
+    assert_eq!(defaults[&Strategy::ReadYourWrites], Rollout::Off);
+    assert_eq!(defaults[&Strategy::ReplicaWait], Rollout::Off);
+    assert_eq!(defaults[&Strategy::StrictFields], Rollout::Percent(50));
+    assert_eq!(defaults[&Strategy::MonotonicReads], Rollout::On);
+    let OriginSettings::Embedded { read_connections, .. } = settings.origin;
+    assert_eq!(read_connections, 8, "a number inside a tagged table");
+    assert_eq!(settings.cache.fill_deadline, Duration::from_millis(500));
+    assert_eq!(settings.collections["products"].fields["price"].max, Some(1000.5));
+    assert_eq!(settings.node.id, "007", "strings are not re-parsed as numbers");
+    assert_eq!(settings.node.region, "1e3");
+}
+
+#[test]
+fn env_var_sets_token_keys_as_a_toml_array() {
+    let secret = "production-secret-of-at-least-32-bytes!";
+    let settings = with_env(&[
+        (
+            "EDGECACHE__SESSION__KEYS",
+            &format!(r#"[{{id="k2",secret="{secret}"}}, {{id="dev",secret="{SECRET}"}}]"#),
+        ),
+        ("EDGECACHE__SESSION__ACTIVE_KEY", "k2"),
+    ])
+    .unwrap();
+    assert_eq!(settings.session.keys.len(), 2);
+    assert_eq!(settings.session.keys[0].id, "k2");
+    assert_eq!(settings.session.keys[0].secret.expose_secret(), secret);
+    assert_eq!(settings.session.active_key, "k2");
+}
+
+#[test]
+fn env_var_errors_name_the_variable_or_key() {
+    let error = with_env(&[("EDGECACHE__SESSION__KEYS", r#"[{id="k2",secret="hush-hush"#)]).unwrap_err();
+    assert!(
+        matches!(&error, ConfigError::Env { var, .. } if var == "EDGECACHE__SESSION__KEYS"),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("hush"), "never echo a value: {error}");
+    let error = with_env(&[("EDGECACHE__SESSION__KEYS", "[]\nnode = 1")]).unwrap_err();
+    assert!(matches!(error, ConfigError::Env { .. }), "{error}");
+    let error = with_env(&[("EDGECACHE__SERVER____LISTEN", "x")]).unwrap_err();
+    assert!(matches!(error, ConfigError::Env { .. }), "{error}");
+    let error = with_env(&[("EDGECACHE__SERVER__LISTN", "0.0.0.0:1")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("listn"), "{error}");
+    let error = with_env(&[("EDGECACHE__FLAGS__DEFAULTS__READ_YOUR_WRITES", "maybe")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("maybe"), "{error}");
+}
+
+/// The only test that touches the process environment (tests run in parallel threads);
+/// its variables are set nowhere else and every other test skips the environment.
+#[test]
+fn real_process_env_vars_are_read() {
+    std::env::set_var("EDGECACHE__SERVER__SHUTDOWN_TIMEOUT", "3s");
+    std::env::set_var("EDGECACHE__FLAGS__DEFAULTS__SESSION_AFFINITY", "off");
+    let sources = Sources {
+        skip_env: false,
+        overrides: None,
+        ..isolated("")
+    };
+    let result = load(&sources);
+    std::env::remove_var("EDGECACHE__SERVER__SHUTDOWN_TIMEOUT");
+    std::env::remove_var("EDGECACHE__FLAGS__DEFAULTS__SESSION_AFFINITY");
+    let settings = result.unwrap();
+    assert_eq!(settings.server.shutdown_timeout, Duration::from_secs(3));
+    assert_eq!(settings.flags.defaults[&Strategy::SessionAffinity], Rollout::Off);
+}
+
+// ------------------------------------------------------------------ errors name the key
+
+#[test]
+fn a_value_of_the_wrong_form_names_its_key() {
+    let error = with_overrides(r#"server.listen = "nope""#).unwrap_err();
+    assert!(matches!(error, ConfigError::Parse(_)), "{error}");
+    assert!(error.to_string().contains("server.listen"), "{error}");
+
+    let error = with_overrides(r#"cache.fill_deadline = "soon""#)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("cache.fill_deadline"), "{error}");
+
+    let error = with_overrides("server.unknown = 1").unwrap_err().to_string();
+    assert!(error.contains("unknown"), "{error}");
+}
+
+#[test]
+fn invalid_settings_name_their_key() {
+    let cases: &[(&str, &str)] = &[
+        ("server.max_body_bytes = 10", "server.max_body_bytes"),
+        ("server.max_body_bytes = 16777217", "server.max_body_bytes"),
+        (r#"server.shutdown_timeout = "0s""#, "server.shutdown_timeout"),
+        (r#"node.id = """#, "node.id"),
+        (r#"node.region = "eu west""#, "node.region"),
+        (&format!("node.id = \"{}\"", "a".repeat(65)), "node.id"),
+        ("origin.read_connections = 0", "origin.read_connections"),
+        ("origin.read_connections = 65", "origin.read_connections"),
+        (r#"origin.busy_timeout = "0s""#, "origin.busy_timeout"),
+        (r#"origin.path = """#, "origin.path"),
+        ("cache.capacity_bytes = 1024", "cache.capacity_bytes"),
+        ("cache.estimated_items = 0", "cache.estimated_items"),
+        (r#"cache.fill_deadline = "0s""#, "cache.fill_deadline"),
+        (r#"cache.fill_deadline = "61s""#, "cache.fill_deadline"),
+        (r#"session.idle_lease = "500ms""#, "session.idle_lease"),
+        ("session.max_live = 0", "session.max_live"),
+        ("session.max_pending_writes = 1025", "session.max_pending_writes"),
+        ("session.max_token_items = 25", "session.max_token_items"),
+        (r#"session.write_timeout = "0s""#, "session.write_timeout"),
+        (r#"session.active_key = "missing""#, "session.active_key"),
+        ("session.keys = []", "session.keys"),
+        (
+            &format!(
+                r#"session.keys = [{{id = "dev", secret = "{SECRET}"}}, {{id = "dev", secret = "{SECRET}"}}]"#
+            ),
+            "session.keys[1].id",
+        ),
+        (
+            &format!(
+                r#"session.keys = [{{id = "dev", secret = "{SECRET}"}}, {{id = "way-too-long-key-id", secret = "{SECRET}"}}]"#
+            ),
+            "session.keys[1].id",
+        ),
+        (
+            r#"session.keys = [{id = "dev", secret = "short"}]"#,
+            "session.keys[0].secret",
+        ),
+        ("api.max_id_bytes = 0", "api.max_id_bytes"),
+        ("api.max_id_bytes = 513", "api.max_id_bytes"),
+        ("api.max_batch = 1001", "api.max_batch"),
+        (
+            "[collections.Products]\nfreshness = { class = \"strict\" }\nfields.name = { type = \"string\" }",
+            "collections.Products",
+        ),
+        (
+            "[collections.empty]\nfreshness = { class = \"strict\" }\nfields = {}",
+            "collections.empty.fields",
+        ),
+        (
+            r#"collections.products.fields.id = { type = "string" }"#,
+            "collections.products.fields.id",
+        ),
+        (
+            r#"collections.products.fields.2nd = { type = "string" }"#,
+            "collections.products.fields.2nd",
+        ),
+        (
+            r#"collections.products.fields.name = { type = "string", min = 1 }"#,
+            "collections.products.fields.name.min",
+        ),
+        (
+            r#"collections.products.fields.stock = { type = "integer", min = 5, max = 1 }"#,
+            "collections.products.fields.stock.min",
+        ),
+        (
+            r#"collections.products.fields.stock = { type = "integer", max = 2.5 }"#,
+            "collections.products.fields.stock.max",
+        ),
+        (
+            r#"collections.carts.freshness = { class = "bounded", max_staleness = "0s" }"#,
+            "collections.carts.freshness.max_staleness",
+        ),
+        (
+            r#"collections.products.fields.price.freshness = { class = "bounded", max_staleness = "0s" }"#,
+            "collections.products.fields.price.freshness.max_staleness",
+        ),
+        (r#"seed.orders.o1 = { total = 1 }"#, "seed.orders"),
+        (
+            r#"seed.products."p 4" = { name = "x" }"#,
+            r#"seed.products."p 4""#,
+        ),
+        (r#"seed.products.p1.colour = "red""#, "seed.products.p1.colour"),
+        (r#"seed.products.p1.id = "p1""#, "seed.products.p1.id"),
+        (r#"seed.products.p1.stock = "many""#, "seed.products.p1.stock"),
+        ("seed.products.p1.stock = 1.5", "seed.products.p1.stock"),
+        ("seed.products.p1.price = -1", "seed.products.p1.price"),
+        (
+            "collections.products.fields.stock.max = 10",
+            "seed.products.p1.stock",
+        ),
+    ];
+    for (overrides, key) in cases {
+        let result = with_overrides(overrides);
+        assert_eq!(&invalid_key(result), key, "for {overrides:?}");
+    }
+    // An id longer than api.max_id_bytes.
+    let result = with_overrides("api.max_id_bytes = 4\n[seed.products.p1234]\nname = \"x\"");
+    assert_eq!(invalid_key(result), "seed.products.p1234");
+}
+
+#[test]
+fn error_messages_are_specific() {
+    let error = with_overrides(r#"session.active_key = "missing""#)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("`session.active_key`"), "{error}");
+    assert!(error.contains("missing") && error.contains("dev"), "{error}");
+
+    let error = with_overrides(r#"session.keys = [{id = "dev", secret = "short"}]"#)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("32 bytes"), "{error}");
+    assert!(
+        !error.contains("short"),
+        "a secret never appears in a message: {error}"
+    );
+
+    let error = with_overrides(r#"seed.products.p1.colour = "red""#)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("unknown field"), "{error}");
+}
+
+#[test]
+fn permissive_values_are_accepted() {
+    let settings = with_overrides(
+        r#"
+        session.max_token_items = 0
+        session.max_pending_writes = 0
+        cache.plain_ttl = "0s"
+        collections.products.freshness = { class = "relaxed", ttl = "0s", stale_while_revalidate = "0s", stale_if_error = "0s" }
+        collections.products.fields.price = { type = "number", min = 0, max = 100 }
+        seed.products.p1.price = 0.5
+        seed.products.p1.tags = { any = ["json", 1] }
+        seed.products."sku:A-1.b_2" = { name = "ok" }
+        "#,
+    );
+    settings.unwrap();
+}
+
+// ------------------------------------------------------------------ effective TOML
+
+#[test]
+fn effective_toml_redacts_secrets_and_round_trips() {
+    let secret = "a-production-secret-nobody-may-read-0123456789";
+    let settings = with_overrides(&format!(
+        r#"
+        session.active_key = "k2"
+        session.keys = [{{ id = "k2", secret = "{secret}" }}, {{ id = "dev", secret = "{SECRET}" }}]
+        "#
+    ))
+    .unwrap();
+    let text = effective_toml(&settings);
+    assert!(!text.contains(secret), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+    assert!(text.contains("read-your-writes"), "{text}");
+
+    // Everything but the secrets reads back the same.
+    let back: toml::Table = text.parse().expect("effective_toml is valid TOML");
+    assert_eq!(back["server"]["listen"].as_str(), Some("127.0.0.1:8080"));
+    assert_eq!(back["session"]["keys"][0]["id"].as_str(), Some("k2"));
+    let restored = back.to_string().replace("[redacted]", SECRET);
+    let reloaded = with_overrides(&restored).unwrap();
+    assert_eq!(effective_toml(&reloaded), text);
+}

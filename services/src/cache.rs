@@ -1,0 +1,314 @@
+//! The node's shared document cache: quick_cache weighted by bytes, read directly by
+//! every request (no actor hop, no global lock: quick_cache shards its locks).
+//!
+//! quick_cache has no TTL, so each entry carries when it was fetched; the freshness
+//! classes decide at read time what that age allows (see [`crate::freshness`]).
+//! Entries only ever move forward: a fill or write never replaces a newer version.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use edgecache_actors::{Doc, ItemKey, KeyRef};
+use parking_lot::Mutex;
+use quick_cache::sync::EntryAction;
+use quick_cache::sync::{Cache, EntryResult};
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+use tokio::time::Instant;
+
+/// One cached item: the item as the origin had it, when it was fetched, and its JSON
+/// body ready to send (so a whole-document hit is not serialised again).
+#[derive(Debug)]
+pub struct CacheEntry {
+    pub doc: Doc,
+    /// When the read that produced this entry started (so its age never
+    /// understates).
+    pub fetched_at: Instant,
+    /// `{"id": …, fields…}`; empty for an absent item.
+    pub body: Bytes,
+}
+
+impl CacheEntry {
+    pub fn new(key: &ItemKey, doc: Doc, fetched_at: Instant) -> Arc<Self> {
+        let body = match &doc.fields {
+            Some(fields) => Bytes::from(document_json(key.id(), fields.iter())),
+            None => Bytes::new(),
+        };
+        Arc::new(Self {
+            doc,
+            fetched_at,
+            body,
+        })
+    }
+
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.fetched_at)
+    }
+
+    /// Whether this entry is a newer view of its item than `other`.
+    fn supersedes(&self, other: &CacheEntry) -> bool {
+        (self.doc.version, self.doc.position, self.fetched_at)
+            > (other.doc.version, other.doc.position, other.fetched_at)
+    }
+}
+
+/// Serialises a document as `{"id": id, …fields}`.
+pub fn document_json<'a>(
+    id: &str,
+    fields: impl Iterator<Item = (&'a String, &'a serde_json::Value)>,
+) -> Vec<u8> {
+    use serde::ser::{SerializeMap, Serializer};
+    let mut out = Vec::with_capacity(256);
+    let mut ser = serde_json::Serializer::new(&mut out);
+    let result = (|| {
+        let mut map = ser.serialize_map(None)?;
+        map.serialize_entry("id", id)?;
+        for (k, v) in fields {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    })();
+    // Serialising JSON values into a Vec cannot fail.
+    debug_assert!(result.is_ok());
+    out
+}
+
+#[derive(Clone, Copy, Default)]
+struct ByBytes;
+
+impl Weighter<ItemKey, Arc<CacheEntry>> for ByBytes {
+    fn weight(&self, key: &ItemKey, entry: &Arc<CacheEntry>) -> u64 {
+        // The body stands for the parsed fields too; 160 bytes of fixed overhead.
+        (key.collection().len() + key.id().len() + 2 * entry.body.len() + 160) as u64
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct NoLifecycle;
+
+impl Lifecycle<ItemKey, Arc<CacheEntry>> for NoLifecycle {
+    type RequestState = ();
+    fn begin_request(&self) -> Self::RequestState {}
+    fn on_evict(&self, _: &mut (), _: ItemKey, _: Arc<CacheEntry>) {}
+}
+
+type Inner = Cache<ItemKey, Arc<CacheEntry>, ByBytes, DefaultHashBuilder, NoLifecycle>;
+
+/// The outcome of waiting on a coalesced fill.
+pub enum Fill<E> {
+    /// The entry, loaded by this request or by the one it waited on.
+    Loaded(Arc<CacheEntry>),
+    /// The loader failed.
+    Failed(E),
+}
+
+/// The shared cache of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct SharedCache {
+    inner: Arc<Inner>,
+    refreshing: Arc<Mutex<HashSet<ItemKey>>>,
+    max_refreshes: usize,
+    fill_deadline: Duration,
+}
+
+impl SharedCache {
+    /// A cache of `capacity_bytes`, sized for about `estimated_items`; a read waits at
+    /// most `fill_deadline` for another request's fill of the same key.
+    pub fn new(capacity_bytes: u64, estimated_items: usize, fill_deadline: Duration) -> Self {
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(estimated_items.max(16))
+            .weight_capacity(capacity_bytes)
+            .build()
+            .expect("valid cache options");
+        Self {
+            inner: Arc::new(Cache::with_options(
+                options,
+                ByBytes,
+                DefaultHashBuilder::default(),
+                NoLifecycle,
+            )),
+            refreshing: Arc::new(Mutex::new(HashSet::new())),
+            max_refreshes: 256,
+            fill_deadline,
+        }
+    }
+
+    pub fn get(&self, key: KeyRef<'_>) -> Option<Arc<CacheEntry>> {
+        self.inner.get(&key)
+    }
+
+    /// Stores `entry` unless the cache already holds a newer view of the item.
+    pub fn offer(&self, key: &ItemKey, entry: Arc<CacheEntry>) {
+        let result = self.inner.entry(key, Some(Duration::ZERO), |_, current| {
+            if entry.supersedes(current) {
+                *current = entry.clone();
+            }
+            EntryAction::Retain(())
+        });
+        match result {
+            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
+                let _ = guard.insert(entry);
+            }
+            // A fill of this key is under way; it may be older than `entry`, so
+            // store over it (the fill's own offer then keeps the newer one).
+            EntryResult::Timeout => self.inner.insert(key.clone(), entry),
+            EntryResult::Retained(()) | EntryResult::Removed(..) => {}
+        }
+    }
+
+    /// Drops the item (an invalidation).
+    pub fn remove(&self, key: KeyRef<'_>) {
+        self.inner.remove(&key);
+    }
+
+    /// A read of an item the cache does not hold, coalesced: the first request loads
+    /// it with `load`, the others wait for that load — at most the fill deadline,
+    /// then they load on their own.
+    pub async fn fill<E, F>(&self, key: &ItemKey, load: impl FnOnce() -> F) -> Fill<E>
+    where
+        F: Future<Output = Result<Arc<CacheEntry>, E>>,
+    {
+        let waited = tokio::time::timeout(self.fill_deadline, self.inner.get_value_or_guard_async(key)).await;
+        match waited {
+            Ok(Ok(entry)) => Fill::Loaded(entry),
+            Ok(Err(guard)) => match load().await {
+                Ok(entry) => {
+                    let _ = guard.insert(entry.clone());
+                    Fill::Loaded(entry)
+                }
+                Err(e) => Fill::Failed(e),
+            },
+            Err(_elapsed) => match load().await {
+                Ok(entry) => {
+                    self.offer(key, entry.clone());
+                    Fill::Loaded(entry)
+                }
+                Err(e) => Fill::Failed(e),
+            },
+        }
+    }
+
+    /// Claims the background refresh of `key`: `None` when one is already running or
+    /// too many are. The claim is released when the ticket drops.
+    pub fn claim_refresh(&self, key: &ItemKey) -> Option<RefreshTicket> {
+        let mut running = self.refreshing.lock();
+        if running.len() >= self.max_refreshes || !running.insert(key.clone()) {
+            return None;
+        }
+        Some(RefreshTicket {
+            key: key.clone(),
+            refreshing: self.refreshing.clone(),
+        })
+    }
+
+    /// Number of entries and their weight in bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        (self.inner.len(), self.inner.weight())
+    }
+}
+
+/// The right to run the one background refresh of a key.
+pub struct RefreshTicket {
+    key: ItemKey,
+    refreshing: Arc<Mutex<HashSet<ItemKey>>>,
+}
+
+impl Drop for RefreshTicket {
+    fn drop(&mut self) {
+        self.refreshing.lock().remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgecache_actors::{Position, Version};
+
+    fn key(id: &str) -> ItemKey {
+        ItemKey::new("products".into(), id.into())
+    }
+
+    fn entry(k: &ItemKey, version: u64) -> Arc<CacheEntry> {
+        let mut fields = serde_json::Map::new();
+        fields.insert("v".into(), version.into());
+        CacheEntry::new(
+            k,
+            Doc {
+                version: Version(version),
+                position: Position(version * 10),
+                fields: Some(Arc::new(fields)),
+            },
+            Instant::now(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_older_version_never_replaces_a_newer_one() {
+        let cache = SharedCache::new(1 << 20, 100, Duration::from_secs(1));
+        let k = key("p1");
+        cache.offer(&k, entry(&k, 2));
+        cache.offer(&k, entry(&k, 1));
+        assert_eq!(cache.get(k.as_ref()).unwrap().doc.version, Version(2));
+        cache.offer(&k, entry(&k, 3));
+        assert_eq!(cache.get(k.as_ref()).unwrap().doc.version, Version(3));
+        assert_eq!(&cache.get(k.as_ref()).unwrap().body[..], br#"{"id":"p1","v":3}"#);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_load_once() {
+        let cache = SharedCache::new(1 << 20, 100, Duration::from_secs(5));
+        let k = key("p1");
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (cache, k, loads) = (cache.clone(), k.clone(), loads.clone());
+                tokio::spawn(async move {
+                    let fill = cache
+                        .fill(&k, || async {
+                            loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok::<_, ()>(entry(&k, 1))
+                        })
+                        .await;
+                    matches!(fill, Fill::Loaded(_))
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_fill_is_waited_on_only_until_the_deadline() {
+        let cache = SharedCache::new(1 << 20, 100, Duration::from_millis(100));
+        let k = key("p1");
+        let (c2, k2) = (cache.clone(), k.clone());
+        let stuck = tokio::spawn(async move {
+            c2.fill(&k2, || async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, ()>(entry(&k2, 1))
+            })
+            .await;
+        });
+        tokio::task::yield_now().await;
+        let started = Instant::now();
+        let fill = cache.fill(&k, || async { Ok::<_, ()>(entry(&k, 2)) }).await;
+        assert!(matches!(fill, Fill::Loaded(e) if e.doc.version == Version(2)));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        stuck.abort();
+    }
+
+    #[test]
+    fn one_refresh_per_key() {
+        let cache = SharedCache::new(1 << 20, 100, Duration::from_secs(1));
+        let k = key("p1");
+        let ticket = cache.claim_refresh(&k).unwrap();
+        assert!(cache.claim_refresh(&k).is_none());
+        drop(ticket);
+        assert!(cache.claim_refresh(&k).is_some());
+    }
+}

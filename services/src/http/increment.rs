@@ -1,0 +1,57 @@
+//! `POST /v1/{collection}/{id}/increment`: an atomic, bounded add to an integer field.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::items::{document_response, prepare_write, version_condition, ItemPath};
+use super::request::{parse, read_body, respond};
+use super::ApiError;
+use crate::origin::{WriteOp, WriteOpKind};
+use crate::Node;
+
+/// `{"field": "stock", "by": -1, "min": 0}`. The field's own bounds from the data
+/// model always apply; `min`/`max` can only narrow them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Increment {
+    field: String,
+    by: i64,
+    #[serde(default)]
+    min: Option<i64>,
+    #[serde(default)]
+    max: Option<i64>,
+}
+
+#[tracing::instrument(name = "increment", skip_all, fields(collection = %path.collection, id = %path.id))]
+pub async fn increment(
+    node: web::Data<Node>,
+    path: web::Path<ItemPath>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (key, pre, session) = prepare_write(&node, &path, &request)?;
+    let result = async {
+        let body = read_body(
+            &request,
+            payload,
+            node.limits().max_body_bytes,
+            &["application/json"],
+        )
+        .await?;
+        let Increment { field, by, min, max } = parse(&body)?;
+        let plan = node
+            .collection(&path.collection)
+            .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone()))?;
+        let (min, max) = plan.increment_bounds(&field, min, max)?;
+        let op = WriteOp {
+            key,
+            if_match: version_condition(pre)?,
+            kind: WriteOpKind::Increment { field, by, min, max },
+        };
+        let committed = node.write(&session, op).await?;
+        Ok(document_response(StatusCode::OK, &path.id, &committed.doc))
+    }
+    .await;
+    Ok(respond(&node, &session, result))
+}

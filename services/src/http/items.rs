@@ -1,0 +1,245 @@
+//! `/v1/{collection}/{id}`: read, create or replace, merge-patch and delete one item.
+
+use std::sync::Arc;
+
+use actix_web::http::header::{self, CacheControl, CacheDirective};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use edgecache_actors::{ItemKey, Version};
+use serde::Deserialize;
+
+use super::request::{
+    check_id, etag, open_session, parse_object, precondition, read_body, respond, Precondition,
+};
+use super::ApiError;
+use crate::node::{ReadOutcome, SessionCtx};
+use crate::origin::{OriginError, ReadRequest, TierPolicy, WriteOp, WriteOpKind};
+use crate::Node;
+
+const JSON: &[&str] = &["application/json"];
+const MERGE_PATCH: &[&str] = &["application/merge-patch+json", "application/json"];
+
+#[derive(Deserialize)]
+pub struct ItemPath {
+    pub collection: String,
+    pub id: String,
+}
+
+#[derive(Deserialize)]
+pub struct ReadQuery {
+    #[serde(default)]
+    explain: bool,
+}
+
+/// `GET /v1/{collection}/{id}[?explain=true]`
+#[tracing::instrument(name = "get_item", skip_all, fields(collection = %path.collection, id = %path.id, cache_status))]
+pub async fn get_item(
+    node: web::Data<Node>,
+    path: web::Path<ItemPath>,
+    query: web::Query<ReadQuery>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    check_id(&path.id, node.limits().max_id_bytes)?;
+    let session = open_session(&node, &request)?;
+    let result = node
+        .read(&session, &path.collection, &path.id, query.explain)
+        .await;
+    let result = result.map_err(ApiError::from).and_then(|outcome| {
+        tracing::Span::current().record("cache_status", outcome.status.as_str());
+        read_response(&path.id, outcome)
+    });
+    Ok(respond(&node, &session, result))
+}
+
+/// The response of a read: the document with its ETag, Cache-Status and Age, or 404.
+pub fn read_response(id: &str, outcome: ReadOutcome) -> Result<HttpResponse, ApiError> {
+    let mut response = if outcome.doc.exists() {
+        let mut builder = HttpResponse::Ok();
+        builder
+            .content_type("application/json")
+            .insert_header((header::ETAG, etag(outcome.doc.version)));
+        match &outcome.explain {
+            Some(fields) => {
+                let mut doc: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&outcome.body).map_err(|e| ApiError::Internal(Box::new(e)))?;
+                doc.insert(
+                    "_explain".into(),
+                    serde_json::json!({
+                        "cache_status": outcome.status.as_str(),
+                        "version": outcome.doc.version.0,
+                        "position": outcome.doc.position.0,
+                        "fields": fields,
+                    }),
+                );
+                builder.json(doc)
+            }
+            None => builder.body(outcome.body),
+        }
+    } else {
+        actix_web::ResponseError::error_response(&ApiError::NotFound(id.to_owned()))
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::HeaderName::from_static("cache-status"),
+        header::HeaderValue::from_static(outcome.status.header(outcome.strict_from_primary)),
+    );
+    headers.insert(header::AGE, header::HeaderValue::from(outcome.age.as_secs()));
+    // Responses are per session: shared caches in front must not store them.
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_str(
+            &CacheControl(vec![CacheDirective::Private, CacheDirective::NoCache]).to_string(),
+        )
+        .expect("static directives"),
+    );
+    Ok(response)
+}
+
+/// `PUT /v1/{collection}/{id}`: creates (201) or replaces (200) the document.
+#[tracing::instrument(name = "put_item", skip_all, fields(collection = %path.collection, id = %path.id))]
+pub async fn put_item(
+    node: web::Data<Node>,
+    path: web::Path<ItemPath>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (key, pre, session) = prepare_write(&node, &path, &request)?;
+    let result = async {
+        let body = read_body(&request, payload, node.limits().max_body_bytes, JSON).await?;
+        let plan = node
+            .collection(&path.collection)
+            .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone()))?;
+        let fields = plan.check_document(&path.id, parse_object(&body)?)?;
+        let if_match = match pre {
+            Precondition::None => None,
+            Precondition::Version(v) => Some(v),
+            Precondition::Absent => Some(Version(0)),
+            // Replace only: condition the write on the version the primary has now.
+            Precondition::Exists => match current_version(&node, &key).await? {
+                Version(0) => return Err(ApiError::PreconditionFailed { current: 0 }),
+                v => Some(v),
+            },
+        };
+        let op = WriteOp {
+            key,
+            if_match,
+            kind: WriteOpKind::Put(Arc::new(fields)),
+        };
+        let committed = node.write(&session, op).await?;
+        let status = if committed.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(document_response(status, &path.id, &committed.doc))
+    }
+    .await;
+    Ok(respond(&node, &session, result))
+}
+
+/// `PATCH /v1/{collection}/{id}`: applies a JSON merge patch (RFC 7396).
+#[tracing::instrument(name = "patch_item", skip_all, fields(collection = %path.collection, id = %path.id))]
+pub async fn patch_item(
+    node: web::Data<Node>,
+    path: web::Path<ItemPath>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (key, pre, session) = prepare_write(&node, &path, &request)?;
+    let result = async {
+        let body = read_body(&request, payload, node.limits().max_body_bytes, MERGE_PATCH).await?;
+        let plan = node
+            .collection(&path.collection)
+            .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone()))?;
+        let patch = plan.check_document(&path.id, parse_object(&body)?)?;
+        let op = WriteOp {
+            key,
+            if_match: version_condition(pre)?,
+            kind: WriteOpKind::Patch(Arc::new(patch)),
+        };
+        let committed = node.write(&session, op).await?;
+        Ok(document_response(StatusCode::OK, &path.id, &committed.doc))
+    }
+    .await;
+    Ok(respond(&node, &session, result))
+}
+
+/// `DELETE /v1/{collection}/{id}`: 204, or 404 if there is no such item.
+#[tracing::instrument(name = "delete_item", skip_all, fields(collection = %path.collection, id = %path.id))]
+pub async fn delete_item(
+    node: web::Data<Node>,
+    path: web::Path<ItemPath>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (key, pre, session) = prepare_write(&node, &path, &request)?;
+    let result = async {
+        let op = WriteOp {
+            key,
+            if_match: version_condition(pre)?,
+            kind: WriteOpKind::Delete,
+        };
+        let committed = node.write(&session, op).await?;
+        Ok(HttpResponse::NoContent()
+            .insert_header((header::ETAG, etag(committed.doc.version)))
+            .finish())
+    }
+    .await;
+    Ok(respond(&node, &session, result))
+}
+
+/// What every write checks before it reads its body: the id, the collection, the
+/// precondition and the session.
+pub fn prepare_write(
+    node: &Node,
+    path: &ItemPath,
+    request: &HttpRequest,
+) -> Result<(ItemKey, Precondition, SessionCtx), ApiError> {
+    check_id(&path.id, node.limits().max_id_bytes)?;
+    let plan = node
+        .collection(&path.collection)
+        .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone()))?;
+    let pre = precondition(request)?;
+    let session = open_session(node, request)?;
+    Ok((
+        ItemKey::new(plan.name.clone(), path.id.as_str().into()),
+        pre,
+        session,
+    ))
+}
+
+/// The If-Match version of a write that requires the item to exist anyway
+/// (patch, delete, increment): `*` adds nothing, create-only makes no sense.
+pub fn version_condition(pre: Precondition) -> Result<Option<Version>, ApiError> {
+    match pre {
+        Precondition::None | Precondition::Exists => Ok(None),
+        Precondition::Version(v) => Ok(Some(v)),
+        Precondition::Absent => Err(ApiError::InvalidRequest(
+            "If-None-Match: * applies to PUT only".into(),
+        )),
+    }
+}
+
+async fn current_version(node: &Node, key: &ItemKey) -> Result<Version, OriginError> {
+    let request = ReadRequest {
+        policy: TierPolicy::Primary,
+        min_position: Default::default(),
+    };
+    let read = node.origin().read(key.clone(), request).await?;
+    Ok(if read.doc.exists() {
+        read.doc.version
+    } else {
+        Version(0)
+    })
+}
+
+/// A written document as the response body, with its ETag.
+pub fn document_response(status: StatusCode, id: &str, doc: &edgecache_actors::Doc) -> HttpResponse {
+    let body = match &doc.fields {
+        Some(fields) => crate::cache::document_json(id, fields.iter()),
+        None => Vec::new(),
+    };
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .insert_header((header::ETAG, etag(doc.version)))
+        .body(body)
+}

@@ -1,0 +1,166 @@
+//! Reading what a request carries: its session headers, ids, preconditions and JSON
+//! body, each with a bound and a clear error.
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use edgecache_actors::{Fields, Version};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::ApiError;
+use crate::node::SessionCtx;
+use crate::Node;
+
+pub const SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
+pub const SESSION_TOKEN: HeaderName = HeaderName::from_static("x-session-token");
+pub const USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::InvalidRequest(format!("the {name} header is not visible ASCII"))),
+    }
+}
+
+/// Opens the request's session from `X-Session-Id`, `X-Session-Token` and
+/// `X-User-Id`.
+pub fn open_session(node: &Node, request: &HttpRequest) -> Result<SessionCtx, ApiError> {
+    let headers = request.headers();
+    let session_id = header(headers, &SESSION_ID)?;
+    let token = header(headers, &SESSION_TOKEN)?;
+    let user_id = header(headers, &USER_ID)?;
+    let session = node.open_session(session_id, user_id, token)?;
+    tracing::Span::current().record("session_id", session.id());
+    Ok(session)
+}
+
+/// Adds `X-Session-Id` and a fresh `X-Session-Token` to a response.
+pub fn with_session(node: &Node, session: &SessionCtx, mut response: HttpResponse) -> HttpResponse {
+    let token = node.token(session);
+    let headers = response.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(session.id()) {
+        headers.insert(SESSION_ID, id);
+    }
+    if let Ok(token) = HeaderValue::from_str(&token) {
+        headers.insert(SESSION_TOKEN, token);
+    }
+    response
+}
+
+/// The response of a handler that opened a session: success or problem, either way
+/// with the session's headers.
+pub fn respond(node: &Node, session: &SessionCtx, result: Result<HttpResponse, ApiError>) -> HttpResponse {
+    let response = result.unwrap_or_else(|err| err.error_response());
+    with_session(node, session, response)
+}
+
+/// Checks an item id: 1 to `max` bytes of `[A-Za-z0-9_.:-]`.
+pub fn check_id(id: &str, max: usize) -> Result<(), ApiError> {
+    let ok = (1..=max).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidId { max })
+    }
+}
+
+/// A write's precondition from `If-Match` / `If-None-Match`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    None,
+    /// `If-Match: "<version>"`.
+    Version(Version),
+    /// `If-Match: *`: the item must exist.
+    Exists,
+    /// `If-None-Match: *`: the item must not exist.
+    Absent,
+}
+
+pub fn precondition(request: &HttpRequest) -> Result<Precondition, ApiError> {
+    let headers = request.headers();
+    if let Some(value) = header(headers, &header::IF_MATCH)? {
+        let value = value.trim();
+        if value == "*" {
+            return Ok(Precondition::Exists);
+        }
+        let version = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|v| *v > 0)
+            .ok_or(ApiError::InvalidIfMatch)?;
+        return Ok(Precondition::Version(Version(version)));
+    }
+    match header(headers, &header::IF_NONE_MATCH)? {
+        Some(v) if v.trim() == "*" => Ok(Precondition::Absent),
+        Some(_) => Err(ApiError::InvalidRequest(
+            "If-None-Match on a write must be \"*\" (create only)".into(),
+        )),
+        None => Ok(Precondition::None),
+    }
+}
+
+/// The strong ETag of a version.
+pub fn etag(version: Version) -> String {
+    format!("\"{}\"", version.0)
+}
+
+/// Reads the body (at most `limit` bytes; 413 past it) of a JSON request.
+pub async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    accept: &[&'static str],
+) -> Result<web::Bytes, ApiError> {
+    let content_type = header(request.headers(), &header::CONTENT_TYPE)?.unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !accept.contains(&essence.as_str()) {
+        return Err(ApiError::UnsupportedMediaType(accept[0]));
+    }
+    if let Some(length) = header(request.headers(), &header::CONTENT_LENGTH)? {
+        if length.parse::<usize>().map_or(true, |n| n > limit) {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::InvalidRequest(format!("the request body could not be read: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Parses a JSON object body.
+pub fn parse_object(body: &[u8]) -> Result<Fields, ApiError> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(ApiError::NotAnObject),
+        Err(e) => Err(ApiError::MalformedJson(e.to_string())),
+    }
+}
+
+/// Parses a JSON body into `T`: syntax errors are `malformed-json`, shape errors
+/// `invalid-request`.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            ApiError::MalformedJson(e.to_string())
+        }
+        _ => ApiError::InvalidRequest(e.to_string()),
+    })
+}

@@ -1,0 +1,636 @@
+//! The edge node's data plane: sessions, the read path and the write path. The REST
+//! layer is a thin shell around [`Node`]; benches call it directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::MailboxError;
+use bytes::Bytes;
+use edgecache_actors::{
+    Doc, ItemKey, KeyRef, SessionHandle, SessionLimits, SessionRegistry, SessionStart, TokenError, TokenKeys,
+    Write,
+};
+use edgecache_config::{Freshness, Settings};
+use edgecache_flags::{FlagContext, FlagSource, Strategies, Strategy};
+use futures_util::future::FutureExt;
+use secrecy::ExposeSecret;
+use tokio::time::Instant;
+
+use crate::cache::{document_json, CacheEntry, Fill, SharedCache};
+use crate::freshness::Verdict;
+use crate::metrics::{Metrics, Tier};
+use crate::origin::{
+    Committed, OriginError, OriginTier, ReadRequest, SharedOrigin, TierPolicy, WriteError, WriteOp,
+};
+use crate::plan::{CollectionPlan, Collections};
+use crate::CacheStatus;
+
+/// One edge node's data plane. Shared by every worker (`Arc<Node>`).
+pub struct Node {
+    collections: Collections,
+    origin: SharedOrigin,
+    cache: SharedCache,
+    sessions: SessionRegistry,
+    keys: TokenKeys,
+    flags: Arc<dyn FlagSource>,
+    metrics: Arc<Metrics>,
+    node_id: String,
+    region: String,
+    /// The class strict fields get when the strict-fields strategy is off.
+    plain: Freshness,
+    write_timeout: Duration,
+    limits: ApiLimits,
+}
+
+/// Bounds of what one request may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    pub max_id_bytes: usize,
+    pub max_batch: usize,
+    pub max_body_bytes: usize,
+}
+
+/// A request's session: the live session, its strategy arms, and how it was found.
+pub struct SessionCtx {
+    pub handle: SessionHandle,
+    pub strategies: Strategies,
+    pub start: SessionStart,
+}
+
+impl SessionCtx {
+    pub fn id(&self) -> &str {
+        self.handle.session.id()
+    }
+}
+
+/// Why a request's session could not be opened (400).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the session id must be 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'")]
+    InvalidId,
+    #[error("a session token was sent without a session id")]
+    TokenWithoutSession,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// A read that could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("unknown collection `{0}`")]
+    UnknownCollection(String),
+    /// The origin failed and nothing the node holds may stand in (503).
+    #[error("the origin could not serve the read")]
+    Origin(#[from] OriginError),
+}
+
+/// A write that was not committed. Nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteFailure {
+    #[error("unknown collection `{0}`")]
+    UnknownCollection(String),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The session's earlier writes did not finish within the write timeout; this
+    /// one was not started.
+    #[error("the session's earlier writes did not finish in time")]
+    SessionBusy,
+    /// The session's actor stopped while the write was queued or running (node
+    /// shutting down): whether it committed is unknown.
+    #[error("the session stopped before the write was acknowledged")]
+    SessionGone,
+}
+
+/// Where one field of a response came from (`?explain=true`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FieldSource {
+    pub field: String,
+    pub class: &'static str,
+    pub tier: &'static str,
+    pub version: u64,
+    pub age_ms: u64,
+}
+
+/// A read's answer.
+pub struct ReadOutcome {
+    /// The item as served; `fields: None` means it does not exist (404).
+    pub doc: Doc,
+    /// The JSON body of the document (empty when absent).
+    pub body: Bytes,
+    pub status: CacheStatus,
+    /// Whether the strict fields were read from the primary for this read.
+    pub strict_from_primary: bool,
+    /// Age of the non-strict fields.
+    pub age: Duration,
+    pub tier: Tier,
+    /// Per-field provenance, when asked for.
+    pub explain: Option<Vec<FieldSource>>,
+}
+
+/// What the non-strict fields of a read come from.
+enum Base {
+    Cache(Arc<CacheEntry>),
+    Session(Doc, Instant),
+    Origin(Arc<CacheEntry>, OriginTier),
+}
+
+impl Node {
+    /// A node over `origin`, configured by `settings`, with strategies from `flags`.
+    pub fn new(settings: &Settings, origin: SharedOrigin, flags: Arc<dyn FlagSource>) -> Self {
+        let session = &settings.session;
+        let keys = TokenKeys::new(
+            session
+                .keys
+                .iter()
+                .map(|k| (k.id.as_str(), k.secret.expose_secret().as_bytes())),
+            &session.active_key,
+        )
+        .expect("validated: the active key is among the keys");
+        let limits = SessionLimits {
+            max_items: session.max_token_items,
+            max_pending: session.max_pending_writes,
+        };
+        Self {
+            collections: Collections::new(&settings.collections),
+            origin,
+            cache: SharedCache::new(
+                settings.cache.capacity_bytes,
+                settings.cache.estimated_items,
+                settings.cache.fill_deadline,
+            ),
+            sessions: SessionRegistry::new(session.max_live, session.idle_lease, limits),
+            keys,
+            flags,
+            metrics: Arc::new(Metrics::default()),
+            node_id: settings.node.id.clone(),
+            region: settings.node.region.clone(),
+            plain: Freshness::Relaxed {
+                ttl: settings.cache.plain_ttl,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+            },
+            write_timeout: session.write_timeout,
+            limits: ApiLimits {
+                max_id_bytes: settings.api.max_id_bytes,
+                max_batch: settings.api.max_batch,
+                max_body_bytes: settings.server.max_body_bytes,
+            },
+        }
+    }
+
+    pub fn limits(&self) -> ApiLimits {
+        self.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn sessions(&self) -> &SessionRegistry {
+        &self.sessions
+    }
+
+    pub fn origin(&self) -> &SharedOrigin {
+        &self.origin
+    }
+
+    pub fn cache(&self) -> &SharedCache {
+        &self.cache
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn collection(&self, name: &str) -> Option<&Arc<CollectionPlan>> {
+        self.collections.get(name)
+    }
+
+    /// Opens the request's session: the live one (taking in a newer token), else one
+    /// rebuilt from the token, else a new one; a request with no session id gets a
+    /// new id. Then evaluates its strategies.
+    pub fn open_session(
+        &self,
+        session_id: Option<&str>,
+        user_id: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<SessionCtx, SessionError> {
+        let minted;
+        let id = match session_id {
+            Some(id) if valid_session_id(id) => id,
+            Some(_) => return Err(SessionError::InvalidId),
+            None if token.is_some() => return Err(SessionError::TokenWithoutSession),
+            None => {
+                minted = uuid::Uuid::new_v4().simple().to_string();
+                minted.as_str()
+            }
+        };
+        let (handle, start) = match (self.sessions.get(id), token) {
+            (Some(live), None) => (live, SessionStart::Live),
+            (Some(live), Some(token)) => {
+                let mut state = live.session.state();
+                if !state.issued_is(token) {
+                    let carried = self.keys.verify(id, token)?;
+                    state.merge(&carried, self.sessions.limits());
+                }
+                drop(state);
+                (live, SessionStart::Live)
+            }
+            (None, token) => {
+                let carried = token.map(|t| self.keys.verify(id, t)).transpose()?;
+                self.sessions.open(id, carried.as_ref())
+            }
+        };
+        match start {
+            SessionStart::Rebuilt => self.metrics.sessions_rebuilt.inc(),
+            SessionStart::New => self.metrics.sessions_new.inc(),
+            SessionStart::Live => {}
+        }
+        handle.session.touch();
+        let strategies = self.flags.strategies(&FlagContext {
+            session_id: handle.session.id(),
+            user_id: user_id.unwrap_or(handle.session.id()),
+            node: &self.node_id,
+            region: &self.region,
+        });
+        Ok(SessionCtx {
+            handle,
+            strategies,
+            start,
+        })
+    }
+
+    /// The token to send back: the session's current watermarks, signed.
+    pub fn token(&self, s: &SessionCtx) -> Arc<str> {
+        s.handle.session.state().token(s.id(), &self.keys)
+    }
+
+    /// Reads one item for the session, under its guarantees and the item's freshness
+    /// classes.
+    #[tracing::instrument(level = "debug", skip(self, s), fields(session_id = %s.id()))]
+    pub async fn read(
+        &self,
+        s: &SessionCtx,
+        collection: &str,
+        id: &str,
+        explain: bool,
+    ) -> Result<ReadOutcome, ReadError> {
+        let plan = self
+            .collections
+            .get(collection)
+            .ok_or_else(|| ReadError::UnknownCollection(collection.to_owned()))?;
+        let key = KeyRef::new(&plan.name, id);
+        let arms = &s.strategies;
+        let ryw = arms.is_on(Strategy::ReadYourWrites);
+        let monotonic = arms.is_on(Strategy::MonotonicReads);
+        let swr = arms.is_on(Strategy::StaleWhileRevalidate);
+        let strict = arms.is_on(Strategy::StrictFields);
+        let session = &s.handle.session;
+        let now = Instant::now();
+
+        let need = session.state().need(key.hash, ryw, monotonic);
+        let cached = self.cache.get(key);
+        let mut base = None;
+        let mut fallback = None;
+        let mut status = CacheStatus::Miss;
+        if let Some(entry) = &cached {
+            if need.admits(&entry.doc) {
+                match plan.verdict(entry.age(now), swr, strict, self.plain) {
+                    Verdict::Fresh => {
+                        status = CacheStatus::Hit;
+                        base = Some(Base::Cache(entry.clone()));
+                    }
+                    Verdict::Revalidate => {
+                        status = CacheStatus::Stale;
+                        base = Some(Base::Cache(entry.clone()));
+                        self.refresh_in_background(plan, id);
+                    }
+                    Verdict::Expired => {
+                        status = CacheStatus::Expired;
+                        fallback = Some(entry.clone());
+                    }
+                }
+            } else {
+                status = CacheStatus::Watermark;
+                if monotonic && session.state().watermarks().is_regression(key.hash, &entry.doc) {
+                    self.metrics.regressions_prevented.inc();
+                }
+            }
+        }
+        if base.is_none() && ryw {
+            let state = session.state();
+            if let Some(own) = state.pending(key) {
+                let newer = cached.as_ref().is_none_or(|c| own.doc.version > c.doc.version);
+                let age = now.saturating_duration_since(own.committed_at);
+                if newer
+                    && need.admits(&own.doc)
+                    && plan.verdict(age, false, strict, self.plain) == Verdict::Fresh
+                {
+                    status = CacheStatus::Session;
+                    base = Some(Base::Session(own.doc.clone(), own.committed_at));
+                }
+            }
+        }
+        let mut base = match base {
+            Some(base) => base,
+            None => {
+                let item = ItemKey::new(plan.name.clone(), id.into());
+                match self.read_origin(&item, need, cached.is_none()).await {
+                    Ok((entry, tier)) => Base::Origin(entry, tier),
+                    Err(err) => {
+                        self.metrics.origin_errors.inc();
+                        let usable = fallback
+                            .filter(|f| plan.usable_on_error(f.age(now)) && !(strict && plan.has_strict()));
+                        match usable {
+                            Some(entry) => {
+                                tracing::warn!(cause = %err, item = %item, "origin failed; serving stale-if-error");
+                                status = CacheStatus::StaleIfError;
+                                Base::Cache(entry)
+                            }
+                            None => return Err(ReadError::Origin(err)),
+                        }
+                    }
+                }
+            }
+        };
+
+        // Strict fields come from the primary on every read. If the primary has moved
+        // past what the base holds, the primary's answer becomes the base.
+        let mut strict_from_primary = false;
+        if strict && plan.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary)) {
+            let item = ItemKey::new(plan.name.clone(), id.into());
+            let request = ReadRequest {
+                policy: TierPolicy::Primary,
+                min_position: need.position,
+            };
+            let started = Instant::now();
+            let read = self
+                .origin
+                .read(item.clone(), request)
+                .await
+                .inspect_err(|_| self.metrics.origin_errors.inc())?;
+            self.metrics.strict_reads.inc();
+            if read.doc.version == base_doc(&base).version {
+                strict_from_primary = true;
+            } else {
+                let entry = CacheEntry::new(&item, read.doc, started);
+                self.cache.offer(&item, entry.clone());
+                base = Base::Origin(entry, OriginTier::Primary);
+            }
+        }
+
+        let (doc, body, age, tier) = match &base {
+            Base::Cache(entry) => (entry.doc.clone(), entry.body.clone(), entry.age(now), Tier::Cache),
+            Base::Session(doc, at) => {
+                let body = doc
+                    .fields
+                    .as_ref()
+                    .map(|f| Bytes::from(document_json(id, f.iter())))
+                    .unwrap_or_default();
+                (
+                    doc.clone(),
+                    body,
+                    now.saturating_duration_since(*at),
+                    Tier::Session,
+                )
+            }
+            Base::Origin(entry, t) => (
+                entry.doc.clone(),
+                entry.body.clone(),
+                Duration::ZERO,
+                match t {
+                    OriginTier::Primary => Tier::Primary,
+                    OriginTier::Replica => Tier::Replica,
+                },
+            ),
+        };
+        if matches!(base, Base::Origin(..)) && status.is_hit() {
+            // The primary had moved past what the node held.
+            status = CacheStatus::Expired;
+        }
+
+        {
+            let mut state = session.state();
+            if state.watermarks().is_stale_own(key.hash, &doc) {
+                self.metrics.stale_own_reads[usize::from(ryw)].inc();
+                tracing::info!(item = %key.id, ryw, version = doc.version.0, "stale read of the session's own write");
+            }
+            state.record_read(key.hash, &doc, session.limits());
+        }
+        self.metrics.read(tier, status);
+
+        let explain = explain.then(|| explain_fields(plan, &doc, tier, age, strict_from_primary));
+        Ok(ReadOutcome {
+            doc,
+            body,
+            status,
+            strict_from_primary,
+            age,
+            tier,
+            explain,
+        })
+    }
+
+    /// Reads `item` from the origin at or past `need`, and stores it in the cache.
+    /// A miss (`absent`) is coalesced with other requests' reads of the item.
+    async fn read_origin(
+        &self,
+        item: &ItemKey,
+        need: edgecache_actors::Need,
+        absent: bool,
+    ) -> Result<(Arc<CacheEntry>, OriginTier), OriginError> {
+        let load = |policy| {
+            let origin = self.origin.clone();
+            let item = item.clone();
+            async move {
+                let started = Instant::now();
+                let request = ReadRequest {
+                    policy,
+                    min_position: need.position,
+                };
+                let read = origin.read(item.clone(), request).await?;
+                Ok::<_, OriginError>((CacheEntry::new(&item, read.doc, started), read.tier))
+            }
+        };
+        if absent {
+            let tier = std::cell::Cell::new(OriginTier::Primary);
+            let fill = self
+                .cache
+                .fill(item, || {
+                    load(TierPolicy::AtLeast).map(|r| {
+                        r.map(|(entry, t)| {
+                            tier.set(t);
+                            entry
+                        })
+                    })
+                })
+                .await;
+            match fill {
+                Fill::Loaded(entry) if need.admits(&entry.doc) => return Ok((entry, tier.get())),
+                Fill::Loaded(_) => {}
+                Fill::Failed(err) => return Err(err),
+            }
+        }
+        let (entry, tier) = load(TierPolicy::AtLeast).await?;
+        let (entry, tier) = if need.admits(&entry.doc) || tier == OriginTier::Primary {
+            (entry, tier)
+        } else {
+            load(TierPolicy::Primary).await?
+        };
+        self.cache.offer(item, entry.clone());
+        Ok((entry, tier))
+    }
+
+    /// Starts the one background refresh of an item served stale, if none runs.
+    fn refresh_in_background(&self, plan: &CollectionPlan, id: &str) {
+        let item = ItemKey::new(plan.name.clone(), id.into());
+        let Some(ticket) = self.cache.claim_refresh(&item) else {
+            return;
+        };
+        self.metrics.refreshes.inc();
+        let origin = self.origin.clone();
+        let cache = self.cache.clone();
+        let metrics = self.metrics.clone();
+        actix_web::rt::spawn(async move {
+            let _ticket = ticket;
+            let started = Instant::now();
+            let request = ReadRequest {
+                policy: TierPolicy::AtLeast,
+                min_position: Default::default(),
+            };
+            match origin.read(item.clone(), request).await {
+                Ok(read) => cache.offer(&item, CacheEntry::new(&item, read.doc, started)),
+                Err(err) => {
+                    metrics.origin_errors.inc();
+                    tracing::warn!(cause = %err, item = %item, "background refresh failed");
+                }
+            }
+        });
+    }
+
+    /// Reads several items; a missing one comes back with `fields: None`. Items the
+    /// cache lacks are fetched in one origin round trip first.
+    pub async fn read_batch(
+        &self,
+        s: &SessionCtx,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<Vec<ReadOutcome>, ReadError> {
+        let plan = self
+            .collections
+            .get(collection)
+            .ok_or_else(|| ReadError::UnknownCollection(collection.to_owned()))?;
+        let absent: Vec<ItemKey> = ids
+            .iter()
+            .filter(|id| self.cache.get(KeyRef::new(&plan.name, id)).is_none())
+            .map(|id| ItemKey::new(plan.name.clone(), id.as_str().into()))
+            .collect();
+        if !absent.is_empty() {
+            let started = Instant::now();
+            let request = ReadRequest {
+                policy: TierPolicy::AtLeast,
+                min_position: Default::default(),
+            };
+            match self.origin.read_many(absent.clone(), request).await {
+                Ok(reads) => {
+                    for (item, read) in absent.iter().zip(reads) {
+                        self.cache.offer(item, CacheEntry::new(item, read.doc, started));
+                    }
+                }
+                // Each read below retries on its own and reports its own failure.
+                Err(err) => tracing::warn!(cause = %err, "batch prefetch failed"),
+            }
+        }
+        let reads = ids.iter().map(|id| self.read(s, collection, id, false));
+        futures_util::future::join_all(reads).await.into_iter().collect()
+    }
+
+    /// Applies one write in the session's order and returns once it is committed.
+    /// The node's cache is updated with the committed item before the session's next
+    /// write starts.
+    pub async fn write(&self, s: &SessionCtx, op: WriteOp) -> Result<Committed, WriteFailure> {
+        if self.collections.get(op.key.collection()).is_none() {
+            return Err(WriteFailure::UnknownCollection(op.key.collection().to_owned()));
+        }
+        let origin = self.origin.clone();
+        let cache = self.cache.clone();
+        let start = Box::new(move || {
+            async move {
+                let key = op.key.clone();
+                let committed = origin.write(op).await?;
+                let entry = CacheEntry::new(&key, committed.doc.clone(), Instant::now());
+                cache.offer(&key, entry);
+                Ok::<_, WriteError>((key, committed.doc, committed.created))
+            }
+            .boxed_local()
+        });
+        // An actor that stopped since the look-up (evicted, passivated) is revived
+        // first. Once sent, a write is never sent again: a lost answer could hide a
+        // commit, and an increment must not apply twice.
+        let handle = if s.handle.addr.connected() && !s.handle.session.is_retired() {
+            s.handle.clone()
+        } else {
+            self.sessions.revive(s.handle.session.clone())
+        };
+        let sent = handle
+            .addr
+            .send(Write { start })
+            .timeout(self.write_timeout)
+            .await;
+        match sent {
+            Ok(result) => {
+                let (doc, created) = result?;
+                self.metrics.writes.inc();
+                Ok(Committed { doc, created })
+            }
+            Err(MailboxError::Timeout) => Err(WriteFailure::SessionBusy),
+            Err(MailboxError::Closed) => Err(WriteFailure::SessionGone),
+        }
+    }
+}
+
+/// The doc a base holds.
+fn base_doc(base: &Base) -> &Doc {
+    match base {
+        Base::Cache(entry) | Base::Origin(entry, _) => &entry.doc,
+        Base::Session(doc, _) => doc,
+    }
+}
+
+fn explain_fields(
+    plan: &CollectionPlan,
+    doc: &Doc,
+    tier: Tier,
+    age: Duration,
+    strict_from_primary: bool,
+) -> Vec<FieldSource> {
+    let Some(fields) = &doc.fields else {
+        return Vec::new();
+    };
+    fields
+        .keys()
+        .map(|name| {
+            let class = plan.class_of(name);
+            let from_primary = strict_from_primary && class == Freshness::Strict;
+            FieldSource {
+                field: name.clone(),
+                class: class.as_str(),
+                tier: if from_primary {
+                    Tier::Primary.as_str()
+                } else {
+                    tier.as_str()
+                },
+                version: doc.version.0,
+                age_ms: if from_primary { 0 } else { age.as_millis() as u64 },
+            }
+        })
+        .collect()
+}
+
+/// Session ids: 1 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

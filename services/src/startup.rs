@@ -1,0 +1,114 @@
+//! Building and running an edge node: the origin, the data plane and the HTTP server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use edgecache_config::{OriginSettings, Settings};
+use edgecache_flags::{ConfigFlags, FlagSource};
+use tracing_actix_web::TracingLogger;
+
+use crate::origin::{EmbeddedOrigin, OriginError, SharedOrigin};
+use crate::telemetry::RequestSpan;
+use crate::Node;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the origin")]
+    Origin(#[source] OriginError),
+}
+
+/// A built edge node: listening, not yet serving until [`Application::run_until_stopped`].
+pub struct Application {
+    port: u16,
+    server: Server,
+    node: Arc<Node>,
+}
+
+impl Application {
+    /// Opens the configured origin (seeding a fresh store), binds the listener (port 0
+    /// picks a free one) and builds the server, with strategies from configuration.
+    pub fn build(settings: &Settings) -> Result<Self, StartError> {
+        let flags = Arc::new(ConfigFlags::new(&settings.flags.defaults));
+        Self::build_with_flags(settings, flags)
+    }
+
+    /// Like [`Application::build`], with strategies from `flags`.
+    pub fn build_with_flags(settings: &Settings, flags: Arc<dyn FlagSource>) -> Result<Self, StartError> {
+        let origin = open_origin(settings).map_err(StartError::Origin)?;
+        let node = Arc::new(Node::new(settings, origin, flags));
+        let addr = settings.server.listen;
+        let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?
+            .port();
+
+        let data = web::Data::from(node.clone());
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::<RequestSpan>::new())
+                .app_data(data.clone())
+                .configure(crate::http::routes)
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1));
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartError::Bind { addr, source })?
+            .run();
+        tracing::info!(port, node = %settings.node.id, origin = node.origin().kind(), "edge node listening");
+        Ok(Self { port, server, node })
+    }
+
+    /// The port the node listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The node's data plane (tests read its metrics).
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// A handle to stop the server (gracefully or not).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server stops: on SIGTERM or ctrl-c it stops accepting, lets
+    /// in-flight requests finish (up to the shutdown timeout) and passivates every
+    /// session.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.node.sessions().passivate_all();
+        tracing::info!("edge node stopped");
+        result
+    }
+}
+
+fn open_origin(settings: &Settings) -> Result<SharedOrigin, OriginError> {
+    match &settings.origin {
+        OriginSettings::Embedded {
+            path,
+            read_connections,
+            busy_timeout,
+        } => {
+            let origin = EmbeddedOrigin::open(path, *read_connections, *busy_timeout)?;
+            if origin.seed_if_fresh(&settings.seed)? {
+                tracing::info!(path = %path.display(), "seeded a fresh store with the demo data");
+            }
+            Ok(Arc::new(origin))
+        }
+    }
+}
