@@ -273,3 +273,61 @@ impl Handler<Passivate> for SessionActor {
         ctx.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Position, Version};
+    use futures_util::FutureExt;
+    use std::sync::Mutex as StdMutex;
+
+    fn job(
+        log: Arc<StdMutex<Vec<String>>>,
+        name: &'static str,
+        delay: Duration,
+        version: u64,
+    ) -> Write<(), ()> {
+        Write {
+            start: Box::new(move || {
+                async move {
+                    log.lock().unwrap().push(format!("{name} start"));
+                    tokio::time::sleep(delay).await;
+                    log.lock().unwrap().push(format!("{name} end"));
+                    let key = ItemKey::new("c".into(), "k".into());
+                    let doc = Doc {
+                        version: Version(version),
+                        position: Position(version),
+                        fields: None,
+                    };
+                    Ok((key, doc, ()))
+                }
+                .boxed_local()
+            }),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn writes_of_a_session_run_one_at_a_time_in_arrival_order() {
+        let limits = SessionLimits {
+            max_items: 8,
+            max_pending: 4,
+        };
+        let session = Arc::new(Session::new("s".into(), Watermarks::default(), limits));
+        let addr = SessionActor::new(session.clone(), Duration::from_secs(60), Box::new(|_| {})).start();
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        // The first write is slow; the second arrives while it runs.
+        let first = addr.send(job(log.clone(), "first", Duration::from_millis(80), 1));
+        let second = addr.send(job(log.clone(), "second", Duration::ZERO, 2));
+        let (a, b) = futures_util::join!(first, second);
+        assert!(a.unwrap().is_ok() && b.unwrap().is_ok());
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["first start", "first end", "second start", "second end"],
+            "the second write started only after the first committed"
+        );
+        let key = ItemKey::new("c".into(), "k".into());
+        let state = session.state();
+        assert_eq!(state.need(key.hash(), true, false).version, Version(2));
+        assert_eq!(state.pending(key.as_ref()).unwrap().doc.version, Version(2));
+    }
+}

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub stale_own_reads: [Counter; 2],
     /// Cached items refused to a session because it had already read a newer version.
     pub regressions_prevented: Counter,
+    /// Reads that returned an older version than the session had already read, by
+    /// the monotonic-reads arm (`[off, on]`); `on` must stay 0.
+    pub regressions_served: [Counter; 2],
     /// Background refreshes started (stale-while-revalidate).
     pub refreshes: Counter,
     /// Origin reads that failed.
@@ -99,6 +102,11 @@ impl Metrics {
             .iter()
             .position(|s| *s == status)
             .map_or(0, |i| self.reads_by_status[i].get())
+    }
+
+    /// Regressions served to sessions with monotonic reads `on` or off.
+    pub fn regressions(&self, monotonic_on: bool) -> u64 {
+        self.regressions_served[usize::from(monotonic_on)].get()
     }
 
     /// Stale own reads of sessions with read-your-writes `on` or off.

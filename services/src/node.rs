@@ -415,6 +415,10 @@ impl Node {
                 self.metrics.stale_own_reads[usize::from(ryw)].inc();
                 tracing::info!(item = %key.id, ryw, version = doc.version.0, "stale read of the session's own write");
             }
+            if state.watermarks().is_regression(key.hash, &doc) {
+                self.metrics.regressions_served[usize::from(monotonic)].inc();
+                tracing::info!(item = %key.id, monotonic, version = doc.version.0, "read older than one the session read");
+            }
             state.record_read(key.hash, &doc, session.limits());
         }
         self.metrics.read(tier, status);
@@ -633,4 +637,147 @@ pub fn valid_session_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    //! The read path when the origin fails, over the real embedded store behind a
+    //! switch that makes it refuse every call (an origin outage, which the embedded
+    //! store cannot have on its own).
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use edgecache_actors::Position;
+    use edgecache_flags::ConfigFlags;
+    use futures_util::future::BoxFuture;
+
+    use super::*;
+    use crate::origin::{EmbeddedOrigin, Origin, OriginRead, WriteOpKind};
+
+    struct Switchable {
+        inner: EmbeddedOrigin,
+        down: AtomicBool,
+    }
+
+    impl Switchable {
+        fn check(&self) -> Result<(), OriginError> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(OriginError::Unavailable {
+                    reason: "switched off".into(),
+                    source: None,
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Origin for Switchable {
+        fn read(
+            &self,
+            key: ItemKey,
+            request: ReadRequest,
+        ) -> BoxFuture<'static, Result<OriginRead, OriginError>> {
+            match self.check() {
+                Ok(()) => self.inner.read(key, request),
+                Err(e) => Box::pin(async move { Err(e) }),
+            }
+        }
+
+        fn read_many(
+            &self,
+            keys: Vec<ItemKey>,
+            request: ReadRequest,
+        ) -> BoxFuture<'static, Result<Vec<OriginRead>, OriginError>> {
+            match self.check() {
+                Ok(()) => self.inner.read_many(keys, request),
+                Err(e) => Box::pin(async move { Err(e) }),
+            }
+        }
+
+        fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Committed, WriteError>> {
+            match self.check() {
+                Ok(()) => self.inner.write(op),
+                Err(e) => Box::pin(async move { Err(e.into()) }),
+            }
+        }
+
+        fn ping(&self) -> BoxFuture<'static, Result<Position, OriginError>> {
+            self.inner.ping()
+        }
+
+        fn kind(&self) -> &'static str {
+            "switchable"
+        }
+    }
+
+    const WINDOWS: &str = r#"
+[collections.notes]
+freshness = { class = "relaxed", ttl = "100ms", stale_while_revalidate = "0s", stale_if_error = "1h" }
+[collections.notes.fields]
+text = { type = "string" }
+[collections.counters]
+freshness = { class = "relaxed", ttl = "100ms", stale_while_revalidate = "0s", stale_if_error = "1h" }
+[collections.counters.fields]
+count = { type = "integer", freshness = { class = "strict" } }
+"#;
+
+    fn node(dir: &std::path::Path) -> (Node, Arc<Switchable>) {
+        let settings = edgecache_config::load(&edgecache_config::Sources {
+            dir: Some("/nonexistent".into()),
+            skip_env: true,
+            overrides: Some(WINDOWS.into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let inner = EmbeddedOrigin::open(&dir.join("db"), 1, Duration::from_millis(200)).unwrap();
+        let origin = Arc::new(Switchable {
+            inner,
+            down: AtomicBool::new(false),
+        });
+        let flags = Arc::new(ConfigFlags::new(&settings.flags.defaults));
+        (Node::new(&settings, origin.clone(), flags), origin)
+    }
+
+    async fn put(node: &Node, collection: &str, id: &str, fields: serde_json::Value) {
+        let s = node.open_session(None, None, None).unwrap();
+        let op = WriteOp {
+            key: ItemKey::new(node.collection(collection).unwrap().name.clone(), id.into()),
+            if_match: None,
+            kind: WriteOpKind::Put(Arc::new(fields.as_object().unwrap().clone())),
+        };
+        node.write(&s, op).await.unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn relaxed_fields_are_served_stale_when_the_origin_fails_strict_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, origin) = node(dir.path());
+        put(&node, "notes", "n1", serde_json::json!({"text": "kept"})).await;
+        put(&node, "counters", "c1", serde_json::json!({"count": 1})).await;
+        let reader = node.open_session(None, None, None).unwrap();
+        node.read(&reader, "notes", "n1", false).await.unwrap();
+        node.read(&reader, "counters", "c1", false).await.unwrap();
+
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        origin.down.store(true, Ordering::SeqCst);
+        let s = node.open_session(None, None, None).unwrap();
+        let stale = node.read(&s, "notes", "n1", false).await.unwrap();
+        assert_eq!(stale.status, CacheStatus::StaleIfError);
+        assert_eq!(&stale.body[..], br#"{"id":"n1","text":"kept"}"#);
+        assert!(stale.age >= Duration::from_millis(150));
+
+        let strict = node.read(&s, "counters", "c1", false).await;
+        assert!(
+            matches!(strict, Err(ReadError::Origin(_))),
+            "a strict field is never guessed"
+        );
+        let never_cached = node.read(&s, "notes", "n2", false).await;
+        assert!(matches!(never_cached, Err(ReadError::Origin(_))));
+
+        origin.down.store(false, Ordering::SeqCst);
+        let back = node.read(&s, "notes", "n1", false).await.unwrap();
+        assert_eq!(back.status, CacheStatus::Expired);
+        assert!(node.metrics().origin_errors.get() >= 3);
+    }
 }

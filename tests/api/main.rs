@@ -1,0 +1,10 @@
+//! Integration tests over real HTTP: each test spawns its own nodes on port 0 over a
+//! temporary embedded store. `TEST_LOG=1` shows the nodes' logs.
+
+mod helpers;
+
+mod durability;
+mod errors;
+mod freshness;
+mod guarantees;
+mod sessions;
