@@ -7,4 +7,5 @@ mod durability;
 mod errors;
 mod freshness;
 mod guarantees;
+mod process;
 mod sessions;
