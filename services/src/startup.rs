@@ -55,6 +55,7 @@ impl Application {
         let data = web::Data::from(node.clone());
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap_fn(crate::telemetry::echo_request_id)
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(data.clone())
                 .configure(crate::http::routes)

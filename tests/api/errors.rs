@@ -181,6 +181,11 @@ async fn bad_writes_are_rejected_with_their_problem_type_and_write_nothing() {
         );
         assert_eq!(reply.problem(), problem, "{method} {path}");
         assert_eq!(reply.body["status"], status);
+        assert_eq!(
+            reply.header("x-request-id").len(),
+            36,
+            "every answer names its request id"
+        );
     }
     assert_eq!(
         state(&app, "/v1/products/p1").await,

@@ -23,11 +23,21 @@ fn check_config_prints_the_effective_configuration_without_secrets() {
         .env("EDGECACHE__NODE__ID", "edge-7")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let printed = String::from_utf8(output.stdout).unwrap();
-    assert!(printed.contains("id = \"edge-7\""), "the environment layer applies");
+    assert!(
+        printed.contains("id = \"edge-7\""),
+        "the environment layer applies"
+    );
     assert!(printed.contains("[redacted]"));
-    assert!(!printed.contains("edgecache-development-secret"), "secrets never print");
+    assert!(
+        !printed.contains("edgecache-development-secret"),
+        "secrets never print"
+    );
 }
 
 #[test]
@@ -38,10 +48,17 @@ fn a_bad_setting_stops_start_up_with_a_message_naming_the_key() {
         ("EDGECACHE__SERVER__LISTEN", "not-an-address", "server.listen"),
         ("EDGECACHE__CACHE__CAPACITY_BYTES", "10", "cache.capacity_bytes"),
     ] {
-        let output = edgecache(dir.path()).arg("serve").env(var, value).output().unwrap();
+        let output = edgecache(dir.path())
+            .arg("serve")
+            .env(var, value)
+            .output()
+            .unwrap();
         assert!(!output.status.success(), "{var}={value} must stop start-up");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(key), "{var}={value}: the error names `{key}`: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{var}={value}: the error names `{key}`: {stderr}"
+        );
     }
 }
 
@@ -77,7 +94,9 @@ fn start(dir: &std::path::Path) -> (Node, String) {
             }
         }
     });
-    let port = rx.recv_timeout(Duration::from_secs(20)).expect("the node starts listening");
+    let port = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the node starts listening");
     (child, format!("http://127.0.0.1:{port}"))
 }
 
@@ -86,11 +105,21 @@ async fn sigterm_stops_accepting_and_lets_in_flight_requests_finish() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, address) = start(dir.path());
     let client = reqwest::Client::new();
-    assert_eq!(client.get(format!("{address}/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("{address}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // Hold the store's write lock so the next write stays in flight.
     let locker = rusqlite::Connection::open(dir.path().join("data/edgecache.db")).unwrap();
-    locker.execute_batch("BEGIN IMMEDIATE; UPDATE meta SET position = position;").unwrap();
+    locker
+        .execute_batch("BEGIN IMMEDIATE; UPDATE meta SET position = position;")
+        .unwrap();
     let in_flight = tokio::spawn({
         let client = client.clone();
         let address = address.clone();
@@ -105,27 +134,46 @@ async fn sigterm_stops_accepting_and_lets_in_flight_requests_finish() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(child.0.try_wait().unwrap().is_none(), "the node waits for the in-flight write");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the node waits for the in-flight write"
+    );
 
     locker.execute_batch("ROLLBACK").unwrap();
-    assert_eq!(in_flight.await.unwrap().unwrap(), 200, "the in-flight write finished");
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "the in-flight write finished"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "the node exits after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node exits after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "a graceful stop exits 0: {status}");
 
     // The write was committed: a node on the same store sees it.
     let (again, address) = start(dir.path());
-    let reply: serde_json::Value =
-        client.get(format!("{address}/v1/products/p1")).send().await.unwrap().json().await.unwrap();
+    let reply: serde_json::Value = client
+        .get(format!("{address}/v1/products/p1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(reply["price"], 11.0);
     drop(again);
 }
