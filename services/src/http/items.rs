@@ -87,10 +87,7 @@ pub fn read_response(id: &str, outcome: ReadOutcome) -> Result<HttpResponse, Api
     // Responses are per session: shared caches in front must not store them.
     headers.insert(
         header::CACHE_CONTROL,
-        header::HeaderValue::from_str(
-            &CacheControl(vec![CacheDirective::Private, CacheDirective::NoCache]).to_string(),
-        )
-        .expect("static directives"),
+        header::HeaderValue::from_static("private, no-cache"),
     );
     Ok(response)
 }
