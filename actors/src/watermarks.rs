@@ -114,6 +114,7 @@ impl Watermarks {
                 version,
                 position,
             },
+            true,
         );
         if changed {
             self.compact(max_items);
@@ -135,6 +136,7 @@ impl Watermarks {
                 version,
                 position,
             },
+            true,
         );
         if changed {
             self.compact(max_items);
@@ -155,10 +157,10 @@ impl Watermarks {
             changed = true;
         }
         for mark in &other.writes {
-            changed |= upsert_keeping_order(&mut self.writes, *mark);
+            changed |= upsert(&mut self.writes, *mark, false);
         }
         for mark in &other.reads {
-            changed |= upsert_keeping_order(&mut self.reads, *mark);
+            changed |= upsert(&mut self.reads, *mark, false);
         }
         if changed {
             self.compact(max_items);
@@ -213,44 +215,25 @@ fn find(marks: &[Mark], item: u64) -> Option<&Mark> {
     marks.iter().find(|m| m.item == item)
 }
 
-/// Raises `mark.item`'s mark to `mark` and moves it to the end (most recent).
-fn upsert(marks: &mut Vec<Mark>, mark: Mark) -> bool {
-    match marks.iter().position(|m| m.item == mark.item) {
-        Some(i) => {
-            let old = marks.remove(i);
-            let merged = Mark {
-                item: mark.item,
-                version: old.version.max(mark.version),
-                position: old.position.max(mark.position),
-            };
-            marks.push(merged);
-            merged != old
-        }
-        None => {
-            marks.push(mark);
-            true
-        }
+/// Raises `mark.item`'s mark to at least `mark`; a use (`touch`) also moves it to the
+/// end (most recent), a merge leaves it where it is. Returns whether it changed.
+fn upsert(marks: &mut Vec<Mark>, mark: Mark, touch: bool) -> bool {
+    let Some(i) = marks.iter().position(|m| m.item == mark.item) else {
+        marks.push(mark);
+        return true;
+    };
+    let old = marks[i];
+    let merged = Mark {
+        item: mark.item,
+        version: old.version.max(mark.version),
+        position: old.position.max(mark.position),
+    };
+    marks[i] = merged;
+    if touch {
+        let moved = marks.remove(i);
+        marks.push(moved);
     }
-}
-
-/// Like [`upsert`] but leaves an existing mark where it is (a merge is not a use).
-fn upsert_keeping_order(marks: &mut Vec<Mark>, mark: Mark) -> bool {
-    match marks.iter_mut().find(|m| m.item == mark.item) {
-        Some(old) => {
-            let merged = Mark {
-                item: mark.item,
-                version: old.version.max(mark.version),
-                position: old.position.max(mark.position),
-            };
-            let changed = merged != *old;
-            *old = merged;
-            changed
-        }
-        None => {
-            marks.push(mark);
-            true
-        }
-    }
+    merged != old
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::items::{document_response, prepare_write, version_condition, ItemPath};
+use super::items::{document_response, prepare_write, version_condition, ItemPath, Prepared};
 use super::request::{parse, read_body, respond};
 use super::ApiError;
 use crate::origin::{WriteOp, WriteOpKind};
@@ -30,7 +30,12 @@ pub async fn increment(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (key, pre, session) = prepare_write(&node, &path, &request)?;
+    let Prepared {
+        key,
+        pre,
+        session,
+        plan,
+    } = prepare_write(&node, &path, &request)?;
     let result = async {
         let body = read_body(
             &request,
@@ -40,9 +45,6 @@ pub async fn increment(
         )
         .await?;
         let Increment { field, by, min, max } = parse(&body)?;
-        let plan = node
-            .collection(&path.collection)
-            .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone()))?;
         let (min, max) = plan.increment_bounds(&field, min, max)?;
         let op = WriteOp {
             key,

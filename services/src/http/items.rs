@@ -5,7 +5,7 @@ use std::sync::Arc;
 use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use edgecache_actors::{ItemKey, Version};
+use edgecache_actors::{Fields, ItemKey, Version};
 use serde::Deserialize;
 
 use super::request::{
@@ -14,6 +14,7 @@ use super::request::{
 use super::ApiError;
 use crate::node::{ReadOutcome, SessionCtx};
 use crate::origin::{OriginError, ReadRequest, TierPolicy, WriteOp, WriteOpKind};
+use crate::plan::CollectionPlan;
 use crate::Node;
 
 const JSON: &[&str] = &["application/json"];
@@ -100,13 +101,14 @@ pub async fn put_item(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (key, pre, session) = prepare_write(&node, &path, &request)?;
+    let Prepared {
+        key,
+        pre,
+        session,
+        plan,
+    } = prepare_write(&node, &path, &request)?;
     let result = async {
-        let body = read_body(&request, payload, node.limits().max_body_bytes, JSON).await?;
-        let plan = node
-            .collection(&path.collection)
-            .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone()))?;
-        let fields = plan.check_document(&path.id, parse_object(&body)?)?;
+        let fields = read_document(&node, &plan, &path.id, &request, payload, JSON).await?;
         let if_match = match pre {
             Precondition::None => None,
             Precondition::Version(v) => Some(v),
@@ -142,13 +144,14 @@ pub async fn patch_item(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (key, pre, session) = prepare_write(&node, &path, &request)?;
+    let Prepared {
+        key,
+        pre,
+        session,
+        plan,
+    } = prepare_write(&node, &path, &request)?;
     let result = async {
-        let body = read_body(&request, payload, node.limits().max_body_bytes, MERGE_PATCH).await?;
-        let plan = node
-            .collection(&path.collection)
-            .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone()))?;
-        let patch = plan.check_document(&path.id, parse_object(&body)?)?;
+        let patch = read_document(&node, &plan, &path.id, &request, payload, MERGE_PATCH).await?;
         let op = WriteOp {
             key,
             if_match: version_condition(pre)?,
@@ -168,7 +171,9 @@ pub async fn delete_item(
     path: web::Path<ItemPath>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (key, pre, session) = prepare_write(&node, &path, &request)?;
+    let Prepared {
+        key, pre, session, ..
+    } = prepare_write(&node, &path, &request)?;
     let result = async {
         let op = WriteOp {
             key,
@@ -186,22 +191,41 @@ pub async fn delete_item(
 
 /// What every write checks before it reads its body: the id, the collection, the
 /// precondition and the session.
-pub fn prepare_write(
-    node: &Node,
-    path: &ItemPath,
-    request: &HttpRequest,
-) -> Result<(ItemKey, Precondition, SessionCtx), ApiError> {
+pub struct Prepared {
+    pub key: ItemKey,
+    pub pre: Precondition,
+    pub session: SessionCtx,
+    pub plan: Arc<CollectionPlan>,
+}
+
+pub fn prepare_write(node: &Node, path: &ItemPath, request: &HttpRequest) -> Result<Prepared, ApiError> {
     check_id(&path.id, node.limits().max_id_bytes)?;
     let plan = node
         .collection(&path.collection)
-        .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone()))?;
+        .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone()))?
+        .clone();
     let pre = precondition(request)?;
     let session = open_session(node, request)?;
-    Ok((
-        ItemKey::new(plan.name.clone(), path.id.as_str().into()),
+    let key = ItemKey::new(plan.name.clone(), path.id.as_str().into());
+    Ok(Prepared {
+        key,
         pre,
         session,
-    ))
+        plan,
+    })
+}
+
+/// Reads a document or merge patch body and checks it against the data model.
+async fn read_document(
+    node: &Node,
+    plan: &CollectionPlan,
+    id: &str,
+    request: &HttpRequest,
+    payload: web::Payload,
+    accept: &[&'static str],
+) -> Result<Fields, ApiError> {
+    let body = read_body(request, payload, node.limits().max_body_bytes, accept).await?;
+    Ok(plan.check_document(id, parse_object(&body)?)?)
 }
 
 /// The If-Match version of a write that requires the item to exist anyway
