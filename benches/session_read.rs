@@ -84,7 +84,10 @@ fn node(settings: &Settings) -> Node {
         path,
         read_connections,
         busy_timeout,
-    } = &settings.origin;
+    } = &settings.origin
+    else {
+        unreachable!("the bench configures the embedded origin")
+    };
     let origin = EmbeddedOrigin::open(path, *read_connections, *busy_timeout).expect("open the origin");
     assert!(
         origin.seed_if_fresh(&settings.seed).expect("seed"),

@@ -3,9 +3,11 @@
 # real HTTP (tests/api), the binary's process tests, and a compile check of the
 # benches. Builds once; cargo runs the test binaries' tests in parallel.
 #
-# Needs only the Rust toolchain today (the embedded origin is SQLite, compiled in).
-# Services that later tests need (PostgreSQL, Unleash, nginx) are installed and
-# started by this script, on loopback, and stopped again.
+# Needs the Rust toolchain, and runs as root: the tests of the PostgreSQL origin need a
+# real primary and a real streaming replica, which this script starts on loopback
+# (scripts/pg-cluster.sh: installs Debian's postgresql-15 if missing, picks free ports,
+# exports EDGECACHE_TEST_PG_*) and tears down again at exit, also on failure or
+# interrupt. Other services that later tests need (Unleash, nginx) go the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +15,24 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Bound every test binary: a hung test fails the run instead of eating CI's 90 minutes.
 timeout_secs="${EDGECACHE_TEST_TIMEOUT:-1200}"
 
+# Build first, before any service runs: a compile error then leaves nothing behind.
 echo "== build"
 cargo build --workspace --all-targets --locked
+
+# Services. One EXIT trap tears them all down whatever happens next (test failure,
+# error in this script, Ctrl-C or TERM: those two exit through it too). Each stop
+# function is idempotent and stops only what this shell started. A new service adds
+# its stop to cleanup (a second `trap ... EXIT` would replace this one).
+echo "== services"
+# shellcheck source=scripts/pg-cluster.sh
+source scripts/pg-cluster.sh
+cleanup() {
+    pg_cluster_stop
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+pg_cluster_start   # primary + delayed replica; exports EDGECACHE_TEST_PG_*
 
 echo "== test"
 timeout --signal=TERM "$timeout_secs" cargo test --workspace --locked --no-fail-fast

@@ -37,6 +37,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Create the PostgreSQL tables of the configured collections (seeding empty
+    /// ones); nothing to do for the embedded store.
+    Migrate {
+        /// A configuration file layered over the defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -74,6 +81,18 @@ fn main() -> anyhow::Result<()> {
             let settings = load(config.or(cli.serve.config))?;
             print!("{}", edgecache_config::effective_toml(&settings));
             eprintln!("configuration is valid");
+            Ok(())
+        }
+        Some(Command::Migrate { config }) => {
+            init_tracing();
+            let settings = load(config.or(cli.serve.config))?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let seeded = runtime
+                .block_on(edgecache_services::migrate(&settings))
+                .context("migrating the origin")?;
+            tracing::info!(seeded, "origin migrated");
             Ok(())
         }
         Some(Command::Serve(args)) => serve(ServeArgs {

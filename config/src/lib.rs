@@ -11,9 +11,9 @@ mod tests;
 mod validate;
 
 pub use load::{effective_toml, load, ConfigError, Sources, BASE};
-pub use schema::{Collection, Field, FieldType, Freshness};
+pub use schema::{Collection, Field, FieldType, Freshness, Table};
 pub use settings::{
-    ApiSettings, CacheSettings, FlagSettings, NodeSettings, OriginSettings, ServerSettings, SessionSettings,
-    Settings, TokenKey,
+    ApiSettings, CacheSettings, FlagSettings, NodeSettings, OriginSettings, PostgresSettings, ServerSettings,
+    SessionSettings, Settings, TokenKey,
 };
 pub use validate::InvalidSetting;

@@ -14,6 +14,38 @@ pub struct Collection {
     pub freshness: Freshness,
     /// The fields a document may have; any other is rejected (422).
     pub fields: BTreeMap<String, Field>,
+    /// Where the collection lives in a PostgreSQL origin.
+    #[serde(default)]
+    pub table: Table,
+}
+
+/// The table of a collection in a PostgreSQL origin, so an existing schema can be
+/// served. `edgecache migrate` creates it when absent.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Table {
+    /// The table's name; the collection's name when empty.
+    pub name: String,
+    /// The primary-key column holding the item id (text).
+    pub key: String,
+    /// The bigint column holding the item's version.
+    pub version: String,
+    /// The boolean column marking a deleted item (kept, so versions stay monotonic).
+    pub tombstone: String,
+    /// Field → column, for fields whose column has another name.
+    pub columns: BTreeMap<String, String>,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            key: "id".into(),
+            version: "version".into(),
+            tombstone: "deleted".into(),
+            columns: BTreeMap::new(),
+        }
+    }
 }
 
 impl Collection {

@@ -71,6 +71,68 @@ pub enum OriginSettings {
         #[serde(with = "humantime_serde")]
         busy_timeout: Duration,
     },
+    /// PostgreSQL: writes and strict reads on the primary, other reads on the
+    /// regional streaming replicas when they have replayed the session's position.
+    Postgres(PostgresSettings),
+}
+
+/// The PostgreSQL origin.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// The primary's connection URL (`postgres://user:password@host:port/db`).
+    #[serde(serialize_with = "redacted")]
+    pub primary: SecretString,
+    /// This region's hot-standby replicas; none means every read goes to the primary.
+    #[serde(default, serialize_with = "redacted")]
+    pub replicas: Vec<SecretString>,
+    /// Connections per server (the primary and each replica).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long connecting, or waiting for a pooled connection, may take.
+    #[serde(default = "default_pg_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Server-side `statement_timeout` of every statement.
+    #[serde(default = "default_pg_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// The replica-wait budget: how long a read waits for a replica to replay the
+    /// session's position before it reads the primary instead.
+    #[serde(default = "default_replica_wait", with = "humantime_serde")]
+    pub replica_wait: Duration,
+    /// A replica further behind the primary than this leaves the rotation until it
+    /// catches up (so does one that does not answer).
+    #[serde(default = "default_replica_max_lag", with = "humantime_serde")]
+    pub replica_max_lag: Duration,
+    /// How often each replica's replay position and lag are sampled.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// The LISTEN/NOTIFY channel of the change feed between edge nodes.
+    #[serde(default = "default_channel")]
+    pub notify_channel: String,
+}
+
+fn default_pool_size() -> usize {
+    16
+}
+
+fn default_pg_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_replica_wait() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_replica_max_lag() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_channel() -> String {
+    "edgecache_changes".to_owned()
 }
 
 /// The shared, byte-weighted document cache of the node.
@@ -145,4 +207,11 @@ pub struct FlagSettings {
     /// percentage of sessions (`"50%"`), sticky per session id. Unnamed ones are on.
     #[serde(default)]
     pub defaults: BTreeMap<Strategy, Rollout>,
+    /// The Unleash server whose flags the node follows (`url`, `client_token`,
+    /// `app_name`, `instance_id`, `refresh_interval`, `request_timeout`,
+    /// `bootstrap_file`); absent, strategies come from `defaults` only. Until the first
+    /// fetch the bootstrap file's flags apply, else `defaults`; during an outage the
+    /// last fetched flags; a strategy Unleash has no flag for follows its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unleash: Option<edgecache_flags::UnleashSettings>,
 }

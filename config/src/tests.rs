@@ -73,7 +73,9 @@ fn base_config_loads_and_validates() {
     );
     assert_eq!(settings.seed["products"]["p1"]["stock"], 40);
     assert_eq!(settings.seed["products"]["p2"]["price"], 49.0);
-    let OriginSettings::Embedded { read_connections, .. } = settings.origin;
+    let OriginSettings::Embedded { read_connections, .. } = settings.origin else {
+        panic!("the base configuration uses the embedded origin")
+    };
     assert_eq!(read_connections, 4);
 }
 
@@ -227,7 +229,9 @@ fn env_vars_override_nested_keys() {
     assert_eq!(defaults[&Strategy::ReplicaWait], Rollout::Off);
     assert_eq!(defaults[&Strategy::StrictFields], Rollout::Percent(50));
     assert_eq!(defaults[&Strategy::MonotonicReads], Rollout::On);
-    let OriginSettings::Embedded { read_connections, .. } = settings.origin;
+    let OriginSettings::Embedded { read_connections, .. } = settings.origin else {
+        panic!("the base configuration uses the embedded origin")
+    };
     assert_eq!(read_connections, 8, "a number inside a tagged table");
     assert_eq!(settings.cache.fill_deadline, Duration::from_millis(500));
     assert_eq!(settings.collections["products"].fields["price"].max, Some(1000.5));

@@ -44,6 +44,7 @@ impl Settings {
         cache(&self.cache)?;
         session(&self.session)?;
         api(&self.api)?;
+        flags(&self.flags)?;
         collections(self)?;
         seed(self)
     }
@@ -73,6 +74,26 @@ fn origin(o: &OriginSettings) -> Check {
             }
             in_range("origin.read_connections", *read_connections, 1..=64)?;
             positive("origin.busy_timeout", *busy_timeout)
+        }
+        OriginSettings::Postgres(pg) => {
+            let url = |key: &str, value: &str| {
+                if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+                    Ok(())
+                } else {
+                    Err(invalid(key, "must be a postgres:// URL"))
+                }
+            };
+            url("origin.primary", pg.primary.expose_secret())?;
+            for (i, replica) in pg.replicas.iter().enumerate() {
+                url(&format!("origin.replicas[{i}]"), replica.expose_secret())?;
+            }
+            in_range("origin.pool_size", pg.pool_size, 1..=256)?;
+            positive("origin.connect_timeout", pg.connect_timeout)?;
+            positive("origin.statement_timeout", pg.statement_timeout)?;
+            at_most("origin.replica_wait", pg.replica_wait, Duration::from_secs(30))?;
+            positive("origin.replica_max_lag", pg.replica_max_lag)?;
+            positive("origin.health_interval", pg.health_interval)?;
+            name("origin.notify_channel", &pg.notify_channel, &SQL_NAME)
         }
     }
 }
@@ -130,6 +151,57 @@ fn api(a: &ApiSettings) -> Check {
     in_range("api.max_batch", a.max_batch, 1..=1000)
 }
 
+fn flags(f: &crate::settings::FlagSettings) -> Check {
+    let Some(u) = &f.unleash else { return Ok(()) };
+    let rest = u
+        .url
+        .strip_prefix("http://")
+        .or_else(|| u.url.strip_prefix("https://"));
+    if !rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/')) || u.url.chars().any(char::is_whitespace) {
+        return Err(invalid(
+            "flags.unleash.url",
+            format!(
+                "`{}` must be an http:// or https:// URL, the Unleash API base (e.g. https://unleash.example.com/api/)",
+                u.url
+            ),
+        ));
+    }
+    name("flags.unleash.app_name", &u.app_name, &NODE_NAME)?;
+    if let Some(id) = &u.instance_id {
+        name("flags.unleash.instance_id", id, &NODE_NAME)?;
+    }
+    at_least(
+        "flags.unleash.refresh_interval",
+        u.refresh_interval,
+        Duration::from_millis(100),
+    )?;
+    at_most(
+        "flags.unleash.refresh_interval",
+        u.refresh_interval,
+        Duration::from_secs(3600),
+    )?;
+    positive("flags.unleash.request_timeout", u.request_timeout)?;
+    at_most(
+        "flags.unleash.request_timeout",
+        u.request_timeout,
+        Duration::from_secs(60),
+    )?;
+    let token = u.client_token.expose_secret();
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "flags.unleash.client_token",
+            "must be a non-empty Unleash client token without spaces",
+        ));
+    }
+    if u.bootstrap_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(invalid("flags.unleash.bootstrap_file", "must not be empty"));
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------ data model
 
 fn collections(settings: &Settings) -> Check {
@@ -146,6 +218,26 @@ fn collections(settings: &Settings) -> Check {
         for (field_name, f) in &collection.fields {
             field(&join(&join(&key, "fields"), field_name), field_name, f)?;
         }
+        table(&join(&key, "table"), collection)?;
+    }
+    Ok(())
+}
+
+/// A collection's table mapping: SQL identifiers only, columns of declared fields.
+fn table(key: &str, collection: &Collection) -> Check {
+    let t = &collection.table;
+    if !t.name.is_empty() {
+        name(&join(key, "name"), &t.name, &SQL_NAME)?;
+    }
+    name(&join(key, "key"), &t.key, &SQL_NAME)?;
+    name(&join(key, "version"), &t.version, &SQL_NAME)?;
+    name(&join(key, "tombstone"), &t.tombstone, &SQL_NAME)?;
+    for (field_name, column) in &t.columns {
+        let column_key = join(&join(key, "columns"), field_name);
+        if !collection.fields.contains_key(field_name) {
+            return Err(invalid(column_key, "names no field of the collection"));
+        }
+        name(&column_key, column, &SQL_NAME)?;
     }
     Ok(())
 }
@@ -300,6 +392,14 @@ const KEY_ID: Charset = Charset {
 
 const SCHEMA_NAME: Charset = Charset {
     max_len: 64,
+    allows: |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_',
+    letter_first: true,
+    describe: "lowercase letters, digits, `_`, starting with a letter",
+};
+
+/// An unquoted PostgreSQL identifier (at most 63 bytes).
+const SQL_NAME: Charset = Charset {
+    max_len: 63,
     allows: |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_',
     letter_first: true,
     describe: "lowercase letters, digits, `_`, starting with a letter",

@@ -22,6 +22,15 @@ impl Arm {
         variant: None,
     };
 
+    /// `on` or `off`, without a variant.
+    pub const fn from_enabled(enabled: bool) -> Arm {
+        if enabled {
+            Arm::ON
+        } else {
+            Arm::OFF
+        }
+    }
+
     /// The label of this arm in logs and metrics: the variant, else `on`/`off`.
     pub fn label(self) -> &'static str {
         match (self.variant, self.enabled) {
@@ -59,6 +68,10 @@ impl Strategies {
     pub const ALL_ON: Strategies = Strategies {
         arms: [Arm::ON; Strategy::ALL.len()],
     };
+
+    pub(crate) fn from_arms(arms: [Arm; Strategy::ALL.len()]) -> Self {
+        Strategies { arms }
+    }
 
     pub fn arm(&self, strategy: Strategy) -> Arm {
         self.arms[strategy.index()]
@@ -98,12 +111,7 @@ impl ConfigFlags {
 
 impl FlagSource for ConfigFlags {
     fn arm(&self, strategy: Strategy, ctx: &FlagContext<'_>) -> Arm {
-        let enabled = self.rollouts[strategy.index()].is_enabled(strategy.flag_name(), ctx.session_id);
-        if enabled {
-            Arm::ON
-        } else {
-            Arm::OFF
-        }
+        Arm::from_enabled(self.rollouts[strategy.index()].is_enabled(strategy.flag_name(), ctx.session_id))
     }
 }
 

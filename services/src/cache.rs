@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgecache_actors::{Doc, ItemKey, KeyRef};
+use edgecache_actors::{Doc, ItemKey, KeyRef, Version};
 use parking_lot::Mutex;
 use quick_cache::sync::EntryAction;
 use quick_cache::sync::{Cache, EntryResult};
@@ -28,6 +28,9 @@ pub struct CacheEntry {
     pub fetched_at: Instant,
     /// `{"id": …, fields…}`; empty for an absent item.
     pub body: Bytes,
+    /// A marker left by the change feed: the item changed to `doc.version` through
+    /// another node. It is never served; a read must fetch at least that version.
+    pub invalidated: bool,
 }
 
 impl CacheEntry {
@@ -40,6 +43,21 @@ impl CacheEntry {
             doc,
             fetched_at,
             body,
+            invalidated: false,
+        })
+    }
+
+    /// The marker of a change to `version` made elsewhere.
+    fn marker(version: Version) -> Arc<Self> {
+        Arc::new(Self {
+            doc: Doc {
+                version,
+                position: Default::default(),
+                fields: None,
+            },
+            fetched_at: Instant::now(),
+            body: Bytes::new(),
+            invalidated: true,
         })
     }
 
@@ -158,9 +176,24 @@ impl SharedCache {
         }
     }
 
-    /// Drops the item (an invalidation).
-    pub fn remove(&self, key: KeyRef<'_>) {
-        self.inner.remove(&key);
+    /// Replaces an entry older than `version` (a change committed through another
+    /// node) by a marker that makes the next read fetch at least `version` — from
+    /// the primary if the replicas lag. Returns whether it replaced one.
+    pub fn invalidate_older(&self, key: &ItemKey, version: Version) -> bool {
+        let result = self.inner.entry(key, Some(Duration::ZERO), |_, current| {
+            if current.doc.version < version {
+                *current = CacheEntry::marker(version);
+                EntryAction::Retain(true)
+            } else {
+                EntryAction::Retain(false)
+            }
+        });
+        matches!(result, EntryResult::Retained(true))
+    }
+
+    /// Drops every entry.
+    pub fn clear(&self) {
+        self.inner.clear();
     }
 
     /// A read of an item the cache does not hold, coalesced: the first request loads
@@ -224,7 +257,7 @@ impl Drop for RefreshTicket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgecache_actors::{Position, Version};
+    use edgecache_actors::Position;
 
     fn key(id: &str) -> ItemKey {
         ItemKey::new("products".into(), id.into())

@@ -14,4 +14,4 @@ mod telemetry;
 
 pub use cache_status::CacheStatus;
 pub use node::{Node, ReadError, ReadOutcome, SessionCtx, SessionError, WriteFailure};
-pub use startup::{Application, StartError};
+pub use startup::{migrate, Application, StartError};

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::origin::OriginRead;
 use crate::CacheStatus;
 
 /// A monotonically increasing count.
@@ -12,6 +13,10 @@ pub struct Counter(AtomicU64);
 impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {
@@ -73,6 +78,15 @@ pub struct Metrics {
     pub sessions_rebuilt: Counter,
     /// Sessions started with no token.
     pub sessions_new: Counter,
+    /// Reads that waited for a replica to replay the session's position.
+    pub replica_waits: Counter,
+    /// Their total wait, in microseconds.
+    pub replica_wait_micros: Counter,
+    /// Reads that went to the primary because no replica reached the position in
+    /// time.
+    pub primary_fallbacks: Counter,
+    /// Cache entries dropped by the change feed (written through another node).
+    pub invalidations: Counter,
 }
 
 /// The cache statuses in the order of [`Metrics::reads_by_status`].
@@ -87,6 +101,17 @@ pub const STATUSES: [CacheStatus; 7] = [
 ];
 
 impl Metrics {
+    /// Counts what an origin read did besides reading: waits and fallbacks.
+    pub fn origin_read(&self, read: &OriginRead) {
+        if let Some(wait) = read.replica_wait {
+            self.replica_waits.inc();
+            self.replica_wait_micros.add(wait.waited.as_micros() as u64);
+            if wait.fell_back {
+                self.primary_fallbacks.inc();
+            }
+        }
+    }
+
     pub fn read(&self, tier: Tier, status: CacheStatus) {
         self.reads_by_tier[tier as usize].inc();
         let i = STATUSES.iter().position(|s| *s == status).unwrap_or(0);

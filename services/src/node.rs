@@ -7,8 +7,8 @@ use std::time::Duration;
 use actix::MailboxError;
 use bytes::Bytes;
 use edgecache_actors::{
-    Doc, ItemKey, KeyRef, SessionHandle, SessionLimits, SessionRegistry, SessionStart, TokenError, TokenKeys,
-    Write,
+    Doc, ItemKey, KeyRef, Position, SessionHandle, SessionLimits, SessionRegistry, SessionStart, TokenError,
+    TokenKeys, Write,
 };
 use edgecache_config::{Freshness, Settings};
 use edgecache_flags::{FlagContext, FlagSource, Strategies, Strategy};
@@ -20,7 +20,7 @@ use crate::cache::{document_json, CacheEntry, Fill, SharedCache};
 use crate::freshness::Verdict;
 use crate::metrics::{Metrics, Tier};
 use crate::origin::{
-    Committed, OriginError, OriginTier, ReadRequest, SharedOrigin, TierPolicy, WriteError, WriteOp,
+    Change, Committed, OriginError, OriginTier, ReadRequest, SharedOrigin, TierPolicy, WriteError, WriteOp,
 };
 use crate::plan::{CollectionPlan, Collections};
 use crate::CacheStatus;
@@ -136,6 +136,8 @@ enum Base {
 
 impl Node {
     /// A node over `origin`, configured by `settings`, with strategies from `flags`.
+    /// It follows the origin's change feed: an entry older than a change committed
+    /// through another node is dropped.
     pub fn new(settings: &Settings, origin: SharedOrigin, flags: Arc<dyn FlagSource>) -> Self {
         let session = &settings.session;
         let keys = TokenKeys::new(
@@ -146,6 +148,31 @@ impl Node {
             &session.active_key,
         )
         .expect("validated: the active key is among the keys");
+        let cache = SharedCache::new(
+            settings.cache.capacity_bytes,
+            settings.cache.estimated_items,
+            settings.cache.fill_deadline,
+        );
+        let metrics = Arc::new(Metrics::default());
+        origin.subscribe({
+            let cache = cache.clone();
+            let metrics = metrics.clone();
+            Arc::new(move |change| match change {
+                Change::Item {
+                    collection,
+                    id,
+                    version,
+                } => {
+                    if cache.invalidate_older(&ItemKey::new(collection.into(), id.into()), version) {
+                        metrics.invalidations.inc();
+                    }
+                }
+                Change::Reset => {
+                    tracing::warn!("the change feed may have missed changes; clearing the cache");
+                    cache.clear();
+                }
+            })
+        });
         let limits = SessionLimits {
             max_items: session.max_token_items,
             max_pending: session.max_pending_writes,
@@ -153,15 +180,11 @@ impl Node {
         Self {
             collections: Collections::new(&settings.collections),
             origin,
-            cache: SharedCache::new(
-                settings.cache.capacity_bytes,
-                settings.cache.estimated_items,
-                settings.cache.fill_deadline,
-            ),
+            cache,
             sessions: SessionRegistry::new(session.max_live, session.idle_lease, limits),
             keys,
             flags,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             node_id: settings.node.id.clone(),
             region: settings.node.region.clone(),
             plain: Freshness::Relaxed {
@@ -293,6 +316,11 @@ impl Node {
         let mut base = None;
         let mut fallback = None;
         let mut status = CacheStatus::Miss;
+        // A change-feed marker is never served: the origin read must reach its version.
+        let (cached, changed_to) = match cached {
+            Some(entry) if entry.invalidated => (None, Some(entry.doc.version)),
+            other => (other, None),
+        };
         if let Some(entry) = &cached {
             if need.admits(&entry.doc) {
                 match plan.verdict(entry.age(now), swr, strict, self.plain) {
@@ -335,7 +363,14 @@ impl Node {
             Some(base) => base,
             None => {
                 let item = ItemKey::new(plan.name.clone(), id.into());
-                match self.read_origin(&item, need, cached.is_none()).await {
+                let wait = arms.is_on(Strategy::ReplicaWait);
+                let mut need = need;
+                if let Some(version) = changed_to {
+                    need.version = need.version.max(version);
+                    status = CacheStatus::Expired;
+                }
+                let absent = cached.is_none() && changed_to.is_none();
+                match self.read_origin(&item, need, absent, wait).await {
                     Ok((entry, tier)) => Base::Origin(entry, tier),
                     Err(err) => {
                         self.metrics.origin_errors.inc();
@@ -359,10 +394,7 @@ impl Node {
         let mut strict_from_primary = false;
         if strict && plan.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary)) {
             let item = ItemKey::new(plan.name.clone(), id.into());
-            let request = ReadRequest {
-                policy: TierPolicy::Primary,
-                min_position: need.position,
-            };
+            let request = ReadRequest::PRIMARY;
             let started = Instant::now();
             let read = self
                 .origin
@@ -442,18 +474,24 @@ impl Node {
         item: &ItemKey,
         need: edgecache_actors::Need,
         absent: bool,
+        wait_for_replica: bool,
     ) -> Result<(Arc<CacheEntry>, OriginTier), OriginError> {
         let load = |policy| {
             let origin = self.origin.clone();
+            let metrics = self.metrics.clone();
             let item = item.clone();
             async move {
                 let started = Instant::now();
                 let request = ReadRequest {
                     policy,
                     min_position: need.position,
+                    wait_for_replica,
                 };
                 let read = origin.read(item.clone(), request).await?;
-                Ok::<_, OriginError>((CacheEntry::new(&item, read.doc, started), read.tier))
+                metrics.origin_read(&read);
+                // A replica's copy is as old as the replica is behind.
+                let as_of = started.checked_sub(read.staleness).unwrap_or(started);
+                Ok::<_, OriginError>((CacheEntry::new(&item, read.doc, as_of), read.tier))
             }
         };
         if absent {
@@ -470,7 +508,9 @@ impl Node {
                 })
                 .await;
             match fill {
-                Fill::Loaded(entry) if need.admits(&entry.doc) => return Ok((entry, tier.get())),
+                Fill::Loaded(entry) if !entry.invalidated && need.admits(&entry.doc) => {
+                    return Ok((entry, tier.get()))
+                }
                 Fill::Loaded(_) => {}
                 Fill::Failed(err) => return Err(err),
             }
@@ -498,12 +538,14 @@ impl Node {
         actix_web::rt::spawn(async move {
             let _ticket = ticket;
             let started = Instant::now();
-            let request = ReadRequest {
-                policy: TierPolicy::AtLeast,
-                min_position: Default::default(),
-            };
-            match origin.read(item.clone(), request).await {
-                Ok(read) => cache.offer(&item, CacheEntry::new(&item, read.doc, started)),
+            match origin
+                .read(item.clone(), ReadRequest::at_least(Position(0), false))
+                .await
+            {
+                Ok(read) => {
+                    let as_of = started.checked_sub(read.staleness).unwrap_or(started);
+                    cache.offer(&item, CacheEntry::new(&item, read.doc, as_of))
+                }
                 Err(err) => {
                     metrics.origin_errors.inc();
                     tracing::warn!(cause = %err, item = %item, "background refresh failed");
@@ -531,14 +573,15 @@ impl Node {
             .collect();
         if !absent.is_empty() {
             let started = Instant::now();
-            let request = ReadRequest {
-                policy: TierPolicy::AtLeast,
-                min_position: Default::default(),
-            };
-            match self.origin.read_many(absent.clone(), request).await {
+            match self
+                .origin
+                .read_many(absent.clone(), ReadRequest::at_least(Position(0), false))
+                .await
+            {
                 Ok(reads) => {
                     for (item, read) in absent.iter().zip(reads) {
-                        self.cache.offer(item, CacheEntry::new(item, read.doc, started));
+                        let as_of = started.checked_sub(read.staleness).unwrap_or(started);
+                        self.cache.offer(item, CacheEntry::new(item, read.doc, as_of));
                     }
                 }
                 // Each read below retries on its own and reports its own failure.

@@ -9,7 +9,7 @@ use edgecache_config::{OriginSettings, Settings};
 use edgecache_flags::{ConfigFlags, FlagSource};
 use tracing_actix_web::TracingLogger;
 
-use crate::origin::{EmbeddedOrigin, OriginError, SharedOrigin};
+use crate::origin::{EmbeddedOrigin, OriginError, PostgresOrigin, SharedOrigin};
 use crate::telemetry::RequestSpan;
 use crate::Node;
 
@@ -111,5 +111,16 @@ fn open_origin(settings: &Settings) -> Result<SharedOrigin, OriginError> {
             }
             Ok(Arc::new(origin))
         }
+        OriginSettings::Postgres(pg) => Ok(Arc::new(PostgresOrigin::open(settings, pg)?)),
+    }
+}
+
+/// Creates the PostgreSQL tables of the configured collections and seeds empty ones
+/// (`edgecache migrate`). The embedded store needs no migration: it creates its
+/// tables when it opens.
+pub async fn migrate(settings: &Settings) -> Result<bool, OriginError> {
+    match &settings.origin {
+        OriginSettings::Postgres(pg) => PostgresOrigin::open(settings, pg)?.migrate(settings).await,
+        OriginSettings::Embedded { .. } => Ok(false),
     }
 }

@@ -13,7 +13,7 @@ use super::request::{
 };
 use super::ApiError;
 use crate::node::{ReadOutcome, SessionCtx};
-use crate::origin::{OriginError, ReadRequest, TierPolicy, WriteOp, WriteOpKind};
+use crate::origin::{OriginError, ReadRequest, WriteOp, WriteOpKind};
 use crate::plan::CollectionPlan;
 use crate::Node;
 
@@ -241,11 +241,7 @@ pub fn version_condition(pre: Precondition) -> Result<Option<Version>, ApiError>
 }
 
 async fn current_version(node: &Node, key: &ItemKey) -> Result<Version, OriginError> {
-    let request = ReadRequest {
-        policy: TierPolicy::Primary,
-        min_position: Default::default(),
-    };
-    let read = node.origin().read(key.clone(), request).await?;
+    let read = node.origin().read(key.clone(), ReadRequest::PRIMARY).await?;
     Ok(if read.doc.exists() {
         read.doc.version
     } else {

@@ -355,6 +355,8 @@ impl Row {
                 fields: self.fields.map(Arc::new),
             },
             tier: OriginTier::Primary,
+            staleness: std::time::Duration::ZERO,
+            replica_wait: None,
         }
     }
 }
@@ -657,6 +659,7 @@ mod tests {
     const ANY: ReadRequest = ReadRequest {
         policy: TierPolicy::AtLeast,
         min_position: Position(0),
+        wait_for_replica: false,
     };
 
     fn key(collection: &str, id: &str) -> ItemKey {

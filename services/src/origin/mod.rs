@@ -7,15 +7,18 @@
 
 mod embedded;
 mod error;
+mod postgres;
 mod write_op;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgecache_actors::{Doc, ItemKey, Position};
 use futures_util::future::BoxFuture;
 
 pub use embedded::EmbeddedOrigin;
 pub use error::{OriginError, WriteError};
+pub use postgres::PostgresOrigin;
 pub use write_op::{Committed, WriteOp, WriteOpKind};
 
 /// Which tier of the origin a read may be served by.
@@ -45,20 +48,70 @@ impl OriginTier {
 }
 
 /// A read of one or more items.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ReadRequest {
     pub policy: TierPolicy,
     /// The read must reflect at least this position.
     pub min_position: Position,
+    /// Whether a replica behind `min_position` may be waited for (within the origin's
+    /// replica-wait budget) before the primary is read instead.
+    pub wait_for_replica: bool,
+}
+
+impl ReadRequest {
+    /// A read of the primary: the newest committed state.
+    pub const PRIMARY: ReadRequest = ReadRequest {
+        policy: TierPolicy::Primary,
+        min_position: Position(0),
+        wait_for_replica: false,
+    };
+
+    /// A read from any tier at or past `min_position`.
+    pub fn at_least(min_position: Position, wait_for_replica: bool) -> Self {
+        Self {
+            policy: TierPolicy::AtLeast,
+            min_position,
+            wait_for_replica,
+        }
+    }
 }
 
 /// What an origin read returns for one item: the item (absent items come back with
-/// `fields: None` and their last version) and the tier that served it.
+/// `fields: None` and their last version), the tier that served it, how far behind
+/// the primary that tier may be, and how long the read waited for a replica.
 #[derive(Debug, Clone)]
 pub struct OriginRead {
     pub doc: Doc,
     pub tier: OriginTier,
+    /// An upper bound of how old the served state may be (zero for the primary).
+    pub staleness: Duration,
+    /// Set when the read waited for a replica to replay `min_position`; `fell_back`
+    /// when it then read the primary because the wait ran out.
+    pub replica_wait: Option<ReplicaWait>,
 }
+
+/// A wait for a replica.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaWait {
+    pub waited: Duration,
+    pub fell_back: bool,
+}
+
+/// A change committed through any node, from the origin's change feed.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// The item was written at `version`.
+    Item {
+        collection: String,
+        id: String,
+        version: edgecache_actors::Version,
+    },
+    /// Changes may have been missed (the feed reconnected): drop everything.
+    Reset,
+}
+
+/// Receives the change feed.
+pub type ChangeSink = Arc<dyn Fn(Change) + Send + Sync>;
 
 /// A durable origin. Implementations are cheap to clone behind an `Arc` and never
 /// block the calling thread: blocking work runs on a blocking pool.
@@ -82,6 +135,13 @@ pub trait Origin: Send + Sync + 'static {
 
     /// A short name for logs and `/readyz` (`embedded`, `postgres`).
     fn kind(&self) -> &'static str;
+
+    /// Delivers every change committed through any node to `sink`, for as long as
+    /// the origin lives. An origin without a change feed drops the sink: other
+    /// nodes' writes then show when cache entries expire.
+    fn subscribe(&self, sink: ChangeSink) {
+        drop(sink);
+    }
 }
 
 /// A shared origin.

@@ -1,0 +1,80 @@
+//! The change feed: a LISTEN connection to the primary. Every write notifies, in its
+//! own transaction, `{"c": collection, "i": id, "v": version}` on the channel; every
+//! node drops cache entries older than that. After a reconnect the node cannot know
+//! what it missed, so it drops everything (`Change::Reset`).
+
+use std::time::Duration;
+
+use edgecache_actors::Version;
+use futures_util::future::poll_fn;
+use serde::Deserialize;
+use tokio_postgres::{AsyncMessage, Config, NoTls};
+
+use crate::origin::{Change, ChangeSink};
+
+#[derive(Deserialize)]
+struct Payload {
+    c: String,
+    i: String,
+    v: u64,
+}
+
+/// Follows the channel forever, reconnecting with a bounded back-off.
+pub async fn follow(config: Config, channel: String, sink: ChangeSink) {
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let sql = format!("LISTEN \"{channel}\"");
+                let listen = client.batch_execute(&sql);
+                // The connection must be driven for the LISTEN to complete.
+                let mut listen = std::pin::pin!(listen);
+                let listened = loop {
+                    tokio::select! {
+                        result = &mut listen => break result,
+                        message = poll_fn(|cx| connection.poll_message(cx)) => {
+                            if !matches!(message, Some(Ok(_))) {
+                                break Ok(());
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = listened {
+                    tracing::warn!(cause = %e, "change feed: LISTEN failed");
+                } else {
+                    if connected_before {
+                        sink(Change::Reset);
+                    }
+                    connected_before = true;
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(%channel, "change feed following");
+                    while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                match serde_json::from_str::<Payload>(n.payload()) {
+                                    Ok(p) => sink(Change::Item {
+                                        collection: p.c,
+                                        id: p.i,
+                                        version: Version(p.v),
+                                    }),
+                                    Err(e) => {
+                                        tracing::warn!(cause = %e, "change feed: unreadable notification")
+                                    }
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(cause = %e, "change feed: connection lost");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(cause = %e, ?backoff, "change feed: cannot connect to the primary"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,659 @@
+//! The PostgreSQL origin: writes and strict reads on the primary, other reads on the
+//! region's hot-standby replicas, gated by the session's position (a WAL LSN).
+//!
+//! * A write's position is `pg_current_wal_lsn()` read after its commit returned: at
+//!   or after the commit record, so any server that replayed it shows the write.
+//! * A read's position is the server's LSN read *before* the row, in an earlier
+//!   statement (`pg_current_wal_lsn()` on the primary, `pg_last_wal_replay_lsn()` on
+//!   a replica): the row's snapshot is taken later, so it reflects at least that
+//!   position. The position never overstates what a read shows.
+//! * A replica read is used only when the replica has replayed the position the read
+//!   needs; otherwise the read waits (polling the replica) within the replica-wait
+//!   budget, then reads the primary.
+//!
+//! All database work runs on a small runtime of the origin's own, so connections do
+//! not belong to any HTTP worker.
+
+mod feed;
+mod replicas;
+mod table;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use edgecache_actors::{Doc, Fields, ItemKey, Position, Version};
+use edgecache_config::{PostgresSettings, Settings};
+use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{PgLsn, ToSql};
+use tokio_postgres::{Config, NoTls};
+
+use self::replicas::{Replica, Replicas};
+use self::table::{Stored, TableDef};
+use super::{
+    ChangeSink, Committed, Origin, OriginError, OriginRead, OriginTier, ReadRequest, ReplicaWait, TierPolicy,
+    WriteError, WriteOp, WriteOpKind,
+};
+
+/// How often a read waiting for a replica asks it again.
+const REPLICA_POLL: Duration = Duration::from_millis(5);
+
+struct Inner {
+    primary: Pool,
+    primary_config: Config,
+    replicas: Arc<Replicas>,
+    tables: HashMap<Arc<str>, TableDef>,
+    replica_wait: Duration,
+    channel: String,
+}
+
+/// A PostgreSQL primary and its replicas. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresOrigin {
+    inner: Arc<Inner>,
+    runtime: Arc<OriginRuntime>,
+}
+
+/// The origin's own runtime, shut down without blocking when the origin is dropped
+/// (it may be dropped inside another runtime).
+struct OriginRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OriginRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl OriginRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("runtime lives until drop").handle()
+    }
+}
+
+fn server_config(url: &str, pg: &PostgresSettings) -> Result<Config, OriginError> {
+    let mut config = Config::from_str(url).map_err(|e| OriginError::internal("invalid PostgreSQL URL", e))?;
+    config
+        .application_name("edgecache")
+        .connect_timeout(pg.connect_timeout)
+        .options(format!(
+            "-c statement_timeout={}",
+            pg.statement_timeout.as_millis()
+        ));
+    Ok(config)
+}
+
+fn pool(config: Config, pg: &PostgresSettings) -> Result<Pool, OriginError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(pg.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(pg.connect_timeout))
+        .create_timeout(Some(pg.connect_timeout))
+        .recycle_timeout(Some(pg.connect_timeout))
+        .build()
+        .map_err(|e| OriginError::internal("cannot build the connection pool", e))
+}
+
+/// Maps a PostgreSQL error: the server being unreachable, shutting down, overloaded
+/// or cancelling a statement is `Unavailable`; anything else is `Internal`.
+fn pg_error(context: &str, e: tokio_postgres::Error) -> OriginError {
+    let unavailable = match e.code() {
+        None => true,
+        Some(code) => {
+            let class = &code.code()[..2];
+            code == &SqlState::QUERY_CANCELED
+                || code == &SqlState::T_R_SERIALIZATION_FAILURE
+                || code == &SqlState::T_R_DEADLOCK_DETECTED
+                || matches!(class, "08" | "53" | "57" | "58")
+        }
+    };
+    if unavailable {
+        OriginError::unavailable(context.to_owned(), e)
+    } else {
+        OriginError::internal(context.to_owned(), e)
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> OriginError {
+    OriginError::unavailable("no connection to PostgreSQL", e)
+}
+
+impl PostgresOrigin {
+    /// Connects lazily to the primary and replicas of `pg` (nothing is dialled until
+    /// the first use), for the collections of `settings`, and starts the replica
+    /// sampler.
+    pub fn open(settings: &Settings, pg: &PostgresSettings) -> Result<Self, OriginError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("edgecache-origin")
+            .enable_all()
+            .build()
+            .map_err(|e| OriginError::internal("cannot start the origin runtime", e))?;
+        let runtime = Arc::new(OriginRuntime(Some(runtime)));
+        let primary_config = server_config(pg.primary.expose_secret(), pg)?;
+        let primary = pool(primary_config.clone(), pg)?;
+        let mut all = Vec::new();
+        for (i, url) in pg.replicas.iter().enumerate() {
+            let config = server_config(url.expose_secret(), pg)?;
+            let name = format!("replica-{i}@{}", describe(&config));
+            all.push(Arc::new(Replica::new(name, pool(config, pg)?)));
+        }
+        let replicas = Arc::new(Replicas::new(all));
+        let tables = settings
+            .collections
+            .iter()
+            .map(|(name, collection)| {
+                let def = TableDef::new(name, collection);
+                (def.collection.clone(), def)
+            })
+            .collect();
+        if !replicas.all.is_empty() {
+            let sampler = replicas::sample(
+                primary.clone(),
+                replicas.clone(),
+                pg.health_interval,
+                pg.replica_max_lag,
+            );
+            runtime.handle().spawn(sampler);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                primary,
+                primary_config,
+                replicas,
+                tables,
+                replica_wait: pg.replica_wait,
+                channel: pg.notify_channel.clone(),
+            }),
+            runtime,
+        })
+    }
+
+    /// Creates the tables of the configured collections (adding missing columns),
+    /// and writes the seed documents if every table is empty. Returns whether it
+    /// seeded.
+    pub async fn migrate(&self, settings: &Settings) -> Result<bool, OriginError> {
+        let inner = self.inner.clone();
+        let seed = settings.seed.clone();
+        let migrated = self
+            .run(async move {
+                let client = inner.primary.get().await.map_err(pool_error)?;
+                let mut empty = true;
+                for def in inner.tables.values() {
+                    for statement in def.create() {
+                        client
+                            .batch_execute(&statement)
+                            .await
+                            .map_err(|e| pg_error("migration failed", e))?;
+                    }
+                    let row = client
+                        .query_one(&def.is_empty_sql(), &[])
+                        .await
+                        .map_err(|e| pg_error("migration failed", e))?;
+                    empty &= row.get::<_, bool>(0);
+                }
+                Ok::<_, OriginError>(empty)
+            })
+            .await??;
+        if !migrated {
+            return Ok(false);
+        }
+        for (collection, docs) in &seed {
+            let Some(def) = self.inner.tables.get(collection.as_str()) else {
+                continue;
+            };
+            for (id, fields) in docs {
+                let op = WriteOp {
+                    key: ItemKey::new(def.collection.clone(), id.as_str().into()),
+                    if_match: None,
+                    kind: WriteOpKind::Put(Arc::new(fields.clone())),
+                };
+                self.write(op).await.map_err(|e| match e {
+                    WriteError::Origin(e) => e,
+                    other => OriginError::Internal {
+                        reason: format!("seeding {collection}/{id}: {other}"),
+                        source: None,
+                    },
+                })?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Runs `work` on the origin's runtime.
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, OriginError>> {
+        let task = self.runtime.handle().spawn(work);
+        Box::pin(async move {
+            task.await
+                .map_err(|e| OriginError::internal("origin task failed", e))
+        })
+    }
+}
+
+/// The table of `key`'s collection.
+fn table<'a>(inner: &'a Inner, key: &ItemKey) -> Result<&'a TableDef, OriginError> {
+    inner
+        .tables
+        .get(key.collection())
+        .ok_or_else(|| OriginError::Internal {
+            reason: format!("no table for collection {}", key.collection()),
+            source: None,
+        })
+}
+
+fn describe(config: &Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_default();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+/// Reads `id` and, first, the position the read reflects at least.
+async fn read_at(
+    client: &deadpool_postgres::Client,
+    lsn_sql: &str,
+    def: &TableDef,
+    id: &str,
+) -> Result<(Position, Stored), OriginError> {
+    let lsn = client.prepare_cached(lsn_sql);
+    let select = client.prepare_cached(&def.select);
+    let (lsn, select) = futures_util::try_join!(lsn, select).map_err(|e| pg_error("read failed", e))?;
+    // Both go out in this order on one connection: the LSN is read before the row's
+    // snapshot is taken.
+    let params: [&(dyn ToSql + Sync); 1] = [&id];
+    let (position, row) =
+        futures_util::try_join!(client.query_one(&lsn, &[]), client.query_opt(&select, &params))
+            .map_err(|e| pg_error("read failed", e))?;
+    let position = position
+        .try_get::<_, Option<PgLsn>>(0)
+        .map_err(|e| OriginError::internal("unreadable LSN", e))?
+        .map_or(Position(0), |l| Position(u64::from(l)));
+    let stored = match row {
+        Some(row) => def.stored(&row, 0)?,
+        None => Stored {
+            version: Version(0),
+            fields: None,
+        },
+    };
+    Ok((position, stored))
+}
+
+const PRIMARY_LSN: &str = "SELECT pg_current_wal_lsn()";
+const REPLAY_LSN: &str = "SELECT pg_last_wal_replay_lsn()";
+
+fn doc(position: Position, stored: Stored) -> Doc {
+    Doc {
+        version: stored.version,
+        position,
+        fields: stored.fields.map(Arc::new),
+    }
+}
+
+async fn read_primary(inner: &Inner, def: &TableDef, id: &str) -> Result<OriginRead, OriginError> {
+    let client = inner.primary.get().await.map_err(pool_error)?;
+    let (position, stored) = read_at(&client, PRIMARY_LSN, def, id).await?;
+    Ok(OriginRead {
+        doc: doc(position, stored),
+        tier: OriginTier::Primary,
+        staleness: Duration::ZERO,
+        replica_wait: None,
+    })
+}
+
+/// Reads from a replica that has replayed `request.min_position`, waiting for one
+/// within the budget if asked; `None` means: read the primary.
+async fn read_replica(
+    inner: &Inner,
+    def: &TableDef,
+    id: &str,
+    request: ReadRequest,
+) -> Result<Option<OriginRead>, ReplicaWait> {
+    let Some(replica) = inner.replicas.pick(request.min_position) else {
+        return Err(ReplicaWait {
+            waited: Duration::ZERO,
+            fell_back: false,
+        });
+    };
+    let started = Instant::now();
+    let budget = if request.wait_for_replica {
+        inner.replica_wait
+    } else {
+        Duration::ZERO
+    };
+    let client = match replica.pool.get().await {
+        Ok(client) => client,
+        Err(_) => {
+            replica.trip();
+            return Ok(None);
+        }
+    };
+    let mut waited = None;
+    loop {
+        match read_at(&client, REPLAY_LSN, def, id).await {
+            Ok((position, stored)) if position >= request.min_position => {
+                replica.saw(position);
+                return Ok(Some(OriginRead {
+                    doc: doc(position, stored),
+                    tier: OriginTier::Replica,
+                    staleness: replica.staleness(),
+                    replica_wait: waited.map(|waited| ReplicaWait {
+                        waited,
+                        fell_back: false,
+                    }),
+                }));
+            }
+            Ok((position, _)) => {
+                replica.saw(position);
+                let elapsed = started.elapsed();
+                if elapsed >= budget {
+                    return Err(ReplicaWait {
+                        waited: elapsed,
+                        fell_back: request.wait_for_replica,
+                    });
+                }
+                waited = Some(elapsed);
+                tokio::time::sleep(REPLICA_POLL.min(budget - elapsed)).await;
+            }
+            Err(e) => {
+                tracing::warn!(replica = %replica.name, cause = %e, "replica read failed");
+                replica.trip();
+                return Ok(None);
+            }
+        }
+    }
+}
+
+impl Origin for PostgresOrigin {
+    fn read(
+        &self,
+        key: ItemKey,
+        request: ReadRequest,
+    ) -> BoxFuture<'static, Result<OriginRead, OriginError>> {
+        let inner = self.inner.clone();
+        let run = self.run(async move {
+            let def = table(&inner, &key)?;
+            if request.policy == TierPolicy::AtLeast {
+                match read_replica(&inner, def, key.id(), request).await {
+                    Ok(Some(read)) => return Ok(read),
+                    Ok(None) => {}
+                    Err(wait) => {
+                        let mut read = read_primary(&inner, def, key.id()).await?;
+                        if wait.fell_back {
+                            read.replica_wait = Some(wait);
+                        }
+                        return Ok(read);
+                    }
+                }
+            }
+            read_primary(&inner, def, key.id()).await
+        });
+        Box::pin(async move { run.await? })
+    }
+
+    fn read_many(
+        &self,
+        keys: Vec<ItemKey>,
+        request: ReadRequest,
+    ) -> BoxFuture<'static, Result<Vec<OriginRead>, OriginError>> {
+        // Batches are prefetches: each key in its own read keeps the tier logic in one
+        // place, and they run concurrently on the origin's pools.
+        let reads: Vec<_> = keys.into_iter().map(|key| self.read(key, request)).collect();
+        Box::pin(async move { futures_util::future::try_join_all(reads).await })
+    }
+
+    fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Committed, WriteError>> {
+        let inner = self.inner.clone();
+        let run = self.run(async move { write(&inner, op).await });
+        Box::pin(async move { run.await? })
+    }
+
+    fn ping(&self) -> BoxFuture<'static, Result<Position, OriginError>> {
+        let inner = self.inner.clone();
+        let run = self.run(async move {
+            let client = inner.primary.get().await.map_err(pool_error)?;
+            let row = client
+                .query_one(PRIMARY_LSN, &[])
+                .await
+                .map_err(|e| pg_error("ping failed", e))?;
+            let lsn: PgLsn = row
+                .try_get(0)
+                .map_err(|e| OriginError::internal("unreadable LSN", e))?;
+            Ok(Position(u64::from(lsn)))
+        });
+        Box::pin(async move { run.await? })
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn subscribe(&self, sink: ChangeSink) {
+        let follow = feed::follow(
+            self.inner.primary_config.clone(),
+            self.inner.channel.clone(),
+            sink,
+        );
+        self.runtime.handle().spawn(follow);
+    }
+}
+
+/// The notification payload of a change.
+fn payload(collection: &str, id: &str, version: Version) -> String {
+    serde_json::json!({"c": collection, "i": id, "v": version.0}).to_string()
+}
+
+async fn write(inner: &Inner, op: WriteOp) -> Result<Committed, WriteError> {
+    let def = table(inner, &op.key)?;
+    let mut client = inner.primary.get().await.map_err(pool_error)?;
+    let (version, fields, created) = match &op.kind {
+        WriteOpKind::Increment { field, by, min, max } => {
+            let sql = def
+                .increment(field)
+                .ok_or_else(|| WriteError::NotAnInteger { field: field.clone() })?;
+            let if_match = op.if_match.map(|v| v.0 as i64);
+            let id = op.key.id();
+            let collection = op.key.collection();
+            let params: [&(dyn ToSql + Sync); 7] =
+                [&id, by, &if_match, min, max, &inner.channel, &collection];
+            let row = client
+                .query_opt(&sql, &params)
+                .await
+                .map_err(|e| pg_error("increment failed", e))?;
+            match row {
+                Some(row) => {
+                    let stored = def.stored(&row, 0)?;
+                    (stored.version, stored.fields, false)
+                }
+                None => return Err(diagnose_increment(&client, def, &op, field, *by, *min, *max).await),
+            }
+        }
+        kind => {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let tx = client
+                    .transaction()
+                    .await
+                    .map_err(|e| pg_error("write failed", e))?;
+                let row = tx
+                    .query_opt(&def.lock, &[&op.key.id()])
+                    .await
+                    .map_err(|e| pg_error("write failed", e))?;
+                let current = match &row {
+                    Some(row) => Some(def.stored(row, 0)?),
+                    None => None,
+                };
+                let (row_version, existing) = match current {
+                    Some(s) => (s.version, s.fields),
+                    None => (Version(0), None),
+                };
+                let visible = if existing.is_some() {
+                    row_version
+                } else {
+                    Version(0)
+                };
+                if let Some(expected) = op.if_match {
+                    if expected != visible {
+                        return Err(WriteError::VersionMismatch {
+                            expected,
+                            current: visible,
+                        });
+                    }
+                }
+                let new_fields: Option<Fields> = match kind {
+                    WriteOpKind::Put(fields) => Some((**fields).clone()),
+                    WriteOpKind::Patch(patch) => {
+                        let Some(existing) = existing.clone() else {
+                            return Err(WriteError::NotFound);
+                        };
+                        let mut merged = Value::Object(existing);
+                        json_patch::merge(&mut merged, &Value::Object((**patch).clone()));
+                        match merged {
+                            Value::Object(map) => Some(map),
+                            _ => unreachable!("a merge onto an object with an object patch is an object"),
+                        }
+                    }
+                    WriteOpKind::Delete if existing.is_none() => return Err(WriteError::NotFound),
+                    WriteOpKind::Delete => None,
+                    WriteOpKind::Increment { .. } => unreachable!("handled above"),
+                };
+                let version = Version(row_version.0 + 1);
+                let values = def.values(new_fields.as_ref());
+                let version_param = version.0 as i64;
+                let deleted = new_fields.is_none();
+                let id = op.key.id();
+                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&id, &version_param, &deleted];
+                params.extend(values.iter().map(|v| &**v as &(dyn ToSql + Sync)));
+                let sql = if row.is_some() { def.update() } else { def.insert() };
+                let changed = tx
+                    .execute(&sql, &params)
+                    .await
+                    .map_err(|e| pg_error("write failed", e))?;
+                if changed == 0 {
+                    // Another writer created the item between our look and our insert:
+                    // look again, now that the row exists to be locked.
+                    drop(tx);
+                    if attempt < 3 {
+                        continue;
+                    }
+                    return Err(OriginError::Unavailable {
+                        reason: "concurrent creation kept conflicting".into(),
+                        source: None,
+                    }
+                    .into());
+                }
+                let note = payload(op.key.collection(), op.key.id(), version);
+                tx.execute("SELECT pg_notify($1, $2)", &[&inner.channel, &note])
+                    .await
+                    .map_err(|e| pg_error("write failed", e))?;
+                tx.commit().await.map_err(|e| pg_error("commit failed", e))?;
+                break (version, new_fields, existing.is_none());
+            }
+        }
+    };
+    let row = client
+        .query_one(PRIMARY_LSN, &[])
+        .await
+        .map_err(|e| pg_error("position after commit", e))?;
+    let lsn: PgLsn = row
+        .try_get(0)
+        .map_err(|e| OriginError::internal("unreadable LSN", e))?;
+    Ok(Committed {
+        doc: Doc {
+            version,
+            position: Position(u64::from(lsn)),
+            fields: fields.map(Arc::new),
+        },
+        created,
+    })
+}
+
+/// Why an increment changed nothing: read the row and say.
+async fn diagnose_increment(
+    client: &deadpool_postgres::Client,
+    def: &TableDef,
+    op: &WriteOp,
+    field: &str,
+    by: i64,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> WriteError {
+    let row = match client.query_opt(&def.select, &[&op.key.id()]).await {
+        Ok(row) => row,
+        Err(e) => return pg_error("increment failed", e).into(),
+    };
+    let stored = match row.map(|r| def.stored(&r, 0)).transpose() {
+        Ok(stored) => stored,
+        Err(e) => return e.into(),
+    };
+    let Some(Stored {
+        version,
+        fields: Some(fields),
+    }) = stored
+    else {
+        return WriteError::NotFound;
+    };
+    if let Some(expected) = op.if_match {
+        if expected != version {
+            return WriteError::VersionMismatch {
+                expected,
+                current: version,
+            };
+        }
+    }
+    let Some(current) = fields.get(field).and_then(Value::as_i64) else {
+        return WriteError::NotAnInteger {
+            field: field.to_owned(),
+        };
+    };
+    let next = current.checked_add(by);
+    let bound = match (next, min, max) {
+        (Some(n), Some(min), _) if n < min => min,
+        (Some(n), _, Some(max)) if n > max => max,
+        (None, _, _) => {
+            if by < 0 {
+                min.unwrap_or(i64::MIN)
+            } else {
+                max.unwrap_or(i64::MAX)
+            }
+        }
+        // The row changed between the increment and this look: report it as a
+        // conflict on the bound the client gave, or as a version mismatch.
+        _ => {
+            return WriteError::VersionMismatch {
+                expected: op.if_match.unwrap_or(version),
+                current: version,
+            }
+        }
+    };
+    WriteError::BoundCrossed {
+        field: field.to_owned(),
+        current,
+        by,
+        bound,
+    }
+}
