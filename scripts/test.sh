@@ -20,19 +20,33 @@ echo "== build"
 cargo build --workspace --all-targets --locked
 
 # Services. One EXIT trap tears them all down whatever happens next (test failure,
-# error in this script, Ctrl-C or TERM: those two exit through it too). Each stop
+# error in this script, Ctrl-C, TERM or HUP: those exit through it too). Each stop
 # function is idempotent and stops only what this shell started. A new service adds
 # its stop to cleanup (a second `trap ... EXIT` would replace this one).
 echo "== services"
 # shellcheck source=scripts/pg-cluster.sh
 source scripts/pg-cluster.sh
+test_pid=
 cleanup() {
+    # If we were interrupted while the tests ran, end them before their servers go.
+    if [ -n "$test_pid" ] && kill -0 "$test_pid" 2>/dev/null; then
+        kill -TERM "$test_pid" 2>/dev/null || true
+        wait "$test_pid" 2>/dev/null || true
+    fi
     pg_cluster_stop
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
 pg_cluster_start   # primary + delayed replica; exports EDGECACHE_TEST_PG_*
 
 echo "== test"
-timeout --signal=TERM "$timeout_secs" cargo test --workspace --locked --no-fail-fast
+# In the background plus `wait`, so that a signal to this script runs its trap at once
+# (bash holds traps until a foreground child ends, and timeout runs the tests in a
+# process group of its own, out of reach of Ctrl-C). On TERM, timeout passes it on to
+# the whole test process group, and kills it 30 s later if it is still there.
+timeout --signal=TERM --kill-after=30 "$timeout_secs" \
+    cargo test --workspace --locked --no-fail-fast &
+test_pid=$!
+wait "$test_pid"

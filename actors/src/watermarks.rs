@@ -17,8 +17,11 @@ pub struct Mark {
 pub struct Need {
     /// The item's version must be at least this.
     pub version: Version,
-    /// The source must reflect at least this origin position.
+    /// The source must reflect at least this origin position (the floors).
     pub position: Position,
+    /// An origin tier that has replayed this position holds `version` of the item:
+    /// where to send an origin read (a replica behind it would answer too old).
+    pub origin_position: Position,
 }
 
 impl Need {
@@ -88,14 +91,17 @@ impl Watermarks {
             need.position = self.write_floor;
             if let Some(mark) = find(&self.writes, item) {
                 need.version = mark.version;
+                need.origin_position = mark.position;
             }
         }
         if monotonic {
             need.position = need.position.max(self.read_floor);
             if let Some(mark) = find(&self.reads, item) {
                 need.version = need.version.max(mark.version);
+                need.origin_position = need.origin_position.max(mark.position);
             }
         }
+        need.origin_position = need.origin_position.max(need.position);
         need
     }
 
@@ -254,6 +260,12 @@ mod tests {
         w.record_write(1, Version(5), Position(50), 8);
         w.record_read(2, Version(3), Position(40), 8);
         assert_eq!(w.need(1, true, true).version, Version(5));
+        assert_eq!(w.need(1, true, true).origin_position, Position(50));
+        assert_eq!(
+            w.need(1, true, true).position,
+            Position(0),
+            "no floor: cached copies need no position"
+        );
         assert_eq!(w.need(1, false, true).version, Version(0));
         assert_eq!(w.need(2, true, true).version, Version(3));
         assert_eq!(w.need(2, true, false).version, Version(0));

@@ -109,6 +109,15 @@ pub struct PostgresSettings {
     /// The LISTEN/NOTIFY channel of the change feed between edge nodes.
     #[serde(default = "default_channel")]
     pub notify_channel: String,
+    /// Whether this node follows the change feed (a node that cannot reach the
+    /// primary's notifications sets false: other nodes' writes then show when its
+    /// entries expire). Writes always notify.
+    #[serde(default = "default_true")]
+    pub change_feed: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_pool_size() -> usize {

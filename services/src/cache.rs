@@ -176,9 +176,10 @@ impl SharedCache {
         }
     }
 
-    /// Replaces an entry older than `version` (a change committed through another
-    /// node) by a marker that makes the next read fetch at least `version` — from
-    /// the primary if the replicas lag. Returns whether it replaced one.
+    /// Records that the item changed to `version` through another node: an older
+    /// entry — or none — becomes a marker that makes the next read fetch at least
+    /// that version (from the primary while the replicas lag), so a lagging replica
+    /// cannot put the old version back. Returns whether it left a marker.
     pub fn invalidate_older(&self, key: &ItemKey, version: Version) -> bool {
         let result = self.inner.entry(key, Some(Duration::ZERO), |_, current| {
             if current.doc.version < version {
@@ -188,7 +189,16 @@ impl SharedCache {
                 EntryAction::Retain(false)
             }
         });
-        matches!(result, EntryResult::Retained(true))
+        match result {
+            EntryResult::Retained(marked) => marked,
+            EntryResult::Vacant(guard) => guard.insert(CacheEntry::marker(version)).is_ok(),
+            // A fill is under way: it may read the old version; mark over it.
+            EntryResult::Timeout => {
+                self.inner.insert(key.clone(), CacheEntry::marker(version));
+                true
+            }
+            EntryResult::Removed(..) | EntryResult::Replaced(..) => false,
+        }
     }
 
     /// Drops every entry.

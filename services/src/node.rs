@@ -484,7 +484,7 @@ impl Node {
                 let started = Instant::now();
                 let request = ReadRequest {
                     policy,
-                    min_position: need.position,
+                    min_position: need.origin_position,
                     wait_for_replica,
                 };
                 let read = origin.read(item.clone(), request).await?;

@@ -268,9 +268,26 @@ title = { type = "string" }
 
 /// A session id that lands in the `on` (or off) arm of a 50% rollout of `flag`.
 pub fn session_in_arm(flag: &str, on: bool) -> String {
+    sessions_in_arm(flag, on, "session", 1).remove(0)
+}
+
+/// `count` session ids starting with `prefix` in the `on` (or off) arm of a 50%
+/// rollout of `flag`.
+pub fn sessions_in_arm(flag: &str, on: bool, prefix: &str, count: usize) -> Vec<String> {
     let rollout = edgecache_flags::Rollout::Percent(50);
     (0..)
-        .map(|i| format!("session-{i}"))
-        .find(|id| rollout.is_enabled(flag, id) == on)
-        .expect("some session lands in each arm")
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|id| rollout.is_enabled(flag, id) == on)
+        .take(count)
+        .collect()
+}
+
+/// An id no earlier run used (the PostgreSQL cluster outlives a test run when started
+/// by hand).
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
 }

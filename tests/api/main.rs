@@ -2,10 +2,12 @@
 //! temporary embedded store. `TEST_LOG=1` shows the nodes' logs.
 
 mod helpers;
+mod pg;
 
 mod durability;
 mod errors;
 mod freshness;
 mod guarantees;
+mod postgres;
 mod process;
 mod sessions;

@@ -51,6 +51,7 @@ struct Inner {
     tables: HashMap<Arc<str>, TableDef>,
     replica_wait: Duration,
     channel: String,
+    follow_changes: bool,
 }
 
 /// A PostgreSQL primary and its replicas. Cheap to clone.
@@ -178,6 +179,7 @@ impl PostgresOrigin {
                 tables,
                 replica_wait: pg.replica_wait,
                 channel: pg.notify_channel.clone(),
+                follow_changes: pg.change_feed,
             }),
             runtime,
         })
@@ -452,6 +454,9 @@ impl Origin for PostgresOrigin {
     }
 
     fn subscribe(&self, sink: ChangeSink) {
+        if !self.inner.follow_changes {
+            return;
+        }
         let follow = feed::follow(
             self.inner.primary_config.clone(),
             self.inner.channel.clone(),
