@@ -9,7 +9,6 @@ mod helpers;
 #[path = "../api/pg.rs"]
 mod pg;
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use edgecache_services::metrics::Tier;
@@ -17,11 +16,11 @@ use serde_json::json;
 
 use helpers::{eventually, spawn_with, unique, Client};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[actix_web::test]
 async fn reads_go_on_from_the_primary_while_the_replica_is_down_and_use_it_again_once_back() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = ONE_AT_A_TIME.lock().await;
     let pg = pg::cluster();
     let mut settings = pg.settings(&pg::collection("replica_down")).await;
     if let edgecache_config::OriginSettings::Postgres(pg) = &mut settings.origin {
@@ -76,7 +75,7 @@ async fn reads_go_on_from_the_primary_while_the_replica_is_down_and_use_it_again
 
 #[actix_web::test]
 async fn with_the_primary_down_writes_and_strict_reads_fail_relaxed_fields_are_served_and_nothing_is_lost() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = ONE_AT_A_TIME.lock().await;
     let pg = pg::cluster();
     let extra = format!(
         "{}\n[collections.memos]\nfreshness = {{ class = \"relaxed\", ttl = \"100ms\", \
