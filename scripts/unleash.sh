@@ -198,30 +198,32 @@ unleash_start() {
 }
 
 unleash_stop() {
+    # Safe under `set -euo pipefail` (test.sh calls it from its EXIT trap): nothing in
+    # here may fail the caller.
     local as_pg=()
-    [ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
+    if [ "$(id -u)" = 0 ]; then as_pg=(runuser -u postgres --); fi
     if [ -n "${_EDGECACHE_UNLEASH_PID:-}" ]; then
         if kill -0 "$_EDGECACHE_UNLEASH_PID" 2>/dev/null; then
-            kill -TERM "$_EDGECACHE_UNLEASH_PID" 2>/dev/null
+            kill -TERM "$_EDGECACHE_UNLEASH_PID" 2>/dev/null || true
             local i
             for i in $(seq 1 50); do
                 kill -0 "$_EDGECACHE_UNLEASH_PID" 2>/dev/null || break
                 sleep 0.2
             done
-            kill -KILL "$_EDGECACHE_UNLEASH_PID" 2>/dev/null
+            kill -KILL "$_EDGECACHE_UNLEASH_PID" 2>/dev/null || true
         fi
-        wait "$_EDGECACHE_UNLEASH_PID" 2>/dev/null
+        wait "$_EDGECACHE_UNLEASH_PID" 2>/dev/null || true
     fi
     if [ -n "${_EDGECACHE_UNLEASH_PG_STARTED:-}" ] && [ -d "${_EDGECACHE_UNLEASH_TMP:-}/pgdata" ]; then
         if ! timeout 30 "${as_pg[@]}" "$EDGECACHE_UNLEASH_PG_BIN/pg_ctl" -D "$_EDGECACHE_UNLEASH_TMP/pgdata" \
             -m fast -w -t 20 stop >/dev/null 2>&1; then
             local pid
-            pid="$(head -n 1 "$_EDGECACHE_UNLEASH_TMP/pgdata/postmaster.pid" 2>/dev/null)"
-            [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+            pid="$(head -n 1 "$_EDGECACHE_UNLEASH_TMP/pgdata/postmaster.pid" 2>/dev/null || true)"
+            if [ -n "$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
         fi
     fi
     if [ -n "${_EDGECACHE_UNLEASH_TMP:-}" ] && [ -d "$_EDGECACHE_UNLEASH_TMP" ]; then
-        rm -rf "$_EDGECACHE_UNLEASH_TMP"
+        rm -rf "$_EDGECACHE_UNLEASH_TMP" || true
     fi
     unset _EDGECACHE_UNLEASH_PID _EDGECACHE_UNLEASH_PG_STARTED _EDGECACHE_UNLEASH_TMP
     unset EDGECACHE_TEST_UNLEASH_URL EDGECACHE_TEST_UNLEASH_ADMIN_TOKEN EDGECACHE_TEST_UNLEASH_CLIENT_TOKEN

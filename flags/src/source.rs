@@ -47,6 +47,17 @@ pub trait FlagSource: Send + Sync + 'static {
     /// The arm of `strategy` for the session in `ctx`.
     fn arm(&self, strategy: Strategy, ctx: &FlagContext<'_>) -> Arm;
 
+    /// Changes whenever evaluating the same context may give another arm (new flag
+    /// definitions, fetched or bootstrapped). A caller may keep the [`Strategies`] it
+    /// evaluated for a session and a context while this number is unchanged, instead of
+    /// evaluating on every request. Sources whose answers never change return 0, the
+    /// default. (Unleash strategies that depend on the time or on chance, such as
+    /// `currentTime` constraints or `random` stickiness, are then fixed per session
+    /// until the definitions change.)
+    fn generation(&self) -> u64 {
+        0
+    }
+
     /// Every strategy evaluated once for this request.
     fn strategies(&self, ctx: &FlagContext<'_>) -> Strategies {
         let mut arms = [Arm::OFF; Strategy::ALL.len()];

@@ -33,6 +33,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -98,6 +99,8 @@ struct Shared {
     /// How the fetched (or bootstrapped) flags are evaluated; `None` until there are
     /// some, and then the configured defaults apply.
     plan: ArcSwapOption<Plan>,
+    /// Bumped after `plan` and the SDK's state changed ([`FlagSource::generation`]).
+    generation: AtomicU64,
     status: StatusCell,
     app_name: String,
     features_url: String,
@@ -164,6 +167,7 @@ impl UnleashFlags {
         let shared = Arc::new(Shared {
             client,
             defaults,
+            generation: AtomicU64::new(u64::from(plan.is_some())),
             plan: ArcSwapOption::new(plan),
             status: StatusCell::new(state),
             app_name: settings.app_name.clone(),
@@ -229,6 +233,10 @@ impl FlagSource for UnleashFlags {
                 shared.eval(plan, strategy, uctx, ctx)
             }),
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     fn strategies(&self, ctx: &FlagContext<'_>) -> Strategies {
@@ -331,6 +339,8 @@ struct PollState {
     registered: bool,
     metrics_failing: bool,
     fetched_once: bool,
+    /// Our flags and the segments, as last fetched: a new generation when they change.
+    fingerprint: Vec<u8>,
 }
 
 /// Fetches, then sleeps `interval`, until stopped or until every [`UnleashFlags`] is
@@ -370,12 +380,17 @@ impl Shared {
         };
         let plan = Plan::new(&features);
         let count = features.features.len();
+        let fingerprint = fingerprint(&features);
         let metrics = match self.client.memoize(features) {
             Ok(metrics) => metrics,
             Err(e) => return self.fetch_failed(format!("the fetched flags cannot be loaded: {e}")),
         };
         let ours = plan.modes.iter().filter(|m| **m != Mode::Absent).count();
         self.plan.store(Some(Arc::new(plan)));
+        if !state.fetched_once || fingerprint != state.fingerprint {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            state.fingerprint = fingerprint;
+        }
         match self.status.fetched() {
             Some((failures, error)) => tracing::info!(
                 failures,
@@ -409,11 +424,13 @@ impl Shared {
                 .post_json(&self.metrics_url, metrics, Some(interval_ms))
                 .await
             {
-                Ok(_) if state.metrics_failing => {
-                    state.metrics_failing = false;
-                    tracing::info!("unleash: metrics sent again");
+                Ok(_) => {
+                    self.status.metrics_sent();
+                    if state.metrics_failing {
+                        state.metrics_failing = false;
+                        tracing::info!("unleash: metrics sent again");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) if !state.metrics_failing => {
                     state.metrics_failing = true;
                     tracing::warn!(error = %format!("{e:#}"), "unleash: sending metrics failed");
@@ -439,6 +456,17 @@ impl Shared {
             tracing::debug!(error = %message, failures, "unleash: fetching flags failed");
         }
     }
+}
+
+/// What of a features document can change our evaluations: our flags (in full: the
+/// SDK's types compare flags by name only) and the segments they may use.
+fn fingerprint(features: &ClientFeatures) -> Vec<u8> {
+    let ours: Vec<_> = features
+        .features
+        .iter()
+        .filter(|f| f.name.parse::<Strategy>().is_ok_and(|s| s.flag_name() == f.name))
+        .collect();
+    serde_json::to_vec(&(ours, &features.segments)).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -472,6 +500,28 @@ mod tests {
         assert_eq!(uctx.session_id.as_deref(), Some("s2"));
         assert_eq!(uctx.properties["node"], "edge-2");
         assert_eq!(uctx.properties.len(), 2);
+    }
+
+    #[test]
+    fn the_fingerprint_covers_our_flags_only() {
+        let doc = |other: bool, ours: bool, revision: u32| -> ClientFeatures {
+            serde_json::from_value(serde_json::json!({
+                "version": 2,
+                "features": [
+                    { "name": "someone-elses", "enabled": other, "strategies": [] },
+                    { "name": "edgecache.strict-fields", "enabled": ours, "strategies": [] }
+                ],
+                "meta": { "revisionId": revision, "etag": format!("\"x:{revision}:v1\"") }
+            }))
+            .unwrap()
+        };
+        let base = fingerprint(&doc(true, true, 1));
+        assert_eq!(
+            base,
+            fingerprint(&doc(false, true, 2)),
+            "another flag, another revision"
+        );
+        assert_ne!(base, fingerprint(&doc(true, false, 3)), "our flag switched");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct UnleashStatus {
     pub last_fetch_ms_ago: Option<u64>,
     /// Whether the registration with Unleash succeeded (retried until it does).
     pub registered: bool,
+    /// Metrics reports Unleash accepted (one per fetch that follows evaluations).
+    pub metrics_sent: u64,
 }
 
 impl fmt::Display for UnleashStatus {
@@ -76,6 +78,7 @@ struct Inner {
     consecutive_failures: u32,
     last_fetch: Option<Instant>,
     registered: bool,
+    metrics_sent: u64,
 }
 
 impl StatusCell {
@@ -87,6 +90,7 @@ impl StatusCell {
                 consecutive_failures: 0,
                 last_fetch: None,
                 registered: false,
+                metrics_sent: 0,
             }),
         }
     }
@@ -101,11 +105,16 @@ impl StatusCell {
                 .last_fetch
                 .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
             registered: inner.registered,
+            metrics_sent: inner.metrics_sent,
         }
     }
 
     pub(crate) fn set_registered(&self) {
         self.inner.lock().registered = true;
+    }
+
+    pub(crate) fn metrics_sent(&self) {
+        self.inner.lock().metrics_sent += 1;
     }
 
     /// A fetch succeeded. Returns the failures it ends and the error before it, if any.

@@ -35,7 +35,14 @@ impl Transport for CheckedTransport {
             let url = request.url.clone();
             let response = match tokio::time::timeout(self.timeout, self.inner.execute(request)).await {
                 Ok(Ok(response)) => response,
-                Ok(Err(error)) => anyhow::bail!("request to {url} failed: {error:#}"),
+                Ok(Err(error)) => {
+                    // reqwest's message names the URL already.
+                    let text = format!("{error:#}");
+                    if text.contains(&url) {
+                        anyhow::bail!(text)
+                    }
+                    anyhow::bail!("request to {url} failed: {text}")
+                }
                 Err(_) => anyhow::bail!("request to {url} timed out after {:?}", self.timeout),
             };
             if (200..300).contains(&response.status) {
