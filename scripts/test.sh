@@ -7,7 +7,9 @@
 # real primary and a real streaming replica, which this script starts on loopback
 # (scripts/pg-cluster.sh: installs Debian's postgresql-15 if missing, picks free ports,
 # exports EDGECACHE_TEST_PG_*) and tears down again at exit, also on failure or
-# interrupt. Other services that later tests need (Unleash, nginx) go the same way.
+# interrupt; the flag tests need a real Unleash server (scripts/unleash.sh: Node 22 and
+# unleash-server 8.2 from the npm registry, on a PostgreSQL of its own). Other services
+# that later tests need (nginx) go the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,8 @@ cargo build --workspace --all-targets --locked
 echo "== services"
 # shellcheck source=scripts/pg-cluster.sh
 source scripts/pg-cluster.sh
+# shellcheck source=scripts/unleash.sh
+source scripts/unleash.sh
 test_pid=
 cleanup() {
     # If we were interrupted while the tests ran, end them before their servers go.
@@ -33,6 +37,7 @@ cleanup() {
         kill -TERM "$test_pid" 2>/dev/null || true
         wait "$test_pid" 2>/dev/null || true
     fi
+    unleash_stop
     pg_cluster_stop
 }
 trap cleanup EXIT
@@ -40,6 +45,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 pg_cluster_start   # primary + delayed replica; exports EDGECACHE_TEST_PG_*
+unleash_start      # Unleash 8.2 on its own PostgreSQL; exports EDGECACHE_TEST_UNLEASH_*
 
 echo "== test"
 # In the background plus `wait`, so that a signal to this script runs its trap at once

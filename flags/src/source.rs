@@ -58,6 +58,12 @@ pub trait FlagSource: Send + Sync + 'static {
         0
     }
 
+    /// A one-line account of where the flags come from now, for `/readyz`
+    /// (`None`: configuration only, nothing to report).
+    fn status(&self) -> Option<String> {
+        None
+    }
+
     /// Every strategy evaluated once for this request.
     fn strategies(&self, ctx: &FlagContext<'_>) -> Strategies {
         let mut arms = [Arm::OFF; Strategy::ALL.len()];

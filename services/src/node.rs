@@ -201,6 +201,11 @@ impl Node {
         }
     }
 
+    /// Where the strategy flags come from now (`/readyz`).
+    pub fn flag_status(&self) -> Option<String> {
+        self.flags.status()
+    }
+
     pub fn limits(&self) -> ApiLimits {
         self.limits
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use edgecache_config::{OriginSettings, Settings};
-use edgecache_flags::{ConfigFlags, FlagSource};
+use edgecache_flags::{ConfigFlags, FlagSource, UnleashFlags};
 use tracing_actix_web::TracingLogger;
 
 use crate::origin::{EmbeddedOrigin, OriginError, PostgresOrigin, SharedOrigin};
@@ -24,6 +24,8 @@ pub enum StartError {
     },
     #[error("cannot open the origin")]
     Origin(#[source] OriginError),
+    #[error("cannot start the Unleash flag source")]
+    Flags(#[from] edgecache_flags::UnleashError),
 }
 
 /// A built edge node: listening, not yet serving until [`Application::run_until_stopped`].
@@ -36,8 +38,15 @@ pub struct Application {
 impl Application {
     /// Opens the configured origin (seeding a fresh store), binds the listener (port 0
     /// picks a free one) and builds the server, with strategies from configuration.
+    /// Flags come from Unleash when `flags.unleash` is set (falling back to a
+    /// bootstrap file, then `flags.defaults`), else from `flags.defaults`. Must run
+    /// inside the actix system that will serve (the Unleash poll loop starts on it).
     pub fn build(settings: &Settings) -> Result<Self, StartError> {
-        let flags = Arc::new(ConfigFlags::new(&settings.flags.defaults));
+        let defaults = ConfigFlags::new(&settings.flags.defaults);
+        let flags: Arc<dyn FlagSource> = match &settings.flags.unleash {
+            Some(unleash) => Arc::new(UnleashFlags::start(unleash, defaults, &settings.node.id)?),
+            None => Arc::new(defaults),
+        };
         Self::build_with_flags(settings, flags)
     }
 

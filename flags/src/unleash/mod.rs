@@ -235,6 +235,10 @@ impl FlagSource for UnleashFlags {
         }
     }
 
+    fn status(&self) -> Option<String> {
+        Some(UnleashFlags::status(self).to_string())
+    }
+
     fn generation(&self) -> u64 {
         self.shared.generation.load(Ordering::Acquire)
     }

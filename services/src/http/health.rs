@@ -18,5 +18,6 @@ pub async fn readyz(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
         "node": node.node_id(),
         "origin": { "kind": node.origin().kind(), "position": position.0 },
         "live_sessions": node.sessions().len(),
+        "flags": node.flag_status().unwrap_or_else(|| "configuration".to_owned()),
     })))
 }
