@@ -23,6 +23,9 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub session: SessionSettings,
     pub api: ApiSettings,
+    /// The other edge nodes of this node's group (session affinity); none by default.
+    #[serde(default)]
+    pub cluster: ClusterSettings,
     pub flags: FlagSettings,
     /// The data model: collection name → its fields and their freshness classes.
     pub collections: BTreeMap<String, Collection>,
@@ -196,6 +199,40 @@ pub struct TokenKey {
     /// The secret, at least 32 bytes.
     #[serde(serialize_with = "redacted")]
     pub secret: SecretString,
+}
+
+/// The peers of this node, for session affinity: the owner of a session is chosen by
+/// rendezvous hashing of its id over this node and the healthy peers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// Peer node id → its `host:port` (this node is not listed).
+    pub peers: BTreeMap<String, String>,
+    /// How often each peer's `/healthz` is checked.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// How long a health check or a forwarded request may take before it counts as
+    /// a failure.
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// Consecutive failures that take a peer out (the circuit opens); one success
+    /// puts it back.
+    pub failure_threshold: u32,
+    /// How long a forwarded request may take in all.
+    #[serde(with = "humantime_serde")]
+    pub forward_timeout: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            peers: BTreeMap::new(),
+            health_interval: Duration::from_millis(500),
+            health_timeout: Duration::from_millis(300),
+            failure_threshold: 2,
+            forward_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Limits of the REST API.

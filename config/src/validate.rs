@@ -45,6 +45,7 @@ impl Settings {
         session(&self.session)?;
         api(&self.api)?;
         flags(&self.flags)?;
+        cluster(self)?;
         collections(self)?;
         seed(self)
     }
@@ -96,6 +97,26 @@ fn origin(o: &OriginSettings) -> Check {
             name("origin.notify_channel", &pg.notify_channel, &SQL_NAME)
         }
     }
+}
+
+fn cluster(settings: &Settings) -> Check {
+    let c = &settings.cluster;
+    for (id, address) in &c.peers {
+        let key = join("cluster.peers", id);
+        name(&key, id, &NODE_NAME)?;
+        if *id == settings.node.id {
+            return Err(invalid(key, "lists this node itself (node.id)"));
+        }
+        if address.parse::<std::net::SocketAddr>().is_err()
+            && !address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        {
+            return Err(invalid(key, format!("`{address}` is not host:port")));
+        }
+    }
+    positive("cluster.health_interval", c.health_interval)?;
+    positive("cluster.health_timeout", c.health_timeout)?;
+    in_range("cluster.failure_threshold", c.failure_threshold, 1..=100)?;
+    positive("cluster.forward_timeout", c.forward_timeout)
 }
 
 fn cache(c: &CacheSettings) -> Check {

@@ -2,6 +2,7 @@
 //! the REST API.
 
 pub mod cache;
+pub mod cluster;
 mod cache_status;
 pub mod freshness;
 pub mod http;

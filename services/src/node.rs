@@ -201,6 +201,17 @@ impl Node {
         }
     }
 
+    /// Whether session affinity is on for this session (forwarding to its owner).
+    pub fn affinity_on(&self, session_id: &str, user_id: &str) -> bool {
+        let ctx = FlagContext {
+            session_id,
+            user_id,
+            node: &self.node_id,
+            region: &self.region,
+        };
+        self.flags.arm(Strategy::SessionAffinity, &ctx).enabled
+    }
+
     /// Where the strategy flags come from now (`/readyz`).
     pub fn flag_status(&self) -> Option<String> {
         self.flags.status()

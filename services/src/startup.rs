@@ -9,6 +9,7 @@ use edgecache_config::{OriginSettings, Settings};
 use edgecache_flags::{ConfigFlags, FlagSource, UnleashFlags};
 use tracing_actix_web::TracingLogger;
 
+use crate::cluster::Cluster;
 use crate::origin::{EmbeddedOrigin, OriginError, PostgresOrigin, SharedOrigin};
 use crate::telemetry::RequestSpan;
 use crate::Node;
@@ -33,6 +34,7 @@ pub struct Application {
     port: u16,
     server: Server,
     node: Arc<Node>,
+    cluster: Arc<Cluster>,
 }
 
 impl Application {
@@ -61,14 +63,24 @@ impl Application {
             .map_err(|source| StartError::Bind { addr, source })?
             .port();
 
+        let cluster = Arc::new(Cluster::new(&settings.node.id, &settings.cluster));
+        if !cluster.is_solo() {
+            actix_web::rt::spawn(cluster.clone().watch());
+        }
         let data = web::Data::from(node.clone());
+        let cluster_data = web::Data::new(cluster.clone());
+        let node_id = settings.node.id.clone();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(crate::http::forward::affinity))
+                .wrap(actix_web::middleware::DefaultHeaders::new().add(("x-edgecache-node", node_id.as_str())))
                 .wrap_fn(crate::telemetry::echo_request_id)
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(data.clone())
+                .app_data(cluster_data.clone())
                 .configure(crate::http::routes)
         })
+        .disable_signals()
         .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1));
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
@@ -78,7 +90,12 @@ impl Application {
             .map_err(|source| StartError::Bind { addr, source })?
             .run();
         tracing::info!(port, node = %settings.node.id, origin = node.origin().kind(), "edge node listening");
-        Ok(Self { port, server, node })
+        Ok(Self {
+            port,
+            server,
+            node,
+            cluster,
+        })
     }
 
     /// The port the node listens on.
@@ -96,14 +113,43 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until the server stops: on SIGTERM or ctrl-c it stops accepting, lets
-    /// in-flight requests finish (up to the shutdown timeout) and passivates every
-    /// session.
+    /// Serves until the server stops. On SIGTERM or ctrl-c the node tells its peers it
+    /// is leaving (so they stop forwarding to it), stops accepting, lets in-flight
+    /// requests finish (up to the shutdown timeout) and passivates every session;
+    /// the sessions go on elsewhere from their tokens.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let cluster = self.cluster.clone();
+        actix_web::rt::spawn(async move {
+            if stop_signal().await {
+                tracing::info!("stop signal: leaving the group, finishing in-flight requests");
+                cluster.announce_leaving().await;
+                handle.stop(true).await;
+            }
+        });
         let result = self.server.await;
         self.node.sessions().passivate_all();
         tracing::info!("edge node stopped");
         result
+    }
+}
+
+/// Waits for SIGTERM or ctrl-c; `false` if no handler could be installed.
+async fn stop_signal() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return false;
+        };
+        tokio::select! {
+            _ = term.recv() => true,
+            result = tokio::signal::ctrl_c() => result.is_ok(),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod batch;
 mod error;
+pub mod forward;
 mod health;
 mod increment;
 mod items;
@@ -17,6 +18,7 @@ pub use request::{SESSION_ID, SESSION_TOKEN, USER_ID};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/cluster/leave", web::post().to(health::peer_left))
         .service(
             web::scope("/v1")
                 .route("/{collection}/batch-get", web::post().to(batch::batch_get))

@@ -1,0 +1,229 @@
+//! The node's group: its peers, their health, and which node owns a session.
+//!
+//! The owner of a session is chosen by rendezvous (highest-random-weight) hashing of
+//! the session id over this node and the peers in rotation: every node computes the
+//! same owner from the same view, a peer leaving moves only its own sessions, and no
+//! ring has to be kept in sync. A peer leaves the rotation after
+//! `cluster.failure_threshold` consecutive failed health checks or forwards (the
+//! circuit opens), or at once when it announces that it is stopping; one successful
+//! check puts it back.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgecache_config::ClusterSettings;
+
+/// One peer node.
+pub struct Peer {
+    pub id: String,
+    /// `http://host:port`
+    pub base: String,
+    in_rotation: AtomicBool,
+    failures: AtomicU32,
+}
+
+impl Peer {
+    pub fn in_rotation(&self) -> bool {
+        self.in_rotation.load(Ordering::Acquire)
+    }
+}
+
+/// This node and its peers.
+pub struct Cluster {
+    node_id: String,
+    peers: Vec<Peer>,
+    settings: ClusterSettings,
+    client: reqwest::Client,
+    /// Requests this node forwarded to their session's owner.
+    pub forwarded: AtomicU64,
+    /// Forwards that failed (the request was then served here, or answered 503 when
+    /// a write's outcome was unknown).
+    pub forward_failures: AtomicU64,
+}
+
+/// The stable rendezvous weight of `node` for `session`.
+fn weight(node: &str, session: &str) -> u64 {
+    // FNV-1a, then a splitmix64 finaliser so similar ids spread evenly.
+    let mut h = edgecache_actors::item_hash(node, session);
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+impl Cluster {
+    pub fn new(node_id: &str, settings: &ClusterSettings) -> Self {
+        let peers = settings
+            .peers
+            .iter()
+            .map(|(id, address)| Peer {
+                id: id.clone(),
+                base: format!("http://{address}"),
+                in_rotation: AtomicBool::new(true),
+                failures: AtomicU32::new(0),
+            })
+            .collect();
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.health_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("a plain HTTP client builds");
+        Self {
+            node_id: node_id.to_owned(),
+            peers,
+            settings: settings.clone(),
+            client,
+            forwarded: AtomicU64::new(0),
+            forward_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Whether this node has no peers (affinity is then moot).
+    pub fn is_solo(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn forward_timeout(&self) -> Duration {
+        self.settings.forward_timeout
+    }
+
+    /// The owner of `session_id` among this node and the peers in rotation; `None`
+    /// when it is this node.
+    pub fn owner(&self, session_id: &str) -> Option<&Peer> {
+        let own = weight(&self.node_id, session_id);
+        self.peers
+            .iter()
+            .filter(|p| p.in_rotation())
+            .map(|p| (weight(&p.id, session_id), p))
+            .filter(|(w, _)| *w > own)
+            .max_by_key(|(w, _)| *w)
+            .map(|(_, p)| p)
+    }
+
+    /// Counts a failure of `peer`; past the threshold it leaves the rotation.
+    pub fn failed(&self, peer: &Peer) {
+        let failures = peer.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= self.settings.failure_threshold && peer.in_rotation.swap(false, Ordering::AcqRel) {
+            tracing::warn!(peer = %peer.id, failures, "peer out of rotation");
+        }
+    }
+
+    /// Counts a success of `peer`; it is (back) in rotation.
+    pub fn succeeded(&self, peer: &Peer) {
+        peer.failures.store(0, Ordering::Release);
+        if !peer.in_rotation.swap(true, Ordering::AcqRel) {
+            tracing::info!(peer = %peer.id, "peer in rotation");
+        }
+    }
+
+    /// A peer said it is stopping: out of rotation now (its health checks bring it
+    /// back when it serves again).
+    pub fn left(&self, id: &str) {
+        if let Some(peer) = self.peers.iter().find(|p| p.id == id) {
+            peer.failures.store(self.settings.failure_threshold, Ordering::Release);
+            peer.in_rotation.store(false, Ordering::Release);
+            tracing::info!(peer = %peer.id, "peer left");
+        }
+    }
+
+    /// Checks every peer's `/healthz` each `health_interval`, forever.
+    pub async fn watch(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.settings.health_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let this = &*self;
+        loop {
+            ticker.tick().await;
+            let checks = this.peers.iter().map(|peer| async move {
+                let check = this
+                    .client
+                    .get(format!("{}/healthz", peer.base))
+                    .timeout(this.settings.health_timeout)
+                    .send()
+                    .await;
+                match check {
+                    Ok(response) if response.status().is_success() => this.succeeded(peer),
+                    _ => this.failed(peer),
+                }
+            });
+            futures_util::future::join_all(checks).await;
+        }
+    }
+
+    /// Tells every peer this node is stopping, so they stop forwarding to it before
+    /// it stops accepting. Bounded by the health timeout.
+    pub async fn announce_leaving(&self) {
+        let notes = self.peers.iter().map(|peer| {
+            self.client
+                .post(format!("{}/cluster/leave", peer.base))
+                .json(&serde_json::json!({ "node": self.node_id }))
+                .timeout(self.settings.health_timeout)
+                .send()
+        });
+        futures_util::future::join_all(notes).await;
+    }
+
+    /// The peers and whether each is in rotation (`/readyz`).
+    pub fn view(&self) -> Vec<(&str, bool)> {
+        self.peers.iter().map(|p| (p.id.as_str(), p.in_rotation())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(me: &str, peers: &[&str]) -> Cluster {
+        let settings = ClusterSettings {
+            peers: peers.iter().map(|p| (p.to_string(), "127.0.0.1:1".to_owned())).collect(),
+            ..ClusterSettings::default()
+        };
+        Cluster::new(me, &settings)
+    }
+
+    #[test]
+    fn every_node_agrees_on_the_owner_and_load_spreads() {
+        let names = ["n1", "n2", "n3"];
+        let views: Vec<Cluster> = names
+            .iter()
+            .map(|me| cluster(me, &names.iter().copied().filter(|n| n != me).collect::<Vec<_>>()))
+            .collect();
+        let mut owned = [0usize; 3];
+        for i in 0..3000 {
+            let session = format!("s{i}");
+            let owners: Vec<&str> = views
+                .iter()
+                .map(|c| c.owner(&session).map_or(c.node_id(), |p| p.id.as_str()))
+                .collect();
+            assert!(owners.windows(2).all(|w| w[0] == w[1]), "{session}: {owners:?}");
+            owned[names.iter().position(|n| *n == owners[0]).unwrap()] += 1;
+        }
+        assert!(owned.iter().all(|n| (800..1200).contains(n)), "{owned:?}");
+    }
+
+    #[test]
+    fn a_peer_out_of_rotation_owns_nothing_and_only_its_sessions_move() {
+        let c = cluster("n1", &["n2", "n3"]);
+        let before: Vec<Option<String>> =
+            (0..300).map(|i| c.owner(&format!("s{i}")).map(|p| p.id.clone())).collect();
+        c.left("n3");
+        for (i, owner) in before.iter().enumerate() {
+            let now = c.owner(&format!("s{i}")).map(|p| p.id.clone());
+            assert_ne!(now.as_deref(), Some("n3"));
+            if owner.as_deref() != Some("n3") {
+                assert_eq!(&now, owner, "a session not owned by n3 stays where it was");
+            }
+        }
+        c.succeeded(&c.peers[1]);
+        assert!(c.peers[1].in_rotation());
+    }
+}
