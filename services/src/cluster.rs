@@ -130,7 +130,8 @@ impl Cluster {
     /// back when it serves again).
     pub fn left(&self, id: &str) {
         if let Some(peer) = self.peers.iter().find(|p| p.id == id) {
-            peer.failures.store(self.settings.failure_threshold, Ordering::Release);
+            peer.failures
+                .store(self.settings.failure_threshold, Ordering::Release);
             peer.in_rotation.store(false, Ordering::Release);
             tracing::info!(peer = %peer.id, "peer left");
         }
@@ -174,7 +175,10 @@ impl Cluster {
 
     /// The peers and whether each is in rotation (`/readyz`).
     pub fn view(&self) -> Vec<(&str, bool)> {
-        self.peers.iter().map(|p| (p.id.as_str(), p.in_rotation())).collect()
+        self.peers
+            .iter()
+            .map(|p| (p.id.as_str(), p.in_rotation()))
+            .collect()
     }
 }
 
@@ -184,7 +188,10 @@ mod tests {
 
     fn cluster(me: &str, peers: &[&str]) -> Cluster {
         let settings = ClusterSettings {
-            peers: peers.iter().map(|p| (p.to_string(), "127.0.0.1:1".to_owned())).collect(),
+            peers: peers
+                .iter()
+                .map(|p| (p.to_string(), "127.0.0.1:1".to_owned()))
+                .collect(),
             ..ClusterSettings::default()
         };
         Cluster::new(me, &settings)
@@ -213,8 +220,9 @@ mod tests {
     #[test]
     fn a_peer_out_of_rotation_owns_nothing_and_only_its_sessions_move() {
         let c = cluster("n1", &["n2", "n3"]);
-        let before: Vec<Option<String>> =
-            (0..300).map(|i| c.owner(&format!("s{i}")).map(|p| p.id.clone())).collect();
+        let before: Vec<Option<String>> = (0..300)
+            .map(|i| c.owner(&format!("s{i}")).map(|p| p.id.clone()))
+            .collect();
         c.left("n3");
         for (i, owner) in before.iter().enumerate() {
             let now = c.owner(&format!("s{i}")).map(|p| p.id.clone());

@@ -2,8 +2,8 @@
 //! the REST API.
 
 pub mod cache;
-pub mod cluster;
 mod cache_status;
+pub mod cluster;
 pub mod freshness;
 pub mod http;
 pub mod metrics;

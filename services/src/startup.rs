@@ -73,7 +73,9 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(crate::http::forward::affinity))
-                .wrap(actix_web::middleware::DefaultHeaders::new().add(("x-edgecache-node", node_id.as_str())))
+                .wrap(
+                    actix_web::middleware::DefaultHeaders::new().add(("x-edgecache-node", node_id.as_str())),
+                )
                 .wrap_fn(crate::telemetry::echo_request_id)
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(data.clone())
@@ -106,6 +108,11 @@ impl Application {
     /// The node's data plane (tests read its metrics).
     pub fn node(&self) -> Arc<Node> {
         self.node.clone()
+    }
+
+    /// This node's view of its group (tests read the forwarding counts).
+    pub fn cluster(&self) -> Arc<Cluster> {
+        self.cluster.clone()
     }
 
     /// A handle to stop the server (gracefully or not).

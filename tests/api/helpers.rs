@@ -57,6 +57,7 @@ pub fn settings(store: &Path, extra: &str) -> Settings {
 pub struct TestApp {
     pub address: String,
     pub node: Arc<Node>,
+    pub cluster: Arc<edgecache_services::cluster::Cluster>,
     handle: actix_web::dev::ServerHandle,
     client: reqwest::Client,
 }
@@ -71,11 +72,13 @@ pub fn spawn_with(settings: &Settings) -> TestApp {
     let app = Application::build(settings).expect("the node starts");
     let address = format!("http://127.0.0.1:{}", app.port());
     let node = app.node();
+    let cluster = app.cluster();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         address,
         node,
+        cluster,
         handle,
         client: reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))

@@ -4,6 +4,7 @@
 mod helpers;
 mod pg;
 
+mod cluster;
 mod durability;
 mod errors;
 mod freshness;

@@ -26,12 +26,22 @@ pub const FORWARDED: header::HeaderName = header::HeaderName::from_static("x-edg
 fn hop_by_hop(name: &str) -> bool {
     matches!(
         name,
-        "connection" | "keep-alive" | "transfer-encoding" | "te" | "trailer" | "upgrade" | "host" | "content-length"
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
     )
 }
 
 /// The middleware (mounted with `middleware::from_fn`).
-pub async fn affinity(mut request: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, Error> {
+pub async fn affinity(
+    mut request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
     let (Some(node), Some(cluster)) = (
         request.app_data::<web::Data<Node>>().cloned(),
         request.app_data::<web::Data<Arc<Cluster>>>().cloned(),
@@ -41,7 +51,12 @@ pub async fn affinity(mut request: ServiceRequest, next: Next<impl MessageBody +
     let local = cluster.is_solo()
         || !request.path().starts_with("/v1/")
         || request.headers().contains_key(&FORWARDED);
-    let header = |name| request.headers().get(name).and_then(|v: &header::HeaderValue| v.to_str().ok());
+    let header = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
     let owner = match header(&SESSION_ID) {
         Some(session) if !local && crate::node::valid_session_id(session) => {
             let user = header(&USER_ID).unwrap_or(session);
@@ -71,19 +86,28 @@ pub async fn affinity(mut request: ServiceRequest, next: Next<impl MessageBody +
     }
     let body = body.freeze();
 
-    let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes()).expect("a method is a method");
+    let method =
+        reqwest::Method::from_bytes(request.method().as_str().as_bytes()).expect("a method is a method");
     let url = format!(
         "{}{}",
         owner.base,
-        request.uri().path_and_query().map_or(request.path(), |p| p.as_str())
+        request
+            .uri()
+            .path_and_query()
+            .map_or(request.path(), |p| p.as_str())
     );
-    let mut forward = cluster.client().request(method, url).timeout(cluster.forward_timeout());
+    let mut forward = cluster
+        .client()
+        .request(method, url)
+        .timeout(cluster.forward_timeout());
     for (name, value) in request.headers() {
         if !hop_by_hop(name.as_str()) {
             forward = forward.header(name.as_str(), value.as_bytes());
         }
     }
-    forward = forward.header(FORWARDED.as_str(), cluster.node_id()).body(body.clone());
+    forward = forward
+        .header(FORWARDED.as_str(), cluster.node_id())
+        .body(body.clone());
     let sent = async {
         let response = forward.send().await?;
         let status = response.status().as_u16();
@@ -96,7 +120,8 @@ pub async fn affinity(mut request: ServiceRequest, next: Next<impl MessageBody +
         Ok((status, headers, bytes)) => {
             cluster.succeeded(owner);
             cluster.forwarded.fetch_add(1, Ordering::Relaxed);
-            let mut relay = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+            let mut relay =
+                HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
             for (name, value) in &headers {
                 if !hop_by_hop(name.as_str()) {
                     relay.append_header((name.as_str(), value.as_bytes()));
@@ -108,7 +133,8 @@ pub async fn affinity(mut request: ServiceRequest, next: Next<impl MessageBody +
             cluster.failed(owner);
             cluster.forward_failures.fetch_add(1, Ordering::Relaxed);
             let reached = !e.is_connect();
-            let idempotent = matches!(*request.method(), Method::GET | Method::HEAD) || request.path().ends_with("/batch-get");
+            let idempotent = matches!(*request.method(), Method::GET | Method::HEAD)
+                || request.path().ends_with("/batch-get");
             tracing::warn!(peer = %owner.id, cause = %e, reached, "forward failed");
             if reached && !idempotent {
                 return Ok(request.into_response(ApiError::OutcomeUnknown.error_response()));

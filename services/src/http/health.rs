@@ -25,10 +25,16 @@ pub struct Leaving {
     node: String,
 }
 
-pub async fn readyz(node: web::Data<Node>, cluster: web::Data<Arc<Cluster>>) -> Result<HttpResponse, ApiError> {
+pub async fn readyz(
+    node: web::Data<Node>,
+    cluster: web::Data<Arc<Cluster>>,
+) -> Result<HttpResponse, ApiError> {
     let position = node.origin().ping().await?;
-    let peers: serde_json::Map<String, serde_json::Value> =
-        cluster.view().into_iter().map(|(id, up)| (id.to_owned(), up.into())).collect();
+    let peers: serde_json::Map<String, serde_json::Value> = cluster
+        .view()
+        .into_iter()
+        .map(|(id, up)| (id.to_owned(), up.into()))
+        .collect();
     Ok(HttpResponse::Ok().json(json!({
         "status": "ready",
         "node": node.node_id(),
