@@ -3,6 +3,8 @@
 //! ```text
 //! edgecache [serve] [--config FILE] [--listen ADDR]   run a node (the default)
 //! edgecache check-config [--config FILE]              validate and print the configuration
+//! edgecache loadgen --targets URL[,URL…] …            run a workload, record its history
+//! edgecache check HISTORY                             check a history's session guarantees
 //! ```
 
 use std::net::SocketAddr;
@@ -13,6 +15,9 @@ use clap::{Parser, Subcommand};
 use edgecache_config::{Settings, Sources};
 use edgecache_services::Application;
 use tracing_subscriber::EnvFilter;
+
+mod check;
+mod loadgen;
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +49,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Run N sessions × M operations against nodes or a load balancer and record the
+    /// history (one JSON line per operation).
+    Loadgen(Box<loadgen::LoadgenArgs>),
+    /// Check a history recorded by `loadgen`: the four session guarantees per session
+    /// and the strict counter. Exits 1 on any violation.
+    Check(check::CheckArgs),
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -95,6 +106,16 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(seeded, "origin migrated");
             Ok(())
         }
+        Some(Command::Loadgen(args)) => loadgen::run(*args),
+        // 0: no violation; 1: violations; 2: the history could not be read.
+        Some(Command::Check(args)) => match check::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                std::process::exit(2)
+            }
+        },
         Some(Command::Serve(args)) => serve(ServeArgs {
             config: args.config.or(cli.serve.config),
             listen: args.listen.or(cli.serve.listen),

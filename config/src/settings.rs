@@ -27,6 +27,9 @@ pub struct Settings {
     #[serde(default)]
     pub cluster: ClusterSettings,
     pub flags: FlagSettings,
+    /// The admin API (`/admin/...`): disabled unless a token is set.
+    #[serde(default)]
+    pub admin: AdminSettings,
     /// The data model: collection name → its fields and their freshness classes.
     pub collections: BTreeMap<String, Collection>,
     /// Documents written into a fresh store (one with no commit yet), per collection.
@@ -260,4 +263,17 @@ pub struct FlagSettings {
     /// last fetched flags; a strategy Unleash has no flag for follows its default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unleash: Option<edgecache_flags::UnleashSettings>,
+}
+
+/// The admin API (`GET /admin/experiments`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// The bearer token every `/admin/...` request must carry
+    /// (`Authorization: Bearer <token>`; at least 32 characters of `A-Z a-z 0-9 - . _ ~
+    /// + /`, optionally ending in `=`), compared in constant time. Absent, the admin
+    /// routes answer 404: the admin API is disabled. Better set by
+    /// `EDGECACHE__ADMIN__TOKEN` than in a file.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
+    pub token: Option<SecretString>,
 }

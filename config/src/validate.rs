@@ -46,6 +46,7 @@ impl Settings {
         api(&self.api)?;
         flags(&self.flags)?;
         cluster(self)?;
+        admin(&self.admin)?;
         collections(self)?;
         seed(self)
     }
@@ -108,7 +109,9 @@ fn cluster(settings: &Settings) -> Check {
             return Err(invalid(key, "lists this node itself (node.id)"));
         }
         if address.parse::<std::net::SocketAddr>().is_err()
-            && !address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            && !address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
         {
             return Err(invalid(key, format!("`{address}` is not host:port")));
         }
@@ -170,6 +173,32 @@ fn session(s: &SessionSettings) -> Check {
 fn api(a: &ApiSettings) -> Check {
     in_range("api.max_id_bytes", a.max_id_bytes, 1..=512)?;
     in_range("api.max_batch", a.max_batch, 1..=1000)
+}
+
+/// The admin token, when set, must be long enough not to be guessed and fit an
+/// `Authorization: Bearer` header (RFC 6750's `b64token`). The message never shows it.
+fn admin(a: &crate::settings::AdminSettings) -> Check {
+    let Some(token) = &a.token else { return Ok(()) };
+    let token = token.expose_secret();
+    let len = token.len();
+    if len < MIN_SECRET_BYTES {
+        return Err(invalid(
+            "admin.token",
+            format!("must be at least {MIN_SECRET_BYTES} characters, is {len} (remove the key to disable the admin API)"),
+        ));
+    }
+    let body = token.trim_end_matches('=');
+    let b64token = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+    if !b64token {
+        return Err(invalid(
+            "admin.token",
+            "may hold only A-Z, a-z, 0-9, '-', '.', '_', '~', '+' and '/', optionally followed by '='",
+        ));
+    }
+    Ok(())
 }
 
 fn flags(f: &crate::settings::FlagSettings) -> Check {

@@ -1,0 +1,287 @@
+//! The history file: what `edgecache loadgen` records and `edgecache check` reads.
+//!
+//! One JSON object per line, told apart by `kind`:
+//!
+//! ```text
+//! {"kind":"run", "run":"9f2c41d7", "seed":1, "targets":[…], "sessions":20, "ops":200, "keys":16,
+//!  "collection":"profiles", "field":"display_name",
+//!  "counter":{"collection":"products","key":"loadgen-stock","field":"stock","start":200,"min":0}}
+//! {"kind":"setup", <an operation>}      the PUT that creates the counter
+//! {"kind":"op", <an operation>}         one per operation of a session, in completion order
+//! {"kind":"final", <an operation>}      the counter read by a fresh session after the run
+//! ```
+//!
+//! An operation:
+//!
+//! ```text
+//! {"session":"9f2c41d7-s3", "index":17, "target":"http://127.0.0.1:8080", "served_by":"edge-1",
+//!  "op":"patch", "collection":"profiles", "key":"lg-5",
+//!  "body":{"display_name":"9f2c41d7:3:17"},          the request body (writes)
+//!  "status":200, "version":12,                        the ETag seen or written
+//!  "value":{"display_name":"9f2c41d7:3:17"},          the document returned, without its id
+//!  "problem":"bound-crossed",                         the problem slug of an error response
+//!  "token_in":"1f0a…", "token_out":"77c2…",           16 hex digits of SHA-256 of each token
+//!  "start_ns":1200345, "end_ns":1904562,              monotonic, from the start of the run
+//!  "error":"operation timed out"}                     no answer: the outcome is unknown
+//! ```
+//!
+//! Absent fields are left out. `index` counts a session's operations from 0 in the
+//! order it issued them; a session never has two requests in flight, so that is also
+//! their real-time order.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The problem `type` prefix of every edgecache error.
+pub const PROBLEM_PREFIX: &str = "urn:problem:edgecache:";
+
+/// The prefix of the `error` of a request whose connection could not be opened: it
+/// was never sent, so it did nothing.
+pub const CONNECT_ERROR: &str = "connect: ";
+
+/// One line of a history file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Line {
+    /// The first line: how the run was set up.
+    Run(RunInfo),
+    /// The PUT that created the counter before the sessions started.
+    Setup(OpRecord),
+    /// One operation of one session.
+    Op(OpRecord),
+    /// The counter, read by a fresh session once every session was done.
+    Final(OpRecord),
+}
+
+/// How a run was set up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunInfo {
+    /// The run's id: it prefixes session ids and every value written.
+    pub run: String,
+    pub seed: u64,
+    pub targets: Vec<String>,
+    pub sessions: usize,
+    pub ops: usize,
+    pub keys: usize,
+    /// The collection of the keys that are read, put and patched.
+    pub collection: String,
+    /// The string field that carries the unique value of each write.
+    pub field: String,
+    /// The shared counter, when the workload has increments or counter reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter: Option<CounterInfo>,
+}
+
+/// The shared strict counter: an integer field of one item.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CounterInfo {
+    pub collection: String,
+    pub key: String,
+    pub field: String,
+    /// The value loadgen put before the sessions started.
+    pub start: i64,
+    /// The lower bound every decrement asks for.
+    pub min: i64,
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// `GET /v1/{collection}/{id}`.
+    #[default]
+    Read,
+    /// `PUT /v1/{collection}/{id}`.
+    Put,
+    /// `PATCH /v1/{collection}/{id}` with a merge patch.
+    Patch,
+    /// `POST /v1/{collection}/{id}/increment`.
+    Incr,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Read => "read",
+            OpKind::Put => "put",
+            OpKind::Patch => "patch",
+            OpKind::Incr => "incr",
+        }
+    }
+
+    pub fn is_write(self) -> bool {
+        self != OpKind::Read
+    }
+}
+
+/// One request and what came back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct OpRecord {
+    pub session: String,
+    pub index: u64,
+    /// The address the request was sent to.
+    pub target: String,
+    /// `X-Edgecache-Node` of the response, else the target.
+    pub served_by: String,
+    pub op: OpKind,
+    pub collection: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// The HTTP status; absent when no response arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The version (ETag) read or written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The document of a successful response, without its `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// The problem slug of an error response (`bound-crossed`, `not-found`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_in: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_out: Option<String>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// A transport error (timeout, connection reset, body cut short): the operation
+    /// may or may not have taken effect — unless it starts with [`CONNECT_ERROR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What an operation is known to have done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It took effect (a write) or observed the item (a read; a 404 observes its
+    /// absence, version 0).
+    Ok,
+    /// It was rejected and wrote nothing, could not connect, or a read that observed
+    /// nothing.
+    Failed,
+    /// A write whose effect is unknown: no response, a 5xx without a problem saying
+    /// nothing was written (a gateway error, `internal`), or `write-outcome-unknown`.
+    Unknown,
+}
+
+impl OpRecord {
+    /// Classifies the operation. Reads are never `Unknown`: a read that got no
+    /// answer observed nothing and changed nothing.
+    pub fn outcome(&self) -> Outcome {
+        let answered = self.error.is_none();
+        if self
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(CONNECT_ERROR))
+        {
+            return Outcome::Failed;
+        }
+        match (self.status, answered) {
+            (Some(status), true) if (200..300).contains(&status) => Outcome::Ok,
+            (Some(404), true) if self.op == OpKind::Read && self.problem.as_deref() == Some("not-found") => {
+                Outcome::Ok
+            }
+            _ if self.op == OpKind::Read => Outcome::Failed,
+            (Some(status), true) if status < 500 => Outcome::Failed,
+            // The problems that say the write was not attempted.
+            (Some(_), true)
+                if matches!(
+                    self.problem.as_deref(),
+                    Some("origin-unavailable" | "session-busy")
+                ) =>
+            {
+                Outcome::Failed
+            }
+            _ => Outcome::Unknown,
+        }
+    }
+
+    /// The version the operation observed or wrote, when it is `Ok`: the ETag, or 0
+    /// for a read that found no item.
+    pub fn observed_version(&self) -> Option<u64> {
+        match self.outcome() {
+            Outcome::Ok if self.status == Some(404) => Some(0),
+            Outcome::Ok => self.version,
+            _ => None,
+        }
+    }
+
+    /// The `(collection, key)` the operation touched.
+    pub fn item(&self) -> (&str, &str) {
+        (&self.collection, &self.key)
+    }
+
+    /// An integer field of the returned document.
+    pub fn int_field(&self, field: &str) -> Option<i64> {
+        self.value.as_ref()?.get(field)?.as_i64()
+    }
+}
+
+/// A short, stable digest of a token: 16 hex digits of its SHA-256.
+pub fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_with_their_kind() {
+        let op = OpRecord {
+            session: "r-s1".into(),
+            op: OpKind::Patch,
+            collection: "profiles".into(),
+            key: "k1".into(),
+            status: Some(200),
+            version: Some(3),
+            ..OpRecord::default()
+        };
+        let text = serde_json::to_string(&Line::Op(op.clone())).unwrap();
+        assert!(text.starts_with(r#"{"kind":"op","session":"r-s1""#), "{text}");
+        assert!(!text.contains("error"), "absent fields are left out: {text}");
+        assert_eq!(serde_json::from_str::<Line>(&text).unwrap(), Line::Op(op));
+    }
+
+    #[test]
+    fn outcomes() {
+        let rec = |op, status, problem: Option<&str>, error: Option<&str>| OpRecord {
+            op,
+            status,
+            problem: problem.map(Into::into),
+            error: error.map(Into::into),
+            ..OpRecord::default()
+        };
+        use OpKind::*;
+        assert_eq!(rec(Read, Some(200), None, None).outcome(), Outcome::Ok);
+        assert_eq!(
+            rec(Read, Some(404), Some("not-found"), None).outcome(),
+            Outcome::Ok
+        );
+        assert_eq!(rec(Read, None, None, Some("timeout")).outcome(), Outcome::Failed);
+        assert_eq!(
+            rec(Incr, Some(409), Some("bound-crossed"), None).outcome(),
+            Outcome::Failed
+        );
+        assert_eq!(
+            rec(Put, Some(503), Some("origin-unavailable"), None).outcome(),
+            Outcome::Failed
+        );
+        assert_eq!(
+            rec(Put, Some(503), Some("write-outcome-unknown"), None).outcome(),
+            Outcome::Unknown
+        );
+        assert_eq!(rec(Put, Some(502), None, None).outcome(), Outcome::Unknown);
+        assert_eq!(
+            rec(Incr, None, None, Some("connection reset")).outcome(),
+            Outcome::Unknown
+        );
+        let refused = format!("{CONNECT_ERROR}tcp connect error: Connection refused");
+        assert_eq!(rec(Incr, None, None, Some(&refused)).outcome(), Outcome::Failed);
+        assert_eq!(token_hash("abc").len(), 16);
+    }
+}
