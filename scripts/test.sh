@@ -9,7 +9,8 @@
 # exports EDGECACHE_TEST_PG_*) and tears down again at exit, also on failure or
 # interrupt; the flag tests need a real Unleash server (scripts/unleash.sh: Node 22 and
 # unleash-server 8.2 from the npm registry, on a PostgreSQL of its own). Other services
-# that later tests need (nginx) go the same way.
+# that tests need go the same way; the multi-node tests run their own nginx (Debian's
+# nginx-light, installed here if missing) in front of three node processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,13 @@ cargo build --workspace --all-targets --locked
 # function is idempotent and stops only what this shell started. A new service adds
 # its stop to cleanup (a second `trap ... EXIT` would replace this one).
 echo "== services"
+# nginx, for the multi-node tests (they start and stop their own instances).
+if [ ! -x /usr/sbin/nginx ]; then
+    echo "installing nginx-light"
+    timeout 120 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends nginx-light
+fi
+export EDGECACHE_TEST_NGINX=/usr/sbin/nginx
 # shellcheck source=scripts/pg-cluster.sh
 source scripts/pg-cluster.sh
 # shellcheck source=scripts/unleash.sh
