@@ -18,10 +18,15 @@ use std::time::{Duration, Instant};
 use edgecache_flags::{
     Arm, ConfigFlags, FlagContext, FlagSource, Rollout, Strategy, UnleashFlags, UnleashSettings, UnleashState,
 };
-use serde_json::{json, Value};
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+
+#[path = "common/admin.rs"]
+mod admin;
+
+use admin::Admin;
 
 // ------------------------------------------------------------------ set-up
 
@@ -111,144 +116,6 @@ async fn fetched_after(flags: &UnleashFlags, since: Instant, within: Duration) {
 }
 
 // ------------------------------------------------------------------ the admin API
-
-struct Admin {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-    client_token: String,
-}
-
-impl Admin {
-    fn new(env: &Env) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: env.url.trim_end_matches('/').to_owned(),
-            token: env.admin_token.clone(),
-            client_token: env.client_token.clone(),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(
-                method.clone(),
-                format!("{}/admin/projects/default/features{path}", self.base),
-            )
-            .header("authorization", &self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("admin API request");
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    /// Makes `flag` exist, in `development`, with exactly one flexibleRollout strategy
-    /// (sticky on the session id, group id = the flag name, as Unleash's UI sets it),
-    /// and switches the environment on or off.
-    async fn rollout(&self, flag: &str, percent: u8, variants: &[&str], on: bool) {
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                "",
-                Some(json!({ "name": flag, "type": "release" })),
-            )
-            .await;
-        assert!(status == 201 || status == 409, "creating {flag}: {status} {body}");
-        let env_path = format!("/{flag}/environments/development");
-        let (status, feature) = self.call(reqwest::Method::GET, &format!("/{flag}"), None).await;
-        assert_eq!(status, 200, "reading {flag}: {feature}");
-        for env in feature["environments"].as_array().unwrap() {
-            if env["name"] != "development" {
-                continue;
-            }
-            for strategy in env["strategies"].as_array().unwrap() {
-                let id = strategy["id"].as_str().unwrap();
-                let (status, body) = self
-                    .call(
-                        reqwest::Method::DELETE,
-                        &format!("{env_path}/strategies/{id}"),
-                        None,
-                    )
-                    .await;
-                assert_eq!(status, 200, "deleting a strategy of {flag}: {body}");
-            }
-        }
-        let weight = 1000 / variants.len().max(1);
-        let variants: Vec<Value> = variants
-            .iter()
-            .map(|name| json!({ "name": name, "weight": weight, "weightType": "variable", "stickiness": "sessionId" }))
-            .collect();
-        let strategy = json!({
-            "name": "flexibleRollout",
-            "constraints": [],
-            "parameters": { "rollout": percent.to_string(), "stickiness": "sessionId", "groupId": flag },
-            "variants": variants,
-        });
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("{env_path}/strategies"),
-                Some(strategy),
-            )
-            .await;
-        assert_eq!(status, 200, "adding the strategy of {flag}: {body}");
-        self.switch(flag, on).await;
-    }
-
-    async fn switch(&self, flag: &str, on: bool) {
-        let path = format!(
-            "/{flag}/environments/development/{}",
-            if on { "on" } else { "off" }
-        );
-        let (status, body) = self.call(reqwest::Method::POST, &path, None).await;
-        assert_eq!(status, 200, "switching {flag}: {body}");
-    }
-
-    /// The client API's document, as a node would fetch it.
-    async fn client_features(&self) -> Value {
-        let response = self
-            .http
-            .get(format!("{}/client/features", self.base))
-            .header("authorization", &self.client_token)
-            .send()
-            .await
-            .expect("client API request");
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-
-    /// Waits until the client API serves `flag` as `enabled` with a strategy at
-    /// `rollout` percent (it caches by revision: about a second after a change).
-    async fn served(&self, flag: &str, enabled: bool, rollout: u8) -> Value {
-        let start = Instant::now();
-        loop {
-            let doc = self.client_features().await;
-            let served = doc["features"].as_array().unwrap().iter().any(|f| {
-                f["name"] == flag
-                    && f["enabled"] == enabled
-                    && f["strategies"].as_array().is_some_and(|s| {
-                        s.len() == 1
-                            && s[0]["parameters"]["rollout"]
-                                .as_str()
-                                .and_then(|r| r.parse().ok())
-                                == Some(rollout)
-                    })
-            });
-            if served {
-                return doc;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "the client API did not serve {flag} (enabled {enabled}, {rollout}%) within 15 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 // ------------------------------------------------------------------ a proxy to cut
 
@@ -388,7 +255,7 @@ async fn unreachable_or_rejected_means_configured_defaults() {
 #[tokio::test]
 async fn half_rollout_matches_our_normalisation() {
     let env = env();
-    let admin = Admin::new(&env);
+    let admin = Admin::new(&env.url, &env.admin_token, &env.client_token);
     let flag = Strategy::ReadYourWrites.flag_name();
     admin.rollout(flag, 50, &[], true).await;
     admin.served(flag, true, 50).await;
@@ -454,7 +321,7 @@ async fn half_rollout_matches_our_normalisation() {
 #[tokio::test]
 async fn a_flip_is_followed_within_the_interval_plus_a_second() {
     let env = env();
-    let admin = Admin::new(&env);
+    let admin = Admin::new(&env.url, &env.admin_token, &env.client_token);
     let strategy = Strategy::MonotonicReads;
     let flag = strategy.flag_name();
     admin.rollout(flag, 100, &[], true).await;
@@ -507,7 +374,7 @@ async fn a_flip_is_followed_within_the_interval_plus_a_second() {
 #[tokio::test]
 async fn an_outage_keeps_the_last_known_flags() {
     let env = env();
-    let admin = Admin::new(&env);
+    let admin = Admin::new(&env.url, &env.admin_token, &env.client_token);
     let strategy = Strategy::StrictFields;
     let flag = strategy.flag_name();
     admin
@@ -560,7 +427,7 @@ async fn an_outage_keeps_the_last_known_flags() {
 #[tokio::test]
 async fn a_bootstrap_file_without_unleash_gives_the_files_flags() {
     let env = env();
-    let admin = Admin::new(&env);
+    let admin = Admin::new(&env.url, &env.admin_token, &env.client_token);
     let strategy = Strategy::ReplicaWait;
     let flag = strategy.flag_name();
     admin.rollout(flag, 100, &[], true).await;
