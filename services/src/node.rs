@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::cache::{document_json, CacheEntry, Fill, SharedCache};
 use crate::freshness::Verdict;
-use crate::metrics::{Metrics, Tier};
+use crate::metrics::{CellId, Metrics, ServedRead, Tier};
 use crate::origin::{
     Change, Committed, OriginError, OriginTier, ReadRequest, SharedOrigin, TierPolicy, WriteError, WriteOp,
 };
@@ -55,6 +55,8 @@ pub struct SessionCtx {
     pub handle: SessionHandle,
     pub strategies: Strategies,
     pub start: SessionStart,
+    /// Where the request's reads are counted: the experiment cell of `strategies`.
+    pub experiment: CellId,
 }
 
 impl SessionCtx {
@@ -292,10 +294,15 @@ impl Node {
             node: &self.node_id,
             region: &self.region,
         });
+        let experiment = self
+            .metrics
+            .experiments
+            .session_seen(handle.session.id(), &strategies);
         Ok(SessionCtx {
             handle,
             strategies,
             start,
+            experiment,
         })
     }
 
@@ -457,19 +464,30 @@ impl Node {
             status = CacheStatus::Expired;
         }
 
-        {
+        let (stale_own, regression) = {
             let mut state = session.state();
-            if state.watermarks().is_stale_own(key.hash, &doc) {
-                self.metrics.stale_own_reads[usize::from(ryw)].inc();
+            let stale_own = state.watermarks().is_stale_own(key.hash, &doc);
+            if stale_own {
                 tracing::info!(item = %key.id, ryw, version = doc.version.0, "stale read of the session's own write");
             }
-            if state.watermarks().is_regression(key.hash, &doc) {
-                self.metrics.regressions_served[usize::from(monotonic)].inc();
+            let regression = state.watermarks().is_regression(key.hash, &doc);
+            if regression {
                 tracing::info!(item = %key.id, monotonic, version = doc.version.0, "read older than one the session read");
             }
             state.record_read(key.hash, &doc, session.limits());
-        }
-        self.metrics.read(tier, status);
+            (stale_own, regression)
+        };
+        self.metrics.read_served(
+            arms,
+            s.experiment,
+            &ServedRead {
+                tier,
+                status,
+                stale_own,
+                regression,
+                took: now.elapsed(),
+            },
+        );
 
         let explain = explain.then(|| explain_fields(plan, &doc, tier, age, strict_from_primary));
         Ok(ReadOutcome {

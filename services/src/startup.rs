@@ -70,9 +70,12 @@ impl Application {
         let data = web::Data::from(node.clone());
         let cluster_data = web::Data::new(cluster.clone());
         let node_id = settings.node.id.clone();
+        let admin = web::Data::new(crate::http::AdminAuth::new(&settings.admin));
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(crate::http::forward::affinity))
+                // Outside the forwarding, so a forwarded request is counted here too.
+                .wrap_fn(crate::http::record_request)
                 .wrap(
                     actix_web::middleware::DefaultHeaders::new().add(("x-edgecache-node", node_id.as_str())),
                 )
@@ -80,6 +83,7 @@ impl Application {
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(data.clone())
                 .app_data(cluster_data.clone())
+                .app_data(admin.clone())
                 .configure(crate::http::routes)
         })
         .disable_signals()

@@ -2,6 +2,9 @@
 //! temporary embedded store. `TEST_LOG=1` shows the nodes' logs.
 
 mod helpers;
+#[path = "../../flags/tests/common/admin.rs"]
+#[allow(dead_code)]
+mod unleash_admin;
 mod pg;
 
 mod cluster;
@@ -9,6 +12,8 @@ mod durability;
 mod errors;
 mod freshness;
 mod guarantees;
+mod metrics;
 mod postgres;
 mod process;
 mod sessions;
+mod unleash;

@@ -1,33 +1,53 @@
 //! The REST API: routes grouped per resource, one file each; every error is
 //! problem+json ([`ApiError`]).
 
+pub mod admin;
 mod batch;
 mod error;
 pub mod forward;
 mod health;
 mod increment;
 mod items;
+pub mod metrics;
 mod request;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, Resource};
 
+pub use admin::AdminAuth;
 pub use error::{ApiError, ErrorChain, PROBLEM_TYPE_PREFIX};
+pub use metrics::record_request;
 pub use request::{SESSION_ID, SESSION_TOKEN, USER_ID};
 
-/// Mounts every route.
+use crate::metrics::route;
+
+/// Mounts every route. Every resource is named by its full template, the `route`
+/// label of the HTTP metrics ([`crate::metrics::ROUTES`]).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/cluster/leave", web::post().to(health::peer_left))
+    cfg.service(resource("/healthz", route::HEALTHZ).route(web::get().to(health::healthz)))
+        .service(resource("/readyz", route::READYZ).route(web::get().to(health::readyz)))
+        .service(resource("/cluster/leave", route::CLUSTER_LEAVE).route(web::post().to(health::peer_left)))
+        .service(resource("/metrics", route::METRICS).route(web::get().to(metrics::metrics)))
+        .service(
+            web::scope("/admin")
+                .wrap(actix_web::middleware::from_fn(admin::require_token))
+                .service(
+                    resource("/experiments", route::ADMIN_EXPERIMENTS)
+                        .route(web::get().to(admin::experiments))
+                        .default_service(web::to(admin::method_not_allowed)),
+                ),
+        )
         .service(
             web::scope("/v1")
-                .route("/{collection}/batch-get", web::post().to(batch::batch_get))
-                .route(
-                    "/{collection}/{id}/increment",
-                    web::post().to(increment::increment),
+                .service(
+                    resource("/{collection}/batch-get", route::BATCH_GET)
+                        .route(web::post().to(batch::batch_get)),
                 )
                 .service(
-                    web::resource("/{collection}/{id}")
+                    resource("/{collection}/{id}/increment", route::INCREMENT)
+                        .route(web::post().to(increment::increment)),
+                )
+                .service(
+                    resource("/{collection}/{id}", route::ITEM)
                         .route(web::get().to(items::get_item))
                         .route(web::put().to(items::put_item))
                         .route(web::patch().to(items::patch_item))
@@ -36,6 +56,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 ),
         )
         .default_service(web::to(no_route));
+}
+
+/// A resource at `path` (relative to its scope) named `template`, its full template.
+fn resource(path: &str, template: &'static str) -> Resource {
+    web::resource(path).name(template)
 }
 
 async fn no_route(request: HttpRequest) -> HttpResponse {

@@ -1,0 +1,260 @@
+//! The admin API under `/admin`: `GET /admin/experiments`, the per-arm report of every
+//! strategy flag.
+//!
+//! Every admin request must carry `Authorization: Bearer <admin.token>`; without it, or
+//! with another token, the answer is 401 problem+json with `WWW-Authenticate: Bearer`.
+//! The token is compared in constant time (SHA-256 of both sides, so neither its bytes
+//! nor its length leak through timing). With no `admin.token` configured the admin API
+//! is disabled: every `/admin/...` route answers 404.
+
+use std::collections::BTreeMap;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{web, Error, HttpRequest, HttpResponse};
+use edgecache_config::AdminSettings;
+use edgecache_flags::Strategy;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::problem;
+use crate::metrics::ArmStats;
+use crate::Node;
+
+/// The realm named in `WWW-Authenticate`.
+const REALM: &str = "edgecache-admin";
+
+/// The admin token, as its SHA-256 digest; `None` when the admin API is disabled.
+#[derive(Clone)]
+pub struct AdminAuth {
+    token_digest: Option<[u8; 32]>,
+}
+
+impl AdminAuth {
+    pub fn new(settings: &AdminSettings) -> Self {
+        Self {
+            token_digest: settings
+                .token
+                .as_ref()
+                .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
+        }
+    }
+}
+
+/// Whether `presented` is the token whose digest is `expected`, in constant time.
+fn admits(expected: &[u8; 32], presented: &str) -> bool {
+    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    presented.ct_eq(expected).into()
+}
+
+/// The middleware of the `/admin` scope (mounted with `middleware::from_fn`).
+pub async fn require_token(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let expected = request
+        .app_data::<web::Data<AdminAuth>>()
+        .and_then(|auth| auth.token_digest);
+    let Some(expected) = expected else {
+        let response = problem(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "Not found",
+            "the admin API is disabled: no admin.token is configured".to_owned(),
+        )
+        .to_actix_response();
+        return Ok(request.into_response(response));
+    };
+    match bearer(request.headers()) {
+        Some(token) if admits(&expected, token) => {
+            next.call(request).await.map(ServiceResponse::map_into_boxed_body)
+        }
+        presented => {
+            let (detail, challenge) = match presented {
+                None => (
+                    "admin routes need an `Authorization: Bearer <admin token>` header",
+                    format!("Bearer realm=\"{REALM}\""),
+                ),
+                Some(_) => (
+                    "the bearer token is not this node's admin token",
+                    format!("Bearer realm=\"{REALM}\", error=\"invalid_token\""),
+                ),
+            };
+            tracing::warn!(path = request.path(), "admin request refused: {detail}");
+            let mut response = problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                detail.to_owned(),
+            )
+            .to_actix_response();
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+            }
+            Ok(request.into_response(response))
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme is
+/// case-insensitive); `None` when absent or of another scheme.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The report of `GET /admin/experiments`.
+#[derive(Serialize)]
+pub struct ExperimentsReport<'a> {
+    /// The node that counted (every node counts its own requests).
+    pub node: &'a str,
+    /// Where the strategy flags come from now (as in `/readyz`).
+    pub flag_source: String,
+    /// Per strategy (`read-your-writes`, …): its arms seen on this node.
+    pub experiments: BTreeMap<&'static str, FlagReport>,
+}
+
+/// One strategy flag's experiment.
+#[derive(Serialize)]
+pub struct FlagReport {
+    /// The Unleash flag name.
+    pub flag: &'static str,
+    /// Arm label (`on`, `off`, a variant, `other`) → its counts.
+    pub arms: BTreeMap<String, ArmReport>,
+}
+
+/// One arm's counts, since the node started.
+#[derive(Serialize)]
+pub struct ArmReport {
+    /// Distinct sessions that made a request in this arm (HyperLogLog estimate: exact
+    /// for small counts, within about 2% beyond).
+    pub sessions: u64,
+    /// Item reads served (a batch-get counts each item).
+    pub reads: u64,
+    /// Reads served from what the node held, without an origin read for their
+    /// non-strict fields.
+    pub cache_hits: u64,
+    /// `cache_hits / reads`; null without reads.
+    pub hit_ratio: Option<f64>,
+    /// Reads older than the session's own write of the item.
+    pub stale_own_reads: u64,
+    /// `stale_own_reads / reads`; null without reads.
+    pub stale_own_read_rate: Option<f64>,
+    /// Reads older than a version the session had already read.
+    pub regressions_served: u64,
+    /// Read latency on the node, in microseconds: the upper end of the log-linear
+    /// bucket the quantile falls in (at most 12.5% over the true value); null
+    /// without reads.
+    pub latency_us: Latency,
+}
+
+#[derive(Serialize)]
+pub struct Latency {
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+}
+
+impl ArmReport {
+    fn of(arm: &ArmStats<'_>) -> Self {
+        let reads = arm.reads;
+        let rate = |n: u64| (reads > 0).then(|| n as f64 / reads as f64);
+        Self {
+            sessions: arm.sessions,
+            reads,
+            cache_hits: arm.hits,
+            hit_ratio: rate(arm.hits),
+            stale_own_reads: arm.stale_own_reads,
+            stale_own_read_rate: rate(arm.stale_own_reads),
+            regressions_served: arm.regressions_served,
+            latency_us: Latency {
+                p50: arm.latency.quantile(0.5),
+                p99: arm.latency.quantile(0.99),
+            },
+        }
+    }
+}
+
+/// `GET /admin/experiments`: per strategy flag and arm, the sessions, reads, hit ratio,
+/// stale-own-read rate and p50/p99 read latency this node has seen.
+pub async fn experiments(node: web::Data<Node>) -> HttpResponse {
+    let counts = &node.metrics().experiments;
+    let experiments = Strategy::ALL
+        .into_iter()
+        .map(|strategy| {
+            let arms = counts
+                .arms_of(strategy)
+                .iter()
+                .map(|arm| (arm.label.to_owned(), ArmReport::of(arm)))
+                .collect();
+            let report = FlagReport {
+                flag: strategy.flag_name(),
+                arms,
+            };
+            (strategy.as_str(), report)
+        })
+        .collect();
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(ExperimentsReport {
+            node: node.node_id(),
+            flag_source: node.flag_status().unwrap_or_else(|| "configuration".to_owned()),
+            experiments,
+        })
+}
+
+/// Another method on an admin route: 405.
+pub async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
+    let mut response = problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{} is not allowed here (GET)", request.method()),
+    )
+    .to_actix_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header() {
+        assert_eq!(bearer(&headers("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&headers("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&headers("Basic abc")), None);
+        assert_eq!(bearer(&headers("Bearer ")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_the_configured_token_is_admitted() {
+        let settings: AdminSettings = serde_json::from_value(serde_json::json!({
+            "token": "the-admin-token-of-at-least-32-bytes"
+        }))
+        .unwrap();
+        let expected = AdminAuth::new(&settings).token_digest.unwrap();
+        assert!(admits(&expected, "the-admin-token-of-at-least-32-bytes"));
+        assert!(!admits(&expected, "the-admin-token-of-at-least-32-byte"));
+        assert!(!admits(&expected, ""));
+        assert!(AdminAuth::new(&AdminSettings::default()).token_digest.is_none());
+    }
+}

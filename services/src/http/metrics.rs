@@ -1,0 +1,406 @@
+//! `GET /metrics`: the node's counters in the Prometheus (OpenMetrics) text format, and
+//! the middleware that counts every request by route, method and status class.
+//!
+//! The counts live in plain atomics ([`crate::metrics`]); a scrape renders them with
+//! `prometheus_client`'s encoder through a [`Collector`], so the request path never
+//! touches a registry or a label map. Every name has the `edgecache_` prefix; counters
+//! end in `_total`. `/metrics` needs no token: scrapers reach it on the node's port.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::{web, Error, HttpResponse};
+use edgecache_flags::Strategy;
+use futures_util::FutureExt;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::ApiError;
+use crate::metrics::{HttpSeries, LatencyCounts, Tier, HTTP_BOUNDS, STATUSES};
+use crate::{CacheStatus, Node};
+
+/// The OpenMetrics text format, which Prometheus negotiates and accepts.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics`
+pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+    let mut registry = Registry::with_prefix("edgecache");
+    registry.register_collector(Box::new(NodeCollector(node.into_inner())));
+    let mut body = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut body, &registry)
+        .map_err(|e| ApiError::Internal(format!("encoding the metrics failed: {e}").into()))?;
+    Ok(HttpResponse::Ok()
+        .content_type(CONTENT_TYPE)
+        .insert_header(("cache-control", "no-store"))
+        .body(body))
+}
+
+/// Counts a request in `edgecache_http_requests_total` and
+/// `edgecache_http_request_duration_seconds` once its response is ready. The route is
+/// the matched resource's name, its template (see `http::routes`); a request that
+/// matched none counts as `unmatched`. Mounted with `App::wrap_fn`.
+pub fn record_request<S, B>(
+    request: ServiceRequest,
+    service: &S,
+) -> impl Future<Output = Result<ServiceResponse<B>, Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+{
+    let started = Instant::now();
+    let node = request.app_data::<web::Data<Node>>().cloned();
+    let method = request.method().clone();
+    service.call(request).map(move |result| {
+        if let Some(node) = node {
+            let (route, status) = match &result {
+                Ok(response) => (response.request().match_name(), response.status()),
+                Err(err) => (None, err.as_response_error().status_code()),
+            };
+            node.metrics()
+                .http
+                .record(route, &method, status.as_u16(), started.elapsed());
+        }
+        result
+    })
+}
+
+/// Renders a node's counts at scrape time.
+struct NodeCollector(Arc<Node>);
+
+impl fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("NodeCollector").field(&self.0.node_id()).finish()
+    }
+}
+
+/// A histogram read from atomics: its buckets are not cumulative.
+struct Histogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Histogram {
+    fn http(series: &HttpSeries) -> Self {
+        let counts = series.buckets();
+        let bounds = HTTP_BOUNDS.iter().copied().chain([f64::INFINITY]);
+        Self {
+            sum: series.sum_seconds(),
+            count: counts.iter().sum(),
+            buckets: bounds.zip(counts).collect(),
+        }
+    }
+
+    /// A read-latency histogram at power-of-two bounds from 32 µs to 4.2 s (bucket
+    /// edges of the log-linear histogram, so the counts are exact; a bound counts the
+    /// values below it).
+    fn read_latency(latency: &LatencyCounts) -> Self {
+        let bounds_us: Vec<u64> = (5..=22).map(|k| 1u64 << k).collect();
+        let counts = latency.coarse(&bounds_us);
+        let bounds = bounds_us.iter().map(|b| *b as f64 / 1e6).chain([f64::INFINITY]);
+        Self {
+            sum: latency.sum_micros() as f64 / 1e6,
+            count: counts.iter().sum(),
+            buckets: bounds.zip(counts).collect(),
+        }
+    }
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// One metric family: a descriptor, then one sample per label set.
+fn family<L, M>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    series: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), fmt::Error>
+where
+    L: EncodeLabelSet,
+    M: EncodeMetric,
+{
+    let mut series = series.into_iter().peekable();
+    let Some((_, first)) = series.peek() else {
+        return Ok(());
+    };
+    let mut metric = encoder.encode_descriptor(name, help, unit, first.metric_type())?;
+    for (labels, value) in series {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One metric without labels.
+fn single(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: impl EncodeMetric,
+) -> Result<(), fmt::Error> {
+    value.encode(encoder.encode_descriptor(name, help, unit, value.metric_type())?)
+}
+
+fn counter(value: u64) -> ConstCounter<u64> {
+    ConstCounter::new(value)
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let node = &self.0;
+        let m = node.metrics();
+        let arms = m.experiments.arms();
+        let arms_of = |strategy| {
+            arms.iter()
+                .filter(move |(s, _)| *s == strategy)
+                .map(|(_, arm)| arm)
+        };
+
+        family(
+            &mut e,
+            "http_requests",
+            "HTTP requests answered, by route template, method and status class.",
+            None,
+            m.http
+                .series()
+                .map(|(labels, s)| (labels3(labels), counter(s.count()))),
+        )?;
+        family(
+            &mut e,
+            "http_request_duration",
+            "HTTP request latency on this node, by route template, method and status class.",
+            Some(&Unit::Seconds),
+            m.http
+                .series()
+                .map(|(labels, s)| (labels3(labels), Histogram::http(s))),
+        )?;
+
+        family(
+            &mut e,
+            "reads",
+            "Item reads served, by the tier their non-strict fields came from and their cache status.",
+            None,
+            Tier::ALL.into_iter().flat_map(|tier| {
+                STATUSES.into_iter().map(move |status| {
+                    (
+                        [("tier", tier.as_str()), ("cache_status", status.as_str())],
+                        counter(m.reads_of(tier, status)),
+                    )
+                })
+            }),
+        )?;
+        let (hits, misses) = STATUSES.into_iter().fold((0, 0), |(h, n), status| {
+            let reads = m.reads_with(status);
+            if status.is_hit() {
+                (h + reads, n)
+            } else {
+                (h, n + reads)
+            }
+        });
+        single(
+            &mut e,
+            "cache_hits",
+            "Reads served from what the node held (cache, stale copy or the session's own write), without an origin read for their non-strict fields.",
+            None,
+            counter(hits),
+        )?;
+        single(
+            &mut e,
+            "cache_misses",
+            "Reads whose non-strict fields were read from the origin (absent, expired, or older than the session's watermarks).",
+            None,
+            counter(misses),
+        )?;
+        family(
+            &mut e,
+            "stale_serves",
+            "Reads served from a cache entry past its TTL: within stale-while-revalidate, or within stale-if-error because the origin failed.",
+            None,
+            [CacheStatus::Stale, CacheStatus::StaleIfError]
+                .map(|status| ([("cache_status", status.as_str())], counter(m.reads_with(status)))),
+        )?;
+        single(
+            &mut e,
+            "strict_reads",
+            "Reads whose strict fields were read from the primary.",
+            None,
+            counter(m.strict_reads.get()),
+        )?;
+        family(
+            &mut e,
+            "stale_own_reads",
+            "Reads that returned an item older than the session's own write of it, by the session's read-your-writes arm (0 in an arm with the strategy on).",
+            None,
+            arms_of(Strategy::ReadYourWrites).map(|arm| ([("arm", arm.label)], counter(arm.stale_own_reads))),
+        )?;
+        family(
+            &mut e,
+            "regressions_served",
+            "Reads that returned an older version than the session had already read, by the session's monotonic-reads arm (0 in an arm with the strategy on).",
+            None,
+            arms_of(Strategy::MonotonicReads).map(|arm| ([("arm", arm.label)], counter(arm.regressions_served))),
+        )?;
+        single(
+            &mut e,
+            "regressions_prevented",
+            "Cached items refused to a session because it had already read a newer version (monotonic reads).",
+            None,
+            counter(m.regressions_prevented.get()),
+        )?;
+        single(
+            &mut e,
+            "replica_waits",
+            "Origin reads that waited for a replica to replay the session's position.",
+            None,
+            counter(m.replica_waits.get()),
+        )?;
+        single(
+            &mut e,
+            "replica_wait",
+            "Total time origin reads waited for a replica.",
+            Some(&Unit::Seconds),
+            ConstCounter::new(m.replica_wait_micros.get() as f64 / 1e6),
+        )?;
+        single(
+            &mut e,
+            "primary_fallbacks",
+            "Origin reads that went to the primary because no replica reached the session's position within the wait budget.",
+            None,
+            counter(m.primary_fallbacks.get()),
+        )?;
+        single(
+            &mut e,
+            "origin_errors",
+            "Origin reads that failed.",
+            None,
+            counter(m.origin_errors.get()),
+        )?;
+        single(
+            &mut e,
+            "invalidations",
+            "Cache entries replaced by a change-feed marker (written through another node).",
+            None,
+            counter(m.invalidations.get()),
+        )?;
+        single(
+            &mut e,
+            "refreshes",
+            "Background refreshes started (stale-while-revalidate).",
+            None,
+            counter(m.refreshes.get()),
+        )?;
+        single(
+            &mut e,
+            "writes",
+            "Committed writes.",
+            None,
+            counter(m.writes.get()),
+        )?;
+        family(
+            &mut e,
+            "sessions_opened",
+            "Sessions that were not live on this node: new (no token) or rebuilt from their token.",
+            None,
+            [
+                ([("start", "new")], counter(m.sessions_new.get())),
+                ([("start", "rebuilt")], counter(m.sessions_rebuilt.get())),
+            ],
+        )?;
+        single(
+            &mut e,
+            "live_sessions",
+            "Session actors live on this node.",
+            None,
+            ConstGauge::new(node.sessions().len() as i64),
+        )?;
+        let (entries, bytes) = node.cache().usage();
+        single(
+            &mut e,
+            "cache_entries",
+            "Items in the node's cache.",
+            None,
+            ConstGauge::new(entries as i64),
+        )?;
+        single(
+            &mut e,
+            "cache_size",
+            "Weight of the items in the node's cache.",
+            Some(&Unit::Bytes),
+            ConstGauge::new(bytes as i64),
+        )?;
+
+        family(
+            &mut e,
+            "experiment_sessions",
+            "Distinct sessions seen in each arm of each strategy flag (a HyperLogLog estimate, within about 2%).",
+            None,
+            arms.iter().map(|(s, arm)| (labels_arm(*s, arm.label), ConstGauge::new(arm.sessions as i64))),
+        )?;
+        family(
+            &mut e,
+            "experiment_reads",
+            "Item reads served, per strategy flag and arm (each read counts once under every flag).",
+            None,
+            arms.iter()
+                .map(|(s, arm)| (labels_arm(*s, arm.label), counter(arm.reads))),
+        )?;
+        family(
+            &mut e,
+            "experiment_cache_hits",
+            "Reads served from what the node held, per strategy flag and arm.",
+            None,
+            arms.iter()
+                .map(|(s, arm)| (labels_arm(*s, arm.label), counter(arm.hits))),
+        )?;
+        family(
+            &mut e,
+            "experiment_stale_own_reads",
+            "Reads older than the session's own write, per strategy flag and arm.",
+            None,
+            arms.iter()
+                .map(|(s, arm)| (labels_arm(*s, arm.label), counter(arm.stale_own_reads))),
+        )?;
+        family(
+            &mut e,
+            "experiment_regressions_served",
+            "Reads older than a version the session had read, per strategy flag and arm.",
+            None,
+            arms.iter()
+                .map(|(s, arm)| (labels_arm(*s, arm.label), counter(arm.regressions_served))),
+        )?;
+        family(
+            &mut e,
+            "experiment_read_duration",
+            "Read latency on the node, per strategy flag and arm.",
+            Some(&Unit::Seconds),
+            arms.iter()
+                .map(|(s, arm)| (labels_arm(*s, arm.label), Histogram::read_latency(&arm.latency))),
+        )?;
+        Ok(())
+    }
+}
+
+fn labels3([route, method, status]: [&'static str; 3]) -> [(&'static str, &'static str); 3] {
+    [("route", route), ("method", method), ("status", status)]
+}
+
+fn labels_arm(strategy: Strategy, arm: &str) -> [(&'static str, &str); 2] {
+    [("flag", strategy.as_str()), ("arm", arm)]
+}
