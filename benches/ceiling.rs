@@ -1,0 +1,109 @@
+//! The ceiling of `scripts/perf.sh`: a bare actix-web server answering
+//! `GET /v1/{collection}/{id}` from a quick_cache map of pre-serialised documents —
+//! no sessions, no tokens, no flags, no freshness classes. Whatever edgecache adds
+//! on top of its cache hit is measured against this.
+//!
+//! Not a criterion bench: a `harness = false` target whose main starts the server and
+//! runs until killed. Built with `cargo bench --bench ceiling --no-run`; run as
+//!
+//! ```text
+//! ceiling-<hash> --port 8090 [--body FILE] [--keys 10000] [--collection bench] [--workers 0]
+//! ```
+//!
+//! It stores the document of `--body` (default: a ~300-byte product) under the paths
+//! `/v1/<collection>/k1` … `/v1/<collection>/k<keys>`; any other path is a 404.
+//! `--workers 0` (the default) means one worker per core, as edgecache's
+//! `server.workers = 0`.
+//!
+//! Without `--port` (as when `cargo bench` runs every bench) it prints this usage
+//! and exits 0 instead of serving forever.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use actix_web::http::header::ContentType;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::Bytes;
+use quick_cache::sync::Cache;
+
+const USAGE: &str = "usage: ceiling --port PORT [--body FILE] [--keys N] [--collection NAME] [--workers N]";
+
+const DEFAULT_BODY: &str = r#"{"id":"k1","name":"Espresso cup","description":"A 90 ml porcelain cup with a thick wall that keeps the crema warm; dishwasher safe, stackable, made in Limoges.","price":12.5,"stock":40,"tags":["kitchen","coffee","porcelain"],"origin":"FR","weight_g":180,"sku":"CUP-090-WHT"}"#;
+
+struct Args {
+    port: Option<u16>,
+    body: Option<PathBuf>,
+    keys: usize,
+    collection: String,
+    workers: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        port: None,
+        body: None,
+        keys: 10_000,
+        collection: "bench".to_owned(),
+        workers: 0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--port" => args.port = Some(value("--port")?.parse().map_err(|e| format!("--port: {e}"))?),
+            "--body" => args.body = Some(value("--body")?.into()),
+            "--keys" => args.keys = value("--keys")?.parse().map_err(|e| format!("--keys: {e}"))?,
+            "--collection" => args.collection = value("--collection")?,
+            "--workers" => args.workers = value("--workers")?.parse().map_err(|e| format!("--workers: {e}"))?,
+            // `cargo bench` passes `--bench`; anything else unknown is ignored too.
+            _ => {}
+        }
+    }
+    Ok(args)
+}
+
+async fn get(request: HttpRequest, cache: web::Data<Cache<String, Bytes>>) -> HttpResponse {
+    match cache.get(request.path()) {
+        Some(body) => HttpResponse::Ok().content_type(ContentType::json()).body(body),
+        None => HttpResponse::NotFound().finish(),
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let args = parse_args().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}\n{USAGE}")))?;
+    let Some(port) = args.port else {
+        eprintln!("ceiling: not serving (no --port)\n{USAGE}");
+        return Ok(());
+    };
+    let body = match &args.body {
+        Some(path) => Bytes::from(std::fs::read(path)?),
+        None => Bytes::from_static(DEFAULT_BODY.as_bytes()),
+    };
+    let cache: Cache<String, Bytes> = Cache::new(args.keys.max(1));
+    for i in 1..=args.keys {
+        cache.insert(format!("/v1/{}/k{i}", args.collection), body.clone());
+    }
+    let cache = web::Data::new(cache);
+    let workers = if args.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.workers
+    };
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    eprintln!(
+        "ceiling: serving {} keys of {} bytes on http://{addr} with {workers} workers",
+        args.keys,
+        body.len()
+    );
+    actix_web::rt::System::new().block_on(async move {
+        HttpServer::new(move || {
+            App::new()
+                .app_data(cache.clone())
+                .route("/v1/{collection}/{id}", web::get().to(get))
+        })
+        .workers(workers)
+        .bind(addr)?
+        .run()
+        .await
+    })
+}
