@@ -41,6 +41,9 @@ use super::{
     WriteError, WriteOp, WriteOpKind,
 };
 
+/// The advisory lock that serialises migrations ("edgecach" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6564_6765_6361_6368;
+
 /// How often a read waiting for a replica asks it again.
 const REPLICA_POLL: Duration = Duration::from_millis(5);
 
@@ -193,21 +196,23 @@ impl PostgresOrigin {
         let seed = settings.seed.clone();
         let migrated = self
             .run(async move {
-                let client = inner.primary.get().await.map_err(pool_error)?;
+                let mut client = inner.primary.get().await.map_err(pool_error)?;
+                let failed = |e| pg_error("migration failed", e);
+                // Concurrent migrations (several nodes starting at once) would race on
+                // CREATE TABLE IF NOT EXISTS: one at a time, under an advisory lock.
+                let tx = client.transaction().await.map_err(failed)?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                    .await
+                    .map_err(failed)?;
                 let mut empty = true;
                 for def in inner.tables.values() {
                     for statement in def.create() {
-                        client
-                            .batch_execute(&statement)
-                            .await
-                            .map_err(|e| pg_error("migration failed", e))?;
+                        tx.batch_execute(&statement).await.map_err(failed)?;
                     }
-                    let row = client
-                        .query_one(&def.is_empty_sql(), &[])
-                        .await
-                        .map_err(|e| pg_error("migration failed", e))?;
+                    let row = tx.query_one(&def.is_empty_sql(), &[]).await.map_err(failed)?;
                     empty &= row.get::<_, bool>(0);
                 }
+                tx.commit().await.map_err(failed)?;
                 Ok::<_, OriginError>(empty)
             })
             .await??;
