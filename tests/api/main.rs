@@ -2,10 +2,10 @@
 //! temporary embedded store. `TEST_LOG=1` shows the nodes' logs.
 
 mod helpers;
+mod pg;
 #[path = "../../flags/tests/common/admin.rs"]
 #[allow(dead_code)]
 mod unleash_admin;
-mod pg;
 
 mod cluster;
 mod durability;

@@ -35,7 +35,9 @@ struct Nginx(Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -49,11 +51,16 @@ impl Drop for Nginx {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn nginx() -> PathBuf {
-    let path = PathBuf::from(std::env::var("EDGECACHE_TEST_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into()));
+    let path =
+        PathBuf::from(std::env::var("EDGECACHE_TEST_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into()));
     assert!(
         path.exists(),
         "nginx is missing ({}): scripts/test.sh installs it (apt-get install nginx-light)",
@@ -70,7 +77,9 @@ fn database(url: &str, name: &str) -> String {
         .status()
         .expect("psql runs");
     assert!(status.success(), "CREATE DATABASE {name}");
-    url.rsplit_once('/').map(|(base, _)| format!("{base}/{name}")).unwrap()
+    url.rsplit_once('/')
+        .map(|(base, _)| format!("{base}/{name}"))
+        .unwrap()
 }
 
 fn wait_ready(port: u16, what: &str) {
@@ -98,7 +107,11 @@ fn run(dir: &Path, name: &str, flags: &str, through_nginx: bool) -> (i32, String
     let cluster = pg::cluster();
     let db = format!("{name}_{}", std::process::id());
     let primary = database(&cluster.primary, &db);
-    let replica = cluster.replica.rsplit_once('/').map(|(base, _)| format!("{base}/{db}")).unwrap();
+    let replica = cluster
+        .replica
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/{db}"))
+        .unwrap();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let configs: Vec<PathBuf> = (0..3)
         .map(|i| {
@@ -122,7 +135,12 @@ fn run(dir: &Path, name: &str, flags: &str, through_nginx: bool) -> (i32, String
             path
         })
         .collect();
-    let migrated = Command::new(BIN).arg("migrate").arg("--config").arg(&configs[0]).status().unwrap();
+    let migrated = Command::new(BIN)
+        .arg("migrate")
+        .arg("--config")
+        .arg(&configs[0])
+        .status()
+        .unwrap();
     assert!(migrated.success(), "edgecache migrate");
 
     let start = |i: usize| {
@@ -143,8 +161,10 @@ fn run(dir: &Path, name: &str, flags: &str, through_nginx: bool) -> (i32, String
     let mut nodes: Vec<Proc> = (0..3).map(start).collect();
 
     let nginx_port = free_port();
-    let servers: String =
-        ports.iter().map(|p| format!("        server 127.0.0.1:{p} max_fails=2 fail_timeout=2s;\n")).collect();
+    let servers: String = ports
+        .iter()
+        .map(|p| format!("        server 127.0.0.1:{p} max_fails=2 fail_timeout=2s;\n"))
+        .collect();
     let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
         .unwrap()
         .replace("worker_processes 1;", "worker_processes 1;\ndaemon off;")
@@ -174,12 +194,26 @@ fn run(dir: &Path, name: &str, flags: &str, through_nginx: bool) -> (i32, String
     let targets = if through_nginx {
         format!("http://127.0.0.1:{nginx_port}")
     } else {
-        ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+        ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
     };
     let history = dir.join(format!("{name}-history.jsonl"));
     let mut loadgen = Proc(
         Command::new(BIN)
-            .args(["loadgen", "--targets", &targets, "--sessions", "50", "--ops", "200", "--keys", "24"])
+            .args([
+                "loadgen",
+                "--targets",
+                &targets,
+                "--sessions",
+                "50",
+                "--ops",
+                "200",
+                "--keys",
+                "24",
+            ])
             .args(["--pick", "random", "--seed", "7", "--duration-limit", "240"])
             .arg("--out")
             .arg(&history)
@@ -191,7 +225,10 @@ fn run(dir: &Path, name: &str, flags: &str, through_nginx: bool) -> (i32, String
     // Mid-run, node n1 dies without warning, then comes back.
     std::thread::sleep(Duration::from_secs(3));
     let victim = &mut nodes[1];
-    Command::new("kill").args(["-KILL", &victim.0.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-KILL", &victim.0.id().to_string()])
+        .status()
+        .unwrap();
     let _ = victim.0.wait();
     std::thread::sleep(Duration::from_secs(1));
     nodes[1] = start(1);
@@ -205,9 +242,17 @@ fn run(dir: &Path, name: &str, flags: &str, through_nginx: bool) -> (i32, String
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "loadgen ran");
-    let ops = std::fs::read_to_string(&history).unwrap().lines().filter(|l| l.contains("\"kind\":\"op\"")).count();
+    let ops = std::fs::read_to_string(&history)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"op\""))
+        .count();
     let check = Command::new(BIN).arg("check").arg(&history).output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     (check.status.code().unwrap_or(-1), report, ops)
 }
 
@@ -218,7 +263,10 @@ fn ten_thousand_operations_through_nginx_with_a_node_killed_keep_every_session_g
     let (code, report, ops) = run(dir.path(), "guarded", "", true);
     eprintln!("{report}");
     assert!(ops >= 10_000, "{ops} operations recorded");
-    assert_eq!(code, 0, "the checker found violations with every strategy on:\n{report}");
+    assert_eq!(
+        code, 0,
+        "the checker found violations with every strategy on:\n{report}"
+    );
 }
 
 #[test]
