@@ -78,13 +78,13 @@ start_node() {
 }
 for i in 0 1 2; do start_node "$i"; done
 
-sed -e "s/worker_processes 1;/worker_processes 1;\npid $(realpath "$out")\/nginx.pid;/" \
-    -e '/^pid nginx.pid;/d' \
-    -e "s/127.0.0.1:8000/127.0.0.1:$lb_port/" \
-    -e "s/127.0.0.1:8081/127.0.0.1:${ports[0]}/" \
-    -e "s/127.0.0.1:8082/127.0.0.1:${ports[1]}/" \
-    -e "s/127.0.0.1:8083/127.0.0.1:${ports[2]}/" deploy/nginx.conf > "$out/nginx.conf"
-nginx -c "$(realpath "$out/nginx.conf")" -p "$(realpath "$out")"
+abs_out="$(realpath "$out")"
+sed -e "s|^pid nginx.pid;|pid $abs_out/nginx.pid;|" \
+    -e "s|127.0.0.1:8000|127.0.0.1:$lb_port|" \
+    -e "s|127.0.0.1:8081|127.0.0.1:${ports[0]}|" \
+    -e "s|127.0.0.1:8082|127.0.0.1:${ports[1]}|" \
+    -e "s|127.0.0.1:8083|127.0.0.1:${ports[2]}|" deploy/nginx.conf > "$out/nginx.conf"
+nginx -c "$abs_out/nginx.conf" -p "$abs_out"
 for _ in $(seq 50); do curl -fs "http://127.0.0.1:$lb_port/healthz" > /dev/null && break; sleep 0.1; done
 
 echo "== workload: $SESSIONS sessions x $OPS operations over $KEYS keys through nginx; n1 killed after ${KILL_AFTER}s"
