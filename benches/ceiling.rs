@@ -54,7 +54,11 @@ fn parse_args() -> Result<Args, String> {
             "--body" => args.body = Some(value("--body")?.into()),
             "--keys" => args.keys = value("--keys")?.parse().map_err(|e| format!("--keys: {e}"))?,
             "--collection" => args.collection = value("--collection")?,
-            "--workers" => args.workers = value("--workers")?.parse().map_err(|e| format!("--workers: {e}"))?,
+            "--workers" => {
+                args.workers = value("--workers")?
+                    .parse()
+                    .map_err(|e| format!("--workers: {e}"))?
+            }
             // `cargo bench` passes `--bench`; anything else unknown is ignored too.
             _ => {}
         }
@@ -70,7 +74,8 @@ async fn get(request: HttpRequest, cache: web::Data<Cache<String, Bytes>>) -> Ht
 }
 
 fn main() -> std::io::Result<()> {
-    let args = parse_args().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}\n{USAGE}")))?;
+    let args = parse_args()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}\n{USAGE}")))?;
     let Some(port) = args.port else {
         eprintln!("ceiling: not serving (no --port)\n{USAGE}");
         return Ok(());
@@ -79,9 +84,16 @@ fn main() -> std::io::Result<()> {
         Some(path) => Bytes::from(std::fs::read(path)?),
         None => Bytes::from_static(DEFAULT_BODY.as_bytes()),
     };
-    let cache: Cache<String, Bytes> = Cache::new(args.keys.max(1));
+    // Twice the keys: quick_cache splits its capacity over shards, and a shard that
+    // receives more than its share would evict — every key must stay a hit.
+    let cache: Cache<String, Bytes> = Cache::new(2 * args.keys.max(1));
+    let path = |i: usize| format!("/v1/{}/k{i}", args.collection);
     for i in 1..=args.keys {
-        cache.insert(format!("/v1/{}/k{i}", args.collection), body.clone());
+        cache.insert(path(i), body.clone());
+    }
+    let missing = (1..=args.keys).filter(|&i| cache.get(path(i).as_str()).is_none()).count();
+    if missing > 0 {
+        return Err(std::io::Error::other(format!("{missing} of {} keys evicted at start", args.keys)));
     }
     let cache = web::Data::new(cache);
     let workers = if args.workers == 0 {
