@@ -113,19 +113,15 @@ impl Watermarks {
         position: Position,
         max_items: usize,
     ) -> bool {
-        let changed = upsert(
-            &mut self.writes,
+        self.record(
             Mark {
                 item,
                 version,
                 position,
             },
-            true,
-        );
-        if changed {
-            self.compact(max_items);
-        }
-        changed
+            false,
+            max_items,
+        )
     }
 
     /// Records that the session was served `version` of `item` from a source at
@@ -135,15 +131,21 @@ impl Watermarks {
             // Already implied by the floor: any source admitted later reflects it.
             return false;
         }
-        let changed = upsert(
-            &mut self.reads,
+        self.record(
             Mark {
                 item,
                 version,
                 position,
             },
             true,
-        );
+            max_items,
+        )
+    }
+
+    /// Raises `mark` in the reads (or writes), makes it the most recent, and compacts.
+    fn record(&mut self, mark: Mark, read: bool, max_items: usize) -> bool {
+        let marks = if read { &mut self.reads } else { &mut self.writes };
+        let changed = upsert(marks, mark, true);
         if changed {
             self.compact(max_items);
         }
