@@ -15,7 +15,7 @@ struct BatchGet {
 }
 
 /// Answers `{"items": [documents found, in request order], "missing": [ids]}`.
-#[tracing::instrument(name = "batch_get", skip_all, fields(collection = %collection))]
+#[tracing::instrument(name = "batch_get", level = "debug", skip_all, fields(collection = %collection))]
 pub async fn batch_get(
     node: web::Data<Node>,
     collection: web::Path<String>,

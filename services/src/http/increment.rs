@@ -23,7 +23,7 @@ struct Increment {
     max: Option<i64>,
 }
 
-#[tracing::instrument(name = "increment", skip_all, fields(collection = %path.collection, id = %path.id))]
+#[tracing::instrument(name = "increment", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn increment(
     node: web::Data<Node>,
     path: web::Path<ItemPath>,

@@ -33,7 +33,7 @@ pub struct ReadQuery {
 }
 
 /// `GET /v1/{collection}/{id}[?explain=true]`
-#[tracing::instrument(name = "get_item", skip_all, fields(collection = %path.collection, id = %path.id, cache_status))]
+#[tracing::instrument(name = "get_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id, cache_status))]
 pub async fn get_item(
     node: web::Data<Node>,
     path: web::Path<ItemPath>,
@@ -94,7 +94,7 @@ pub fn read_response(id: &str, outcome: ReadOutcome) -> Result<HttpResponse, Api
 }
 
 /// `PUT /v1/{collection}/{id}`: creates (201) or replaces (200) the document.
-#[tracing::instrument(name = "put_item", skip_all, fields(collection = %path.collection, id = %path.id))]
+#[tracing::instrument(name = "put_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn put_item(
     node: web::Data<Node>,
     path: web::Path<ItemPath>,
@@ -137,7 +137,7 @@ pub async fn put_item(
 }
 
 /// `PATCH /v1/{collection}/{id}`: applies a JSON merge patch (RFC 7396).
-#[tracing::instrument(name = "patch_item", skip_all, fields(collection = %path.collection, id = %path.id))]
+#[tracing::instrument(name = "patch_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn patch_item(
     node: web::Data<Node>,
     path: web::Path<ItemPath>,
@@ -165,7 +165,7 @@ pub async fn patch_item(
 }
 
 /// `DELETE /v1/{collection}/{id}`: 204, or 404 if there is no such item.
-#[tracing::instrument(name = "delete_item", skip_all, fields(collection = %path.collection, id = %path.id))]
+#[tracing::instrument(name = "delete_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn delete_item(
     node: web::Data<Node>,
     path: web::Path<ItemPath>,
