@@ -91,9 +91,14 @@ fn main() -> std::io::Result<()> {
     for i in 1..=args.keys {
         cache.insert(path(i), body.clone());
     }
-    let missing = (1..=args.keys).filter(|&i| cache.get(path(i).as_str()).is_none()).count();
+    let missing = (1..=args.keys)
+        .filter(|&i| cache.get(path(i).as_str()).is_none())
+        .count();
     if missing > 0 {
-        return Err(std::io::Error::other(format!("{missing} of {} keys evicted at start", args.keys)));
+        return Err(std::io::Error::other(format!(
+            "{missing} of {} keys evicted at start",
+            args.keys
+        )));
     }
     let cache = web::Data::new(cache);
     let workers = if args.workers == 0 {
