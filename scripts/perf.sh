@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/perf.sh — edgecache's load benchmark (issue 6), side by side in one run.
 #
-#     bash scripts/perf.sh          # as root (apt-get, PostgreSQL via runuser); ~7 min
+#     bash scripts/perf.sh          # as root (apt-get, PostgreSQL via runuser); ~5–6 min
 #
 # Everything runs on loopback on this machine, client and servers on the same cores:
 #
@@ -19,7 +19,7 @@
 # All serve the same ~300-byte JSON document (the static one is the bytes edgecache
 # serves for k1). Each configuration is driven with the same wrk settings: 1 key and
 # 10,000 keys (a random key per request), 32 and 64 connections, 2 threads,
-# PERF_DURATION seconds (5 by default, to keep the whole run near 7 minutes on 2
+# PERF_DURATION seconds (5 by default, to keep the whole run near 5 minutes on 2
 # cores; the issue's 10 s is PERF_DURATION=10). edgecache requests carry
 # X-Session-Id and a valid X-Session-Token: 1,000 sessions per node and key count,
 # opened beforehand with one GET each (the 1-key runs' sessions read k1, so the token
@@ -58,7 +58,8 @@
 # warm-up) PERF_CONNS ("32 64") PERF_THREADS (2) PERF_KEYS (10000) PERF_SESSIONS (1000)
 # PERF_WRITERS_PCT (10) PERF_MEM_SESSIONS (100000) PERF_PROFILE (1) PERF_EDGE_LOG
 # (EDGECACHE_LOG of the nodes; default: edgecache's default, info) PERF_QUIET_WAIT
-# (20) PERF_QUIET_MAX (15, % foreign CPU) PERF_SKIP_BUILD=1 (use the binaries built).
+# (20) PERF_QUIET_MAX (15, % foreign CPU) PERF_OUT (target/perf) PERF_SKIP_BUILD=1
+# (use the binaries already built).
 #
 # Installs what is missing with apt-get (wrk, nginx-light, curl, python3; PostgreSQL
 # 15 through scripts/pg-cluster.sh). Builds `cargo build --release` and the ceiling
@@ -81,7 +82,7 @@ SESSIONS=${PERF_SESSIONS:-1000}
 WRITERS_PCT=${PERF_WRITERS_PCT:-10}
 MEM_SESSIONS=${PERF_MEM_SESSIONS:-100000}
 PROFILE=${PERF_PROFILE:-1}
-OUT=$ROOT/target/perf
+OUT=${PERF_OUT:-$ROOT/target/perf}
 HELPERS=$ROOT/scripts/perf
 T_START=$SECONDS
 
@@ -412,12 +413,12 @@ if [ "$PROFILE" = 1 ] && command -v perf >/dev/null &&
     run_wrk edge "$KEYS" 64 "$DURATION" >/dev/null
     wait "$perf_pid" || true
     perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null |
-        grep '%' | sed 's/  */ /g' >"$WORK/symbols.txt" || true
+        grep '%' | grep -v '^#' | sed 's/  */ /g' >"$WORK/symbols.txt" || true
     {
         echo "# perf record -e cpu-clock of the edge node during a ${DURATION}s wrk run ($KEYS keys, 64 conns)"
         echo "## by shared object"
         perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null |
-            grep '%' | sed 's/  */ /g' || true
+            grep '%' | grep -v '^#' | sed 's/  */ /g' || true
         echo "## self time by kind (first matching pattern of the symbol; see scripts/perf.sh)"
         awk '{
             pct = $1 + 0; line = $0; kind = "other (edgecache dso)"
