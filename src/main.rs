@@ -77,7 +77,10 @@ fn load(config: Option<PathBuf>) -> anyhow::Result<Settings> {
 
 fn init_tracing() {
     let filter = EnvFilter::try_from_env("EDGECACHE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a terminal: log files and pipes get plain text (and the request
+    // span's fields are not wrapped in escape codes on every request).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     if std::env::var("EDGECACHE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
