@@ -59,7 +59,9 @@
 # PERF_WRITERS_PCT (10) PERF_MEM_SESSIONS (100000) PERF_PROFILE (1) PERF_EDGE_LOG
 # (EDGECACHE_LOG of the nodes; default: edgecache's default, info) PERF_QUIET_WAIT
 # (20) PERF_QUIET_MAX (15, % foreign CPU) PERF_OUT (target/perf) PERF_SKIP_BUILD=1
-# (use the binaries already built).
+# (use the binaries already built) PERF_CONFIGS ("nginx ceiling edge edge-pg"; a
+# subset for quick before/after comparisons while working on the hot path; ratios need
+# nginx and the ceiling) PERF_MEMORY (1; 0 skips the memory measurement).
 #
 # Installs what is missing with apt-get (wrk, nginx-light, curl, python3; PostgreSQL
 # 15 through scripts/pg-cluster.sh). Builds `cargo build --release` and the ceiling
@@ -82,6 +84,12 @@ SESSIONS=${PERF_SESSIONS:-1000}
 WRITERS_PCT=${PERF_WRITERS_PCT:-10}
 MEM_SESSIONS=${PERF_MEM_SESSIONS:-100000}
 PROFILE=${PERF_PROFILE:-1}
+MEMORY=${PERF_MEMORY:-1}
+read -r -a CONFIGS <<<"${PERF_CONFIGS:-nginx ceiling edge edge-pg}"
+want() { [[ " ${CONFIGS[*]} " == *" $1 "* ]]; }
+for cfg in "${CONFIGS[@]}"; do
+    case "$cfg" in nginx | ceiling | edge | edge-pg) ;; *) echo "PERF_CONFIGS: unknown configuration $cfg" >&2; exit 2 ;; esac
+done
 OUT=${PERF_OUT:-$ROOT/target/perf}
 HELPERS=$ROOT/scripts/perf
 T_START=$SECONDS
@@ -209,19 +217,20 @@ log "edgecache on the embedded origin (:$P_EDGE), $KEYS items seeded"
 python3 "$HELPERS/perf.py" config "$WORK/edge.toml" --kind embedded --keys "$KEYS"
 start_edge edge "$P_EDGE" "$WORK/edge.toml" EDGECACHE__ORIGIN__PATH="$WORK/embedded/edgecache.db"
 
-log "PostgreSQL (scripts/pg-cluster.sh) and edgecache reading through to it (:$P_EDGE_PG)"
-# shellcheck source=scripts/pg-cluster.sh
-source "$ROOT/scripts/pg-cluster.sh"
-PG_STARTED=1
-pg_cluster_start || die "starting PostgreSQL"
-# `migrate` creates the tables and seeds k1 (it writes a seed one committed write at a
-# time: 10,000 items took 34 s); k2…kN are copies of k1's row made in one statement.
-python3 "$HELPERS/perf.py" config "$WORK/edge-pg.toml" --kind postgres \
-    --primary "$EDGECACHE_TEST_PG_PRIMARY" --keys 1
-(cd "$WORK" && EDGECACHE_LOG=warn "$EDGE" migrate --config "$WORK/edge-pg.toml") \
-    >"$WORK/logs/migrate.log" 2>&1 || { cat "$WORK/logs/migrate.log" >&2; die "edgecache migrate"; }
-"$EDGECACHE_TEST_PG_BIN/psql" "$EDGECACHE_TEST_PG_PRIMARY" -X -q -v ON_ERROR_STOP=1 \
-    >>"$WORK/logs/migrate.log" 2>&1 <<SQL || { cat "$WORK/logs/migrate.log" >&2; die "copying k1 to k2…k$KEYS"; }
+if want edge-pg; then
+    log "PostgreSQL (scripts/pg-cluster.sh) and edgecache reading through to it (:$P_EDGE_PG)"
+    # shellcheck source=scripts/pg-cluster.sh
+    source "$ROOT/scripts/pg-cluster.sh"
+    PG_STARTED=1
+    pg_cluster_start || die "starting PostgreSQL"
+    # `migrate` creates the tables and seeds k1 (it writes a seed one committed write at a
+    # time: 10,000 items took 34 s); k2…kN are copies of k1's row made in one statement.
+    python3 "$HELPERS/perf.py" config "$WORK/edge-pg.toml" --kind postgres \
+        --primary "$EDGECACHE_TEST_PG_PRIMARY" --keys 1
+    (cd "$WORK" && EDGECACHE_LOG=warn "$EDGE" migrate --config "$WORK/edge-pg.toml") \
+        >"$WORK/logs/migrate.log" 2>&1 || { cat "$WORK/logs/migrate.log" >&2; die "edgecache migrate"; }
+    "$EDGECACHE_TEST_PG_BIN/psql" "$EDGECACHE_TEST_PG_PRIMARY" -X -q -v ON_ERROR_STOP=1 \
+        >>"$WORK/logs/migrate.log" 2>&1 <<SQL || { cat "$WORK/logs/migrate.log" >&2; die "copying k1 to k2…k$KEYS"; }
 DO \$\$
 DECLARE cols text;
 BEGIN
@@ -234,23 +243,28 @@ END
 \$\$;
 ANALYZE bench;
 SQL
-start_edge edge-pg "$P_EDGE_PG" "$WORK/edge-pg.toml"
+    start_edge edge-pg "$P_EDGE_PG" "$WORK/edge-pg.toml"
+fi
 
 # The static document: exactly the body edgecache serves for k1.
 curl -sf "http://127.0.0.1:$P_EDGE/v1/bench/k1" -o "$WORK/www/product.json" -H 'x-session-id: perf-doc'
 DOC_BYTES=$(wc -c <"$WORK/www/product.json")
 
-log "nginx proxy_cache (:$P_NGINX) in front of a static origin (:$P_ORIGIN)"
-sed -e "s|@WORK@|$WORK|g" -e "s|@ORIGIN_PORT@|$P_ORIGIN|g" -e "s|@CACHE_PORT@|$P_NGINX|g" \
-    "$HELPERS/nginx.conf.in" >"$WORK/nginx.conf"
-nginx -t -q -c "$WORK/nginx.conf" -p "$WORK/nginx" 2>"$WORK/logs/nginx-t.log" ||
-    { cat "$WORK/logs/nginx-t.log" >&2; die "nginx -t"; }
-start nginx nginx -c "$WORK/nginx.conf" -p "$WORK/nginx"
-wait_http nginx "http://127.0.0.1:$P_NGINX/v1/bench/k1"
+if want nginx; then
+    log "nginx proxy_cache (:$P_NGINX) in front of a static origin (:$P_ORIGIN)"
+    sed -e "s|@WORK@|$WORK|g" -e "s|@ORIGIN_PORT@|$P_ORIGIN|g" -e "s|@CACHE_PORT@|$P_NGINX|g" \
+        "$HELPERS/nginx.conf.in" >"$WORK/nginx.conf"
+    nginx -t -q -c "$WORK/nginx.conf" -p "$WORK/nginx" 2>"$WORK/logs/nginx-t.log" ||
+        { cat "$WORK/logs/nginx-t.log" >&2; die "nginx -t"; }
+    start nginx nginx -c "$WORK/nginx.conf" -p "$WORK/nginx"
+    wait_http nginx "http://127.0.0.1:$P_NGINX/v1/bench/k1"
+fi
 
-log "ceiling: actix-web + quick_cache (:$P_CEILING)"
-start ceiling "$CEILING" --port "$P_CEILING" --body "$WORK/www/product.json" --keys "$KEYS"
-wait_http ceiling "http://127.0.0.1:$P_CEILING/v1/bench/k1"
+if want ceiling; then
+    log "ceiling: actix-web + quick_cache (:$P_CEILING)"
+    start ceiling "$CEILING" --port "$P_CEILING" --body "$WORK/www/product.json" --keys "$KEYS"
+    wait_http ceiling "http://127.0.0.1:$P_CEILING/v1/bench/k1"
+fi
 
 declare -A URL=(
     [nginx]="http://127.0.0.1:$P_NGINX"
@@ -258,7 +272,6 @@ declare -A URL=(
     [edge]="http://127.0.0.1:$P_EDGE"
     [edge-pg]="http://127.0.0.1:$P_EDGE_PG"
 )
-CONFIGS=(nginx ceiling edge edge-pg)
 
 # -- sessions ---------------------------------------------------------------------------
 
@@ -266,6 +279,7 @@ CONFIGS=(nginx ceiling edge edge-pg)
 declare -A SESS
 for cfg in nginx ceiling; do SESS[$cfg,1]=-; SESS[$cfg,$KEYS]=-; done
 for cfg in edge edge-pg; do
+    want "$cfg" || continue
     for keys in 1 "$KEYS"; do
         prefix=$([ "$keys" = 1 ] && echo one || echo many)
         SESS[$cfg,$keys]=$WORK/sessions-$cfg-$keys.lua
@@ -404,7 +418,7 @@ done
 
 # -- profile ----------------------------------------------------------------------------
 
-if [ "$PROFILE" = 1 ] && command -v perf >/dev/null &&
+if [ "$PROFILE" = 1 ] && want edge && command -v perf >/dev/null &&
     perf record -q -e cpu-clock -o /dev/null -- true >/dev/null 2>&1; then
     log "profiling edge (${DURATION}s, $KEYS keys, 64 connections) with perf record -e cpu-clock"
     perf record -q -e cpu-clock -F 999 -p "$PID_edge" -o "$WORK/perf.data" -- sleep "$DURATION" \
@@ -447,48 +461,52 @@ fi
 
 # -- memory per live session ------------------------------------------------------------
 
-log "memory: $MEM_SESSIONS live sessions on a fresh node (:$P_MEM)"
-python3 "$HELPERS/perf.py" config "$WORK/mem.toml" --kind embedded --keys 1
-start_edge mem "$P_MEM" "$WORK/mem.toml" \
-    EDGECACHE__ORIGIN__PATH="$WORK/mem/edgecache.db" \
-    EDGECACHE__SESSION__MAX_LIVE=$((2 * MEM_SESSIONS)) EDGECACHE__SESSION__IDLE_LEASE=1h
-live() { { curl -sf "http://127.0.0.1:$P_MEM/readyz" || true; } | sed -n 's/.*"live_sessions":\([0-9]*\).*/\1/p'; }
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$PID_mem/status"; }
-# Warm the node up with one session (worker threads, allocator arenas, the cache entry).
-token=$(curl -sf -D - -o /dev/null -H 'x-session-id: mem-warm' "http://127.0.0.1:$P_MEM/v1/bench/k1" |
-    tr -d '\r' | sed -n 's/^x-session-token: //Ip') || die "opening the memory node's warm-up session"
-printf 'sessions = { {"mem-warm", "%s"} }\n' "$token" >"$WORK/sessions-mem-warm.lua"
-URL[mem]="http://127.0.0.1:$P_MEM"
-SESS[mem,1]=$WORK/sessions-mem-warm.lua
-run_wrk mem 1 16 2 >/dev/null
-sleep 1
-live0=$(live)
-rss0=$(rss_kb)
-t0=$SECONDS
-per_thread=$(((MEM_SESSIONS + THREADS - 1) / THREADS))
-wrk -t "$THREADS" -c 16 -d 120s -s "$HELPERS/sessions-new.lua" "http://127.0.0.1:$P_MEM" -- "$per_thread" \
-    >"$WORK/logs/wrk-sessions.log" 2>&1 &
-wrk_pid=$!
-# Until the node holds them all, or (each wrk thread stops itself after its share)
-# the count stops growing for 2 s.
-last=-1
-stable=0
-while kill -0 "$wrk_pid" 2>/dev/null; do
-    n=$(live)
-    [ -n "$n" ] && [ "$n" -ge $((live0 + MEM_SESSIONS)) ] && break
-    if [ "$n" = "$last" ]; then stable=$((stable + 1)); else stable=0; fi
-    [ "$stable" -ge 10 ] && break
-    last=$n
-    sleep 0.2
-done
-kill -INT "$wrk_pid" 2>/dev/null || true
-wait "$wrk_pid" || true
-secs=$((SECONDS - t0))
-sleep 1
-live1=$(live)
-rss1=$(rss_kb)
-echo "rss0_kb=$rss0 rss1_kb=$rss1 live0=$live0 live1=$live1 secs=$secs" >"$OUT/memory.txt"
-log "memory: $live0 → $live1 live sessions, VmRSS $rss0 → $rss1 kB"
+if [ "$MEMORY" = 1 ]; then
+    log "memory: $MEM_SESSIONS live sessions on a fresh node (:$P_MEM)"
+    python3 "$HELPERS/perf.py" config "$WORK/mem.toml" --kind embedded --keys 1
+    start_edge mem "$P_MEM" "$WORK/mem.toml" \
+        EDGECACHE__ORIGIN__PATH="$WORK/mem/edgecache.db" \
+        EDGECACHE__SESSION__MAX_LIVE=$((2 * MEM_SESSIONS)) EDGECACHE__SESSION__IDLE_LEASE=1h
+    live() { { curl -sf "http://127.0.0.1:$P_MEM/readyz" || true; } | sed -n 's/.*"live_sessions":\([0-9]*\).*/\1/p'; }
+    rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$PID_mem/status"; }
+    # Warm the node up with one session (worker threads, allocator arenas, the cache entry).
+    token=$(curl -sf -D - -o /dev/null -H 'x-session-id: mem-warm' "http://127.0.0.1:$P_MEM/v1/bench/k1" |
+        tr -d '\r' | sed -n 's/^x-session-token: //Ip') || die "opening the memory node's warm-up session"
+    printf 'sessions = { {"mem-warm", "%s"} }\n' "$token" >"$WORK/sessions-mem-warm.lua"
+    URL[mem]="http://127.0.0.1:$P_MEM"
+    SESS[mem,1]=$WORK/sessions-mem-warm.lua
+    run_wrk mem 1 16 2 >/dev/null
+    sleep 1
+    live0=$(live)
+    rss0=$(rss_kb)
+    t0=$SECONDS
+    per_thread=$(((MEM_SESSIONS + THREADS - 1) / THREADS))
+    wrk -t "$THREADS" -c 16 -d 120s -s "$HELPERS/sessions-new.lua" "http://127.0.0.1:$P_MEM" -- "$per_thread" \
+        >"$WORK/logs/wrk-sessions.log" 2>&1 &
+    wrk_pid=$!
+    # Until the node holds them all, or (each wrk thread stops itself after its share)
+    # the count stops growing for 2 s.
+    last=-1
+    stable=0
+    while kill -0 "$wrk_pid" 2>/dev/null; do
+        n=$(live)
+        [ -n "$n" ] && [ "$n" -ge $((live0 + MEM_SESSIONS)) ] && break
+        if [ "$n" = "$last" ]; then stable=$((stable + 1)); else stable=0; fi
+        [ "$stable" -ge 10 ] && break
+        last=$n
+        sleep 0.2
+    done
+    kill -INT "$wrk_pid" 2>/dev/null || true
+    wait "$wrk_pid" || true
+    secs=$((SECONDS - t0))
+    sleep 1
+    live1=$(live)
+    rss1=$(rss_kb)
+    echo "rss0_kb=$rss0 rss1_kb=$rss1 live0=$live0 live1=$live1 secs=$secs" >"$OUT/memory.txt"
+    log "memory: $live0 → $live1 live sessions, VmRSS $rss0 → $rss1 kB"
+else
+    rm -f "$OUT/memory.txt"
+fi
 
 # -- report -----------------------------------------------------------------------------
 

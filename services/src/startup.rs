@@ -7,11 +7,10 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use edgecache_config::{OriginSettings, Settings};
 use edgecache_flags::{ConfigFlags, FlagSource, UnleashFlags};
-use tracing_actix_web::TracingLogger;
 
 use crate::cluster::Cluster;
+use crate::http::envelope::Envelope;
 use crate::origin::{EmbeddedOrigin, OriginError, PostgresOrigin, SharedOrigin};
-use crate::telemetry::RequestSpan;
 use crate::Node;
 
 /// Why a node could not start.
@@ -69,18 +68,11 @@ impl Application {
         }
         let data = web::Data::from(node.clone());
         let cluster_data = web::Data::new(cluster.clone());
-        let node_id = settings.node.id.clone();
         let admin = web::Data::new(crate::http::AdminAuth::new(&settings.admin));
+        let (envelope_node, envelope_cluster) = (node.clone(), cluster.clone());
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(actix_web::middleware::from_fn(crate::http::forward::affinity))
-                // Outside the forwarding, so a forwarded request is counted here too.
-                .wrap_fn(crate::http::record_request)
-                .wrap(
-                    actix_web::middleware::DefaultHeaders::new().add(("x-edgecache-node", node_id.as_str())),
-                )
-                .wrap_fn(crate::telemetry::echo_request_id)
-                .wrap(TracingLogger::<RequestSpan>::new())
+                .wrap(Envelope::new(envelope_node.clone(), envelope_cluster.clone()))
                 .app_data(data.clone())
                 .app_data(cluster_data.clone())
                 .app_data(admin.clone())

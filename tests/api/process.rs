@@ -74,11 +74,20 @@ impl Drop for Node {
     }
 }
 
+/// The log lines a node printed so far (JSON).
+type Logs = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
 /// Starts the node on a free port and returns it with its address, once it listens.
 fn start(dir: &std::path::Path) -> (Node, String) {
+    let (node, address, _) = start_logged(dir, "5s");
+    (node, address)
+}
+
+/// Like [`start`], with the store's busy timeout and the node's log lines.
+fn start_logged(dir: &std::path::Path, busy_timeout: &str) -> (Node, String, Logs) {
     let mut child = edgecache(dir)
         .env("EDGECACHE__SERVER__LISTEN", "127.0.0.1:0")
-        .env("EDGECACHE__ORIGIN__BUSY_TIMEOUT", "5s")
+        .env("EDGECACHE__ORIGIN__BUSY_TIMEOUT", busy_timeout)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -86,18 +95,97 @@ fn start(dir: &std::path::Path) -> (Node, String) {
     let stdout = child.stdout.take().unwrap();
     let child = Node(child);
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let parsed: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if parsed["fields"]["message"] == "edge node listening" {
-                let _ = tx.send(parsed["fields"]["port"].as_u64().unwrap());
+    let logs = Logs::default();
+    std::thread::spawn({
+        let logs = logs.clone();
+        move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let parsed: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if parsed["fields"]["message"] == "edge node listening" {
+                    let _ = tx.send(parsed["fields"]["port"].as_u64().unwrap());
+                }
+                logs.lock().unwrap().push(parsed);
             }
         }
     });
     let port = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("the node starts listening");
-    (child, format!("http://127.0.0.1:{port}"))
+    (child, format!("http://127.0.0.1:{port}"), logs)
+}
+
+#[tokio::test]
+async fn a_failed_request_is_logged_once_with_its_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, address, logs) = start_logged(dir.path(), "100ms");
+    let client = reqwest::Client::new();
+    let ok = client
+        .get(format!("{address}/v1/products/p1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let ok_id = ok.headers()["x-request-id"].to_str().unwrap().to_owned();
+
+    // The store's write lock is held past the busy timeout: the writes fail with 503.
+    let locker = rusqlite::Connection::open(dir.path().join("data/edgecache.db")).unwrap();
+    locker
+        .execute_batch("BEGIN IMMEDIATE; UPDATE meta SET position = position;")
+        .unwrap();
+    let patch = |request_id: Option<&str>| {
+        let mut request = client
+            .patch(format!("{address}/v1/products/p1"))
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"price": 12.0}"#);
+        if let Some(id) = request_id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+    let theirs = patch(Some("lb-req.42")).await.unwrap();
+    assert_eq!(theirs.status(), 503);
+    assert_eq!(
+        theirs.headers()["x-request-id"],
+        "lb-req.42",
+        "the caller's id is kept"
+    );
+    let ours = patch(None).await.unwrap();
+    assert_eq!(ours.status(), 503);
+    let our_id = ours.headers()["x-request-id"].to_str().unwrap().to_owned();
+    locker.execute_batch("ROLLBACK").unwrap();
+
+    let failed = |id: &str| {
+        logs.lock()
+            .unwrap()
+            .iter()
+            .filter(|line| {
+                line["fields"]["message"] == "request failed" && line["fields"]["request_id"] == id
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while failed(&our_id).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in ["lb-req.42", our_id.as_str()] {
+        let lines = failed(id);
+        assert_eq!(lines.len(), 1, "one line for request {id}: {lines:?}");
+        let fields = &lines[0]["fields"];
+        assert_eq!(lines[0]["level"], "ERROR");
+        assert_eq!(fields["status"], 503);
+        assert_eq!(fields["problem"], "origin-unavailable");
+        assert_eq!(fields["method"], "PATCH");
+        assert_eq!(fields["path"], "/v1/products/p1");
+        assert!(
+            fields["cause"].as_str().is_some_and(|c| !c.is_empty()),
+            "{fields}"
+        );
+    }
+    assert!(
+        failed(&ok_id).is_empty(),
+        "a successful request is not logged as failed"
+    );
 }
 
 #[tokio::test]

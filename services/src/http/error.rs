@@ -8,6 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 use edgecache_actors::TokenError;
 use http_api_problem::HttpApiProblem;
 
+use super::envelope::Failure;
 use crate::node::{ReadError, SessionError, WriteFailure};
 use crate::origin::{OriginError, WriteError};
 use crate::plan::InvalidInput;
@@ -166,9 +167,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        if status.is_server_error() {
-            tracing::error!(problem = self.slug(), cause = %ErrorChain(self), "request failed");
-        } else {
+        if !status.is_server_error() {
             tracing::debug!(problem = self.slug(), detail = %self, "request rejected");
         }
         let detail = match self {
@@ -181,6 +180,13 @@ impl ResponseError for ApiError {
             problem.set_value("current_version", current);
         }
         let mut response = problem.to_actix_response();
+        if status.is_server_error() {
+            // Logged with the request's id once the response leaves (http::envelope).
+            response.extensions_mut().insert(Failure {
+                problem: self.slug(),
+                cause: ErrorChain(self).to_string(),
+            });
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,

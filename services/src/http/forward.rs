@@ -6,18 +6,16 @@
 //! risk applying it twice.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::body::BoxBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
-use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
 use super::request::{SESSION_ID, USER_ID};
 use super::ApiError;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Peer};
 use crate::Node;
 
 pub const FORWARDED: header::HeaderName = header::HeaderName::from_static("x-edgecache-forwarded");
@@ -37,41 +35,37 @@ fn hop_by_hop(name: &str) -> bool {
     )
 }
 
-/// The middleware (mounted with `middleware::from_fn`).
-pub async fn affinity(
-    mut request: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, Error> {
-    let (Some(node), Some(cluster)) = (
-        request.app_data::<web::Data<Node>>().cloned(),
-        request.app_data::<web::Data<Arc<Cluster>>>().cloned(),
-    ) else {
-        return next.call(request).await.map(ServiceResponse::map_into_boxed_body);
-    };
-    let local = cluster.is_solo()
-        || !request.path().starts_with("/v1/")
-        || request.headers().contains_key(&FORWARDED);
-    let header = |name| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v: &header::HeaderValue| v.to_str().ok())
-    };
-    let owner = match header(&SESSION_ID) {
-        Some(session) if !local && crate::node::valid_session_id(session) => {
-            let user = header(&USER_ID).unwrap_or(session);
-            if node.affinity_on(session, user) {
-                cluster.owner(session)
-            } else {
-                None
-            }
-        }
-        _ => None,
-    };
-    let Some(owner) = owner else {
-        return next.call(request).await.map(ServiceResponse::map_into_boxed_body);
-    };
+/// The peer that owns the request's session when the request is to be forwarded there:
+/// a `/v1/` request of a session whose session-affinity arm is on, not forwarded
+/// already, whose owner is another node in rotation. Solo nodes answer at once.
+pub fn owner<'c>(request: &ServiceRequest, node: &Node, cluster: &'c Cluster) -> Option<&'c Peer> {
+    if cluster.is_solo() || !request.path().starts_with("/v1/") || request.headers().contains_key(&FORWARDED)
+    {
+        return None;
+    }
+    let headers = request.headers();
+    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let session = header(SESSION_ID).filter(|s| crate::node::valid_session_id(s))?;
+    let user = header(USER_ID).unwrap_or(session);
+    if node.affinity_on(session, user) {
+        cluster.owner(session)
+    } else {
+        None
+    }
+}
 
+/// Forwards `request` to `owner` and relays its answer; when the owner cannot be
+/// reached, serves it with `local` (except a write that may have reached the owner).
+pub async fn forward<S>(
+    mut request: ServiceRequest,
+    owner: &Peer,
+    node: &Node,
+    cluster: &Cluster,
+    local: &S,
+) -> Result<ServiceResponse<BoxBody>, Error>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = Error>,
+{
     // Read the body (bounded), to send it on — and to serve it here if we must.
     let limit = node.limits().max_body_bytes;
     let mut body = web::BytesMut::new();
@@ -140,7 +134,7 @@ pub async fn affinity(
                 return Ok(request.into_response(ApiError::OutcomeUnknown.error_response()));
             }
             request.set_payload(actix_web::dev::Payload::from(body));
-            next.call(request).await.map(ServiceResponse::map_into_boxed_body)
+            local.call(request).await
         }
     }
 }

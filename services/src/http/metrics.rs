@@ -1,5 +1,5 @@
-//! `GET /metrics`: the node's counters in the Prometheus (OpenMetrics) text format, and
-//! the middleware that counts every request by route, method and status class.
+//! `GET /metrics`: the node's counters in the Prometheus (OpenMetrics) text format
+//! (requests are counted by route, method and status class in [`super::envelope`]).
 //!
 //! The counts live in plain atomics ([`crate::metrics`]); a scrape renders them with
 //! `prometheus_client`'s encoder through a [`Collector`], so the request path never
@@ -7,14 +7,10 @@
 //! end in `_total`. `/metrics` needs no token: scrapers reach it on the node's port.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
-use actix_web::{web, Error, HttpResponse};
+use actix_web::{web, HttpResponse};
 use edgecache_flags::Strategy;
-use futures_util::FutureExt;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
@@ -42,34 +38,6 @@ pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
         .content_type(CONTENT_TYPE)
         .insert_header(("cache-control", "no-store"))
         .body(body))
-}
-
-/// Counts a request in `edgecache_http_requests_total` and
-/// `edgecache_http_request_duration_seconds` once its response is ready. The route is
-/// the matched resource's name, its template (see `http::routes`); a request that
-/// matched none counts as `unmatched`. Mounted with `App::wrap_fn`.
-pub fn record_request<S, B>(
-    request: ServiceRequest,
-    service: &S,
-) -> impl Future<Output = Result<ServiceResponse<B>, Error>>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-{
-    let started = Instant::now();
-    let node = request.app_data::<web::Data<Node>>().cloned();
-    let method = request.method().clone();
-    service.call(request).map(move |result| {
-        if let Some(node) = node {
-            let (route, status) = match &result {
-                Ok(response) => (response.request().match_name(), response.status()),
-                Err(err) => (None, err.as_response_error().status_code()),
-            };
-            node.metrics()
-                .http
-                .record(route, &method, status.as_u16(), started.elapsed());
-        }
-        result
-    })
 }
 
 /// Renders a node's counts at scrape time.

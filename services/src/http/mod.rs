@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod batch;
+pub mod envelope;
 mod error;
 pub mod forward;
 mod health;
@@ -15,7 +16,6 @@ use actix_web::{web, HttpRequest, HttpResponse, Resource};
 
 pub use admin::AdminAuth;
 pub use error::{ApiError, ErrorChain, PROBLEM_TYPE_PREFIX};
-pub use metrics::record_request;
 pub use request::{SESSION_ID, SESSION_TOKEN, USER_ID};
 
 use crate::metrics::route;
@@ -58,9 +58,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(no_route));
 }
 
-/// A resource at `path` (relative to its scope) named `template`, its full template.
+/// A resource at `path` (relative to its scope) named `template`, its full template,
+/// which is also its `route` label ([`envelope::RouteLabel`]).
 fn resource(path: &str, template: &'static str) -> Resource {
-    web::resource(path).name(template)
+    web::resource(path)
+        .name(template)
+        .app_data(envelope::RouteLabel(template))
 }
 
 async fn no_route(request: HttpRequest) -> HttpResponse {

@@ -1,0 +1,203 @@
+//! What every request goes through, in one middleware: its id and span, session
+//! affinity (forwarding to the session's owner), the node's response headers, the
+//! HTTP metrics and the log line of a failed request.
+//!
+//! One layer instead of five (a tracing logger, request-id, default-headers, metrics
+//! and affinity middlewares): a cache hit is a few microseconds of work, and each
+//! layer cost a boxed future, a second lookup of the app data or of the route, or
+//! formatted span fields. Measured with `scripts/perf.sh` (README, "Performance").
+
+use std::future::{ready, Ready};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::Error;
+use futures_util::future::LocalBoxFuture;
+use tracing::Instrument;
+
+use super::forward;
+use crate::cluster::Cluster;
+use crate::telemetry::{self, REQUEST_ID};
+use crate::Node;
+
+const NODE_HEADER: HeaderName = HeaderName::from_static("x-edgecache-node");
+
+/// The `route` metrics label of a resource, set as its app data by `http::routes`, so
+/// the label is read without matching the path again.
+#[derive(Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
+/// What the log line of a failed request (5xx) says: the problem and the whole cause
+/// chain. Error responses carry it in their extensions; only the log sees it.
+#[derive(Clone)]
+pub struct Failure {
+    pub problem: &'static str,
+    pub cause: String,
+}
+
+/// The middleware factory (`App::wrap`).
+pub struct Envelope {
+    inner: Rc<Shared>,
+}
+
+struct Shared {
+    node: Arc<Node>,
+    cluster: Arc<Cluster>,
+    node_header: HeaderValue,
+}
+
+impl Envelope {
+    pub fn new(node: Arc<Node>, cluster: Arc<Cluster>) -> Self {
+        let node_header = HeaderValue::from_str(node.node_id()).expect("node ids are validated at start-up");
+        Self {
+            inner: Rc::new(Shared {
+                node,
+                cluster,
+                node_header,
+            }),
+        }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Envelope
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Transform = EnvelopeService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(EnvelopeService {
+            service: Rc::new(Boxed(service)),
+            shared: self.inner.clone(),
+        }))
+    }
+}
+
+/// The inner service with its body boxed (a no-op for the app's own `BoxBody`), so
+/// forwarding can fall back to it.
+struct Boxed<S>(S);
+
+impl<S, B> Service<ServiceRequest> for Boxed<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Future = futures_util::future::MapOk<S::Future, fn(ServiceResponse<B>) -> ServiceResponse<BoxBody>>;
+
+    fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&self, request: ServiceRequest) -> Self::Future {
+        use futures_util::TryFutureExt;
+        self.0
+            .call(request)
+            .map_ok(ServiceResponse::map_into_boxed_body as fn(_) -> _)
+    }
+}
+
+pub struct EnvelopeService<S> {
+    service: Rc<Boxed<S>>,
+    shared: Rc<Shared>,
+}
+
+impl<S, B> Service<ServiceRequest> for EnvelopeService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, mut request: ServiceRequest) -> Self::Future {
+        let started = Instant::now();
+        let shared = self.shared.clone();
+        let service = self.service.clone();
+        let id = telemetry::request_id(request.headers());
+        let span = telemetry::request_span(request.method(), request.path(), &id);
+        let method = request.method().clone();
+        let handled = async move {
+            let result = match forward::owner(&request, &shared.node, &shared.cluster) {
+                None => service.call(request).await,
+                Some(owner) => {
+                    // The owner logs under the same id.
+                    request.headers_mut().insert(REQUEST_ID, id.clone());
+                    forward::forward(request, owner, &shared.node, &shared.cluster, service.as_ref()).await
+                }
+            };
+            let (route, status) = match &result {
+                Ok(response) => (route(response), response.status()),
+                Err(err) => (None, err.as_response_error().status_code()),
+            };
+            shared
+                .node
+                .metrics()
+                .http
+                .record(route, &method, status.as_u16(), started.elapsed());
+            result.map(|mut response| {
+                if status.is_server_error() {
+                    log_failure(&response, &id, &method, started);
+                }
+                tracing::Span::current().record("status", status.as_u16());
+                let headers = response.headers_mut();
+                headers.insert(REQUEST_ID, id);
+                // A relayed answer names the node that served it.
+                if !headers.contains_key(NODE_HEADER) {
+                    headers.insert(NODE_HEADER, shared.node_header.clone());
+                }
+                response
+            })
+        };
+        Box::pin(handled.instrument(span))
+    }
+}
+
+/// The route label of a response's request: its resource's [`RouteLabel`], else the
+/// name of the resource it matched (a resource without the label), else none.
+fn route(response: &ServiceResponse<BoxBody>) -> Option<&str> {
+    let request = response.request();
+    match request.app_data::<RouteLabel>() {
+        Some(label) => Some(label.0),
+        None => request.match_name(),
+    }
+}
+
+/// One ERROR line per failed request, with its id: the span may be off.
+fn log_failure(
+    response: &ServiceResponse<BoxBody>,
+    id: &HeaderValue,
+    method: &actix_web::http::Method,
+    started: Instant,
+) {
+    let request_id = id.to_str().unwrap_or_default();
+    let path = response.request().path();
+    let status = response.status().as_u16();
+    let took_ms = started.elapsed().as_secs_f64() * 1e3;
+    match response.response().extensions().get::<Failure>() {
+        Some(failure) => tracing::error!(
+            request_id,
+            %method,
+            path,
+            status,
+            took_ms,
+            problem = failure.problem,
+            cause = %failure.cause,
+            "request failed"
+        ),
+        None => tracing::error!(request_id, %method, path, status, took_ms, "request failed"),
+    }
+}
