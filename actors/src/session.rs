@@ -43,6 +43,10 @@ pub struct SessionState {
     /// last token instead of signing again.
     generation: u64,
     issued: Option<(u64, Arc<str>)>,
+    /// The last token a client sent that was verified and taken in (a client that does
+    /// not follow the tokens in the answers, or one with requests in parallel, sends
+    /// the same older token again and again).
+    merged: Option<Arc<str>>,
 }
 
 impl SessionState {
@@ -106,6 +110,20 @@ impl SessionState {
         matches!(&self.issued, Some((_, issued)) if &**issued == token)
     }
 
+    /// Whether the current state already contains what `token` carries: it is the
+    /// last token issued, or the last one taken in with [`SessionState::merge_token`]
+    /// (a merge only ever raises watermarks and compaction keeps floors at or above
+    /// what it folds, so taking the same token in again changes nothing).
+    pub fn contains(&self, token: &str) -> bool {
+        self.issued_is(token) || self.merged.as_deref() == Some(token)
+    }
+
+    /// Takes in the watermarks of a verified `token` and remembers it.
+    pub fn merge_token(&mut self, token: &str, carried: &Watermarks, limits: SessionLimits) {
+        self.merge(carried, limits);
+        self.merged = Some(token.into());
+    }
+
     /// The token for the current watermarks: the last one issued if nothing changed
     /// since, else a freshly signed one.
     pub fn token(&mut self, session_id: &str, keys: &TokenKeys) -> Arc<str> {
@@ -143,6 +161,7 @@ impl Session {
                 pending: VecDeque::new(),
                 generation: 0,
                 issued: None,
+                merged: None,
             }),
             limits,
             last_seen: AtomicU64::new(0),
@@ -304,6 +323,50 @@ mod tests {
                 .boxed_local()
             }),
         }
+    }
+
+    #[test]
+    fn a_token_taken_in_once_is_contained_in_the_state_even_after_compaction() {
+        let keys = TokenKeys::new([("k1", &[7u8; 32][..])], "k1").unwrap();
+        let limits = SessionLimits {
+            max_items: 4,
+            max_pending: 4,
+        };
+        let doc = |v: u64| Doc {
+            version: Version(v),
+            position: Position(v),
+            fields: None,
+        };
+        // A token that carries a write of item 1 at version 5 and reads of 2 and 3.
+        let mut sent = Watermarks::default();
+        sent.record_write(1, Version(5), Position(50), limits.max_items);
+        sent.record_read(2, Version(3), Position(30), limits.max_items);
+        sent.record_read(3, Version(4), Position(40), limits.max_items);
+        let token = keys.sign("s", &sent);
+        let carried = keys.verify("s", &token).unwrap();
+
+        let session = Session::new("s".into(), Watermarks::default(), limits);
+        let mut state = session.state();
+        assert!(!state.contains(&token), "never taken in");
+        state.merge_token(&token, &carried, limits);
+        assert!(state.contains(&token));
+        let other = keys.sign("s", &Watermarks::default());
+        assert!(!state.contains(&other), "another token is verified and merged");
+
+        // Many more reads compact the marks: the state still needs at least what the
+        // token carried, so skipping it the next time loses nothing.
+        for item in 10..40 {
+            state.record_read(item, &doc(item), limits);
+        }
+        for (item, version) in [(1, 5), (2, 3), (3, 4)] {
+            let need = state.need(item, true, true);
+            assert!(
+                need.version >= Version(version) || need.position >= Position(10 * version),
+                "item {item}: {need:?}"
+            );
+        }
+        let issued = state.token("s", &keys);
+        assert!(state.contains(&issued), "the last issued token is contained too");
     }
 
     #[actix_rt::test]

@@ -270,9 +270,9 @@ impl Node {
             (Some(live), None) => (live, SessionStart::Live),
             (Some(live), Some(token)) => {
                 let mut state = live.session.state();
-                if !state.issued_is(token) {
+                if !state.contains(token) {
                     let carried = self.keys.verify(id, token)?;
-                    state.merge(&carried, self.sessions.limits());
+                    state.merge_token(token, &carried, self.sessions.limits());
                 }
                 drop(state);
                 (live, SessionStart::Live)
