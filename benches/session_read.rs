@@ -11,10 +11,14 @@
 //!   back the last token this node issued, so it needs no verification, and the item
 //!   (`profiles/u1`, no strict fields) is fresh in the cache: a pure cache hit with
 //!   the session's guarantees checked, and the cached token reused.
-//! * `session_read/cache_hit_verified_token`: the same read, but the session sends an
-//!   older token of its own (issued before its last read, as a client with requests
-//!   in parallel or one coming back from another node would), which is not the last
-//!   one issued: it is verified (HMAC) and merged into the live session each time.
+//! * `session_read/cache_hit_verified_token`: the same read, but the session sends
+//!   older tokens of its own (issued before its last reads, as a client with requests
+//!   in parallel or one coming back from another node would), none the last one
+//!   issued nor the last one taken in: two alternate, so each is verified (HMAC) and
+//!   merged into the live session every time.
+//! * `session_read/cache_hit_repeated_token`: the session sends the same older token
+//!   on every request (a client that does not follow the tokens in the answers): it
+//!   was taken in once, so it is recognised and neither verified nor merged again.
 //! * `session_read/strict_field_primary_read`: `products/p1`, whose `stock` field is
 //!   strict: its other fields come from the cache but `stock` is read from the
 //!   primary on every read — the cost of the strict class, for comparison.
@@ -26,6 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use edgecache_actors::SessionStart;
 use edgecache_config::{OriginSettings, Settings, Sources};
@@ -105,7 +110,7 @@ async fn get(
     token: Option<&str>,
     collection: &str,
     id: &str,
-) -> (Arc<str>, ReadOutcome, SessionStart) {
+) -> (Bytes, ReadOutcome, SessionStart) {
     let session = node
         .open_session(Some(session_id), None, token)
         .expect("the session opens");
@@ -116,25 +121,30 @@ async fn get(
     (node.token(&session), outcome, session.start)
 }
 
-/// Runs `iters` GETs of `collection/id` for `session_id`, each sending `token` (or
-/// the token of the previous response, if `None`), and times them.
+/// Runs `iters` GETs of `collection/id` for `session_id`, sending `tokens` in turn,
+/// and times them.
 fn run(
     system: &actix_rt::SystemRunner,
     node: &Node,
     session_id: &str,
-    token: &Arc<str>,
+    tokens: &[&str],
     collection: &str,
     id: &str,
     iters: u64,
 ) -> Duration {
     system.block_on(async {
         let started = Instant::now();
-        for _ in 0..iters {
+        for i in 0..iters as usize {
+            let token = tokens[i % tokens.len()];
             let (issued, outcome, _) = get(node, session_id, Some(token), collection, id).await;
             std::hint::black_box((issued, outcome.body));
         }
         started.elapsed()
     })
+}
+
+fn text(token: &Bytes) -> &str {
+    std::str::from_utf8(token).expect("tokens are ASCII")
 }
 
 fn bench_session_read(c: &mut Criterion) {
@@ -152,12 +162,12 @@ fn bench_session_read(c: &mut Criterion) {
             CacheStatus::Miss,
             "the first read fills the cache"
         );
-        let (token, outcome, start) = get(&node, "bench-issued", Some(&first), "profiles", "u1").await;
+        let (token, outcome, start) = get(&node, "bench-issued", Some(text(&first)), "profiles", "u1").await;
         assert_eq!(start, SessionStart::Live);
         assert_eq!(outcome.status, CacheStatus::Hit, "a pure cache hit");
         assert_eq!(outcome.tier, Tier::Cache);
         assert!(!outcome.strict_from_primary);
-        let (again, _, _) = get(&node, "bench-issued", Some(&token), "profiles", "u1").await;
+        let (again, _, _) = get(&node, "bench-issued", Some(text(&token)), "profiles", "u1").await;
         assert_eq!(
             again, token,
             "nothing changed: the issued token is reused, not re-signed"
@@ -165,31 +175,55 @@ fn bench_session_read(c: &mut Criterion) {
         token
     });
 
-    // Verified path: the session read products/p2 and then profiles/u1, and sends the
-    // token it got after the first read; it carries nothing new, so merging it changes
-    // nothing and the response token stays the cached one.
+    // Verified path: the session read products/p2, then products/p3, then profiles/u1,
+    // and sends the tokens it got after the first two reads in turn; they carry
+    // nothing new, so merging them changes nothing and the response token stays the
+    // cached one — but neither is the last issued or the last taken in.
     let (older, latest) = system.block_on(async {
-        let (older, _, _) = get(&node, "bench-verified", None, "products", "p2").await;
-        let (latest, outcome, _) = get(&node, "bench-verified", Some(&older), "profiles", "u1").await;
+        let (a, _, _) = get(&node, "bench-verified", None, "products", "p2").await;
+        let (b, _, _) = get(&node, "bench-verified", Some(text(&a)), "products", "p3").await;
+        let (latest, outcome, _) = get(&node, "bench-verified", Some(text(&b)), "profiles", "u1").await;
         assert_eq!(outcome.status, CacheStatus::Hit);
-        assert_ne!(older, latest, "the read of u1 added a mark");
-        let (again, outcome, start) = get(&node, "bench-verified", Some(&older), "profiles", "u1").await;
-        assert_eq!(start, SessionStart::Live);
-        assert_eq!(outcome.status, CacheStatus::Hit);
-        assert_eq!(again, latest);
-        (older, latest)
+        assert!(a != latest && b != latest, "the reads added marks");
+        for token in [&a, &b, &a] {
+            let (again, outcome, start) =
+                get(&node, "bench-verified", Some(text(token)), "profiles", "u1").await;
+            assert_eq!(start, SessionStart::Live);
+            assert_eq!(outcome.status, CacheStatus::Hit);
+            assert_eq!(again, latest);
+        }
+        ([a, b], latest)
     });
     let live = node.sessions().get("bench-verified").expect("live");
     assert!(
-        !live.session.state().issued_is(&older),
-        "the older token must be verified"
+        !live.session.state().contains(text(&older[1])),
+        "the token sent next must be verified"
     );
+    drop(live);
+
+    // Repeated path: the same older token every time.
+    let (repeated, repeated_latest) = system.block_on(async {
+        let (older, _, _) = get(&node, "bench-repeated", None, "products", "p2").await;
+        let (latest, _, _) = get(&node, "bench-repeated", Some(text(&older)), "profiles", "u1").await;
+        let (again, outcome, _) = get(&node, "bench-repeated", Some(text(&older)), "profiles", "u1").await;
+        assert_eq!(
+            (again.clone(), outcome.status),
+            (latest.clone(), CacheStatus::Hit)
+        );
+        (older, latest)
+    });
+    let live = node.sessions().get("bench-repeated").expect("live");
+    assert!(
+        live.session.state().contains(text(&repeated)),
+        "the repeated token is recognised"
+    );
+    drop(live);
 
     // Strict path: products/p1's non-strict fields from the cache, `stock` from the primary.
     let strict = system.block_on(async {
         let (first, outcome, _) = get(&node, "bench-strict", None, "products", "p1").await;
         assert!(matches!(outcome.status, CacheStatus::Miss | CacheStatus::Hit));
-        let (token, outcome, _) = get(&node, "bench-strict", Some(&first), "products", "p1").await;
+        let (token, outcome, _) = get(&node, "bench-strict", Some(text(&first)), "products", "p1").await;
         assert_eq!(outcome.status, CacheStatus::Hit);
         assert!(outcome.strict_from_primary, "stock was read from the primary");
         token
@@ -201,23 +235,74 @@ fn bench_session_read(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3))
         .sample_size(40);
     group.bench_function("cache_hit_issued_token", |b| {
-        b.iter_custom(|iters| run(&system, &node, "bench-issued", &issued, "profiles", "u1", iters))
+        b.iter_custom(|iters| {
+            run(
+                &system,
+                &node,
+                "bench-issued",
+                &[text(&issued)],
+                "profiles",
+                "u1",
+                iters,
+            )
+        })
     });
+    let alternating = [text(&older[0]), text(&older[1])];
     group.bench_function("cache_hit_verified_token", |b| {
-        b.iter_custom(|iters| run(&system, &node, "bench-verified", &older, "profiles", "u1", iters))
+        b.iter_custom(|iters| {
+            run(
+                &system,
+                &node,
+                "bench-verified",
+                &alternating,
+                "profiles",
+                "u1",
+                iters,
+            )
+        })
+    });
+    group.bench_function("cache_hit_repeated_token", |b| {
+        b.iter_custom(|iters| {
+            run(
+                &system,
+                &node,
+                "bench-repeated",
+                &[text(&repeated)],
+                "profiles",
+                "u1",
+                iters,
+            )
+        })
     });
     group.bench_function("strict_field_primary_read", |b| {
-        b.iter_custom(|iters| run(&system, &node, "bench-strict", &strict, "products", "p1", iters))
+        b.iter_custom(|iters| {
+            run(
+                &system,
+                &node,
+                "bench-strict",
+                &[text(&strict)],
+                "products",
+                "p1",
+                iters,
+            )
+        })
     });
     group.finish();
 
     // Nothing drifted off the measured path while measuring.
     system.block_on(async {
-        let (token, outcome, _) = get(&node, "bench-issued", Some(&issued), "profiles", "u1").await;
+        let (token, outcome, _) = get(&node, "bench-issued", Some(text(&issued)), "profiles", "u1").await;
         assert_eq!((token, outcome.status), (issued.clone(), CacheStatus::Hit));
-        let (token, outcome, _) = get(&node, "bench-verified", Some(&older), "profiles", "u1").await;
-        assert_eq!((token, outcome.status), (latest.clone(), CacheStatus::Hit));
-        let (_, outcome, _) = get(&node, "bench-strict", Some(&strict), "products", "p1").await;
+        for older in &older {
+            let (token, outcome, _) = get(&node, "bench-verified", Some(text(older)), "profiles", "u1").await;
+            assert_eq!((token, outcome.status), (latest.clone(), CacheStatus::Hit));
+        }
+        let (token, outcome, _) = get(&node, "bench-repeated", Some(text(&repeated)), "profiles", "u1").await;
+        assert_eq!(
+            (token, outcome.status),
+            (repeated_latest.clone(), CacheStatus::Hit)
+        );
+        let (_, outcome, _) = get(&node, "bench-strict", Some(text(&strict)), "products", "p1").await;
         assert!(outcome.strict_from_primary);
     });
     node.sessions().passivate_all();

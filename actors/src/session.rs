@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -42,7 +43,9 @@ pub struct SessionState {
     /// Bumped on every change of `watermarks`, so an unchanged session reuses its
     /// last token instead of signing again.
     generation: u64,
-    issued: Option<(u64, Arc<str>)>,
+    /// The last token issued and the generation it was signed at (ASCII bytes, so the
+    /// response header is built from it without a copy).
+    issued: Option<(u64, Bytes)>,
     /// The last token a client sent that was verified and taken in (a client that does
     /// not follow the tokens in the answers, or one with requests in parallel, sends
     /// the same older token again and again).
@@ -107,7 +110,7 @@ impl SessionState {
     /// needs no verification and carries nothing new: watermarks only ever rise, so
     /// the state it was signed from is contained in the current one.
     pub fn issued_is(&self, token: &str) -> bool {
-        matches!(&self.issued, Some((_, issued)) if &**issued == token)
+        matches!(&self.issued, Some((_, issued)) if issued == token.as_bytes())
     }
 
     /// Whether the current state already contains what `token` carries: it is the
@@ -126,11 +129,11 @@ impl SessionState {
 
     /// The token for the current watermarks: the last one issued if nothing changed
     /// since, else a freshly signed one.
-    pub fn token(&mut self, session_id: &str, keys: &TokenKeys) -> Arc<str> {
+    pub fn token(&mut self, session_id: &str, keys: &TokenKeys) -> Bytes {
         match &self.issued {
             Some((generation, token)) if *generation == self.generation => token.clone(),
             _ => {
-                let token: Arc<str> = keys.sign(session_id, &self.watermarks).into();
+                let token = Bytes::from(keys.sign(session_id, &self.watermarks));
                 self.issued = Some((self.generation, token.clone()));
                 token
             }
@@ -366,7 +369,10 @@ mod tests {
             );
         }
         let issued = state.token("s", &keys);
-        assert!(state.contains(&issued), "the last issued token is contained too");
+        assert!(
+            state.contains(std::str::from_utf8(&issued).unwrap()),
+            "the last issued token is contained too"
+        );
     }
 
     #[actix_rt::test]

@@ -307,7 +307,7 @@ impl Node {
     }
 
     /// The token to send back: the session's current watermarks, signed.
-    pub fn token(&self, s: &SessionCtx) -> Arc<str> {
+    pub fn token(&self, s: &SessionCtx) -> Bytes {
         s.handle.session.state().token(s.id(), &self.keys)
     }
 

@@ -57,5 +57,5 @@ pub async fn batch_get(
         Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "missing": missing })))
     }
     .await;
-    Ok(respond(&node, &session, result))
+    Ok(respond(&node, &request, &session, result))
 }

@@ -55,5 +55,5 @@ pub async fn increment(
         Ok(document_response(StatusCode::OK, &path.id, &committed.doc))
     }
     .await;
-    Ok(respond(&node, &session, result))
+    Ok(respond(&node, &request, &session, result))
 }

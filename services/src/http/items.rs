@@ -18,6 +18,7 @@ use crate::plan::CollectionPlan;
 use crate::Node;
 
 const JSON: &[&str] = &["application/json"];
+const JSON_TYPE: header::HeaderValue = header::HeaderValue::from_static("application/json");
 const MERGE_PATCH: &[&str] = &["application/merge-patch+json", "application/json"];
 
 #[derive(Deserialize)]
@@ -49,7 +50,7 @@ pub async fn get_item(
         tracing::Span::current().record("cache_status", outcome.status.as_str());
         read_response(&path.id, outcome)
     });
-    Ok(respond(&node, &session, result))
+    Ok(respond(&node, &request, &session, result))
 }
 
 /// The response of a read: the document with its ETag, Cache-Status and Age, or 404.
@@ -57,7 +58,7 @@ pub fn read_response(id: &str, outcome: ReadOutcome) -> Result<HttpResponse, Api
     let mut response = if outcome.doc.exists() {
         let mut builder = HttpResponse::Ok();
         builder
-            .content_type("application/json")
+            .insert_header((header::CONTENT_TYPE, JSON_TYPE))
             .insert_header((header::ETAG, etag(outcome.doc.version)));
         match &outcome.explain {
             Some(fields) => {
@@ -133,7 +134,7 @@ pub async fn put_item(
         Ok(document_response(status, &path.id, &committed.doc))
     }
     .await;
-    Ok(respond(&node, &session, result))
+    Ok(respond(&node, &request, &session, result))
 }
 
 /// `PATCH /v1/{collection}/{id}`: applies a JSON merge patch (RFC 7396).
@@ -161,7 +162,7 @@ pub async fn patch_item(
         Ok(document_response(StatusCode::OK, &path.id, &committed.doc))
     }
     .await;
-    Ok(respond(&node, &session, result))
+    Ok(respond(&node, &request, &session, result))
 }
 
 /// `DELETE /v1/{collection}/{id}`: 204, or 404 if there is no such item.
@@ -186,7 +187,7 @@ pub async fn delete_item(
             .finish())
     }
     .await;
-    Ok(respond(&node, &session, result))
+    Ok(respond(&node, &request, &session, result))
 }
 
 /// What every write checks before it reads its body: the id, the collection, the
@@ -256,7 +257,7 @@ pub fn document_response(status: StatusCode, id: &str, doc: &edgecache_actors::D
         None => Vec::new(),
     };
     HttpResponse::build(status)
-        .content_type("application/json")
+        .insert_header((header::CONTENT_TYPE, JSON_TYPE))
         .insert_header((header::ETAG, etag(doc.version)))
         .body(body)
 }

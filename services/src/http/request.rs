@@ -37,14 +37,32 @@ pub fn open_session(node: &Node, request: &HttpRequest) -> Result<SessionCtx, Ap
     Ok(session)
 }
 
-/// Adds `X-Session-Id` and a fresh `X-Session-Token` to a response.
-pub fn with_session(node: &Node, session: &SessionCtx, mut response: HttpResponse) -> HttpResponse {
+/// Adds `X-Session-Id` and a fresh `X-Session-Token` to a response. Both headers are
+/// built without copying: the id is the request's own header (or the minted id), the
+/// token the session's issued bytes.
+pub fn with_session(
+    node: &Node,
+    request: &HttpRequest,
+    session: &SessionCtx,
+    mut response: HttpResponse,
+) -> HttpResponse {
     let token = node.token(session);
     let headers = response.headers_mut();
-    if let Ok(id) = HeaderValue::from_str(session.id()) {
-        headers.insert(SESSION_ID, id);
+    let sent = request
+        .headers()
+        .get(SESSION_ID)
+        .filter(|sent| sent.as_bytes() == session.id().as_bytes());
+    match sent {
+        Some(id) => {
+            headers.insert(SESSION_ID, id.clone());
+        }
+        None => {
+            if let Ok(id) = HeaderValue::from_str(session.id()) {
+                headers.insert(SESSION_ID, id);
+            }
+        }
     }
-    if let Ok(token) = HeaderValue::from_str(&token) {
+    if let Ok(token) = HeaderValue::from_maybe_shared(token) {
         headers.insert(SESSION_TOKEN, token);
     }
     response
@@ -52,9 +70,14 @@ pub fn with_session(node: &Node, session: &SessionCtx, mut response: HttpRespons
 
 /// The response of a handler that opened a session: success or problem, either way
 /// with the session's headers.
-pub fn respond(node: &Node, session: &SessionCtx, result: Result<HttpResponse, ApiError>) -> HttpResponse {
+pub fn respond(
+    node: &Node,
+    request: &HttpRequest,
+    session: &SessionCtx,
+    result: Result<HttpResponse, ApiError>,
+) -> HttpResponse {
     let response = result.unwrap_or_else(|err| err.error_response());
-    with_session(node, session, response)
+    with_session(node, request, session, response)
 }
 
 /// Checks an item id: 1 to `max` bytes of `[A-Za-z0-9_.:-]`.
@@ -106,9 +129,23 @@ pub fn precondition(request: &HttpRequest) -> Result<Precondition, ApiError> {
     }
 }
 
-/// The strong ETag of a version.
-pub fn etag(version: Version) -> String {
-    format!("\"{}\"", version.0)
+/// The strong ETag of a version, `"<version>"`, formatted without a temporary string.
+pub fn etag(version: Version) -> HeaderValue {
+    let mut text = [0u8; 22];
+    let mut at = text.len() - 1;
+    text[at] = b'"';
+    let mut v = version.0;
+    loop {
+        at -= 1;
+        text[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    at -= 1;
+    text[at] = b'"';
+    HeaderValue::from_bytes(&text[at..]).expect("digits and quotes")
 }
 
 /// Reads the body (at most `limit` bytes; 413 past it) of a JSON request.
@@ -163,4 +200,16 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         }
         _ => ApiError::InvalidRequest(e.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_quote_the_version() {
+        for v in [0, 7, 10, 4_096, u64::MAX] {
+            assert_eq!(etag(Version(v)), format!("\"{v}\"").as_str());
+        }
+    }
 }
