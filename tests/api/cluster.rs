@@ -9,11 +9,12 @@ use crate::helpers::{eventually, settings, spawn_with, Client, Store, TestApp, L
 
 /// Three nodes that know each other, on ports chosen before they start.
 fn group(store: &Store, extra: &str) -> Vec<TestApp> {
-    group_checking_every(store, extra, "100ms")
+    group_checking_every(store, extra, "100ms", "200ms")
 }
 
-/// Like [`group`], with health checks every `interval`.
-fn group_checking_every(store: &Store, extra: &str, interval: &str) -> Vec<TestApp> {
+/// Like [`group`], with health checks every `interval`, each (and a leave
+/// announcement) bounded by `timeout`.
+fn group_checking_every(store: &Store, extra: &str, interval: &str, timeout: &str) -> Vec<TestApp> {
     let ports: Vec<u16> = (0..3)
         .map(|_| {
             std::net::TcpListener::bind("127.0.0.1:0")
@@ -33,7 +34,7 @@ fn group_checking_every(store: &Store, extra: &str, interval: &str) -> Vec<TestA
                 &store.path,
                 &format!(
                     "{LONG_TTL}\n{extra}\n[node]\nid = \"n{i}\"\nregion = \"test\"\n\
-                     [cluster]\nhealth_interval = \"{interval}\"\nhealth_timeout = \"200ms\"\nforward_timeout = \"2s\"\n\
+                     [cluster]\nhealth_interval = \"{interval}\"\nhealth_timeout = \"{timeout}\"\nforward_timeout = \"2s\"\n\
                      [cluster.peers]\n{}\n",
                     peers.join("\n")
                 ),
@@ -129,8 +130,9 @@ async fn when_the_owner_is_gone_another_node_serves_the_session_from_its_token()
 #[actix_web::test]
 async fn a_node_that_announces_it_is_leaving_is_out_of_rotation_at_once() {
     let store = Store::new();
-    // Health checks an hour apart: only the announcement can take n0 out.
-    let nodes = group_checking_every(&store, "", "1h");
+    // Health checks an hour apart: only the announcement can take n0 out. (A generous
+    // timeout: tests run in parallel on two cores.)
+    let nodes = group_checking_every(&store, "", "1h", "5s");
     for node in &nodes[1..] {
         assert!(node.cluster.view().iter().all(|(_, up)| *up));
     }

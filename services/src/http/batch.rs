@@ -1,6 +1,7 @@
 //! `POST /v1/{collection}/batch-get`: several items in one request.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::dev::Payload;
+use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -17,13 +18,13 @@ struct BatchGet {
 /// Answers `{"items": [documents found, in request order], "missing": [ids]}`.
 #[tracing::instrument(name = "batch_get", level = "debug", skip_all, fields(collection = %collection))]
 pub async fn batch_get(
-    node: web::Data<Node>,
-    collection: web::Path<String>,
-    request: HttpRequest,
-    payload: web::Payload,
+    node: &Node,
+    collection: &str,
+    request: &HttpRequest,
+    payload: Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(
-        &request,
+        request,
         payload,
         node.limits().max_body_bytes,
         &["application/json"],
@@ -37,12 +38,12 @@ pub async fn batch_get(
     for id in &ids {
         check_id(id, node.limits().max_id_bytes)?;
     }
-    if node.collection(&collection).is_none() {
-        return Err(ApiError::UnknownCollection(collection.into_inner()));
+    if node.collection(collection).is_none() {
+        return Err(ApiError::UnknownCollection(collection.to_owned()));
     }
-    let session = open_session(&node, &request)?;
+    let session = open_session(node, request)?;
     let result = async {
-        let outcomes = node.read_batch(&session, &collection, &ids).await?;
+        let outcomes = node.read_batch(&session, collection, &ids).await?;
         let mut items: Vec<&RawValue> = Vec::with_capacity(outcomes.len());
         let mut missing = Vec::new();
         let bodies: Vec<_> = outcomes.iter().map(|o| (o.doc.exists(), &o.body)).collect();
@@ -57,5 +58,5 @@ pub async fn batch_get(
         Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "missing": missing })))
     }
     .await;
-    Ok(respond(&node, &request, &session, result))
+    Ok(respond(node, request, &session, result))
 }

@@ -19,17 +19,12 @@ use actix_web::Error;
 use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
-use super::forward;
+use super::{forward, v1};
 use crate::cluster::Cluster;
 use crate::telemetry::{self, REQUEST_ID};
 use crate::Node;
 
 const NODE_HEADER: HeaderName = HeaderName::from_static("x-edgecache-node");
-
-/// The `route` metrics label of a resource, set as its app data by `http::routes`, so
-/// the label is read without matching the path again.
-#[derive(Clone, Copy)]
-pub struct RouteLabel(pub &'static str);
 
 /// What the log line of a failed request (5xx) says: the problem and the whole cause
 /// chain. Error responses carry it in their extensions; only the log sees it.
@@ -166,13 +161,14 @@ where
     }
 }
 
-/// The route label of a response's request: its resource's [`RouteLabel`], else the
-/// name of the resource it matched (a resource without the label), else none.
+/// The route label of a response's request: a `/v1` path's by its shape (no second
+/// routing), else the name of the resource it matched, else none.
 fn route(response: &ServiceResponse<BoxBody>) -> Option<&str> {
     let request = response.request();
-    match request.app_data::<RouteLabel>() {
-        Some(label) => Some(label.0),
-        None => request.match_name(),
+    if request.path().starts_with("/v1/") {
+        v1::label(request.path())
+    } else {
+        request.match_name()
     }
 }
 

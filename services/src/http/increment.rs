@@ -1,11 +1,13 @@
 //! `POST /v1/{collection}/{id}/increment`: an atomic, bounded add to an integer field.
 
+use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::items::{document_response, prepare_write, version_condition, ItemPath, Prepared};
+use super::items::{document_response, prepare_write, version_condition, Prepared};
 use super::request::{parse, read_body, respond};
+use super::v1::ItemPath;
 use super::ApiError;
 use crate::origin::{WriteOp, WriteOpKind};
 use crate::Node;
@@ -25,20 +27,20 @@ struct Increment {
 
 #[tracing::instrument(name = "increment", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn increment(
-    node: web::Data<Node>,
-    path: web::Path<ItemPath>,
-    request: HttpRequest,
-    payload: web::Payload,
+    node: &Node,
+    path: &ItemPath<'_>,
+    request: &HttpRequest,
+    payload: Payload,
 ) -> Result<HttpResponse, ApiError> {
     let Prepared {
         key,
         pre,
         session,
         plan,
-    } = prepare_write(&node, &path, &request)?;
+    } = prepare_write(node, path, request)?;
     let result = async {
         let body = read_body(
-            &request,
+            request,
             payload,
             node.limits().max_body_bytes,
             &["application/json"],
@@ -55,5 +57,5 @@ pub async fn increment(
         Ok(document_response(StatusCode::OK, &path.id, &committed.doc))
     }
     .await;
-    Ok(respond(&node, &request, &session, result))
+    Ok(respond(node, request, &session, result))
 }

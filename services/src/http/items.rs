@@ -2,15 +2,16 @@
 
 use std::sync::Arc;
 
+use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse};
 use edgecache_actors::{Fields, ItemKey, Version};
-use serde::Deserialize;
 
 use super::request::{
     check_id, etag, open_session, parse_object, precondition, read_body, respond, Precondition,
 };
+use super::v1::ItemPath;
 use super::ApiError;
 use crate::node::{ReadOutcome, SessionCtx};
 use crate::origin::{OriginError, ReadRequest, WriteOp, WriteOpKind};
@@ -21,36 +22,42 @@ const JSON: &[&str] = &["application/json"];
 const JSON_TYPE: header::HeaderValue = header::HeaderValue::from_static("application/json");
 const MERGE_PATCH: &[&str] = &["application/merge-patch+json", "application/json"];
 
-#[derive(Deserialize)]
-pub struct ItemPath {
-    pub collection: String,
-    pub id: String,
-}
-
-#[derive(Deserialize)]
-pub struct ReadQuery {
-    #[serde(default)]
-    explain: bool,
+/// Whether the query asks for `explain=true` (`false` or absent: no; other parameters
+/// are ignored).
+fn explain(query: &str) -> Result<bool, ApiError> {
+    let mut explain = false;
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("explain=") {
+            explain = match value {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "explain must be true or false, not {other:?}"
+                    )))
+                }
+            };
+        }
+    }
+    Ok(explain)
 }
 
 /// `GET /v1/{collection}/{id}[?explain=true]`
 #[tracing::instrument(name = "get_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id, cache_status))]
 pub async fn get_item(
-    node: web::Data<Node>,
-    path: web::Path<ItemPath>,
-    query: web::Query<ReadQuery>,
-    request: HttpRequest,
+    node: &Node,
+    path: &ItemPath<'_>,
+    request: &HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     check_id(&path.id, node.limits().max_id_bytes)?;
-    let session = open_session(&node, &request)?;
-    let result = node
-        .read(&session, &path.collection, &path.id, query.explain)
-        .await;
+    let explain = explain(request.query_string())?;
+    let session = open_session(node, request)?;
+    let result = node.read(&session, &path.collection, &path.id, explain).await;
     let result = result.map_err(ApiError::from).and_then(|outcome| {
         tracing::Span::current().record("cache_status", outcome.status.as_str());
         read_response(&path.id, outcome)
     });
-    Ok(respond(&node, &request, &session, result))
+    Ok(respond(node, request, &session, result))
 }
 
 /// The response of a read: the document with its ETag, Cache-Status and Age, or 404.
@@ -97,25 +104,25 @@ pub fn read_response(id: &str, outcome: ReadOutcome) -> Result<HttpResponse, Api
 /// `PUT /v1/{collection}/{id}`: creates (201) or replaces (200) the document.
 #[tracing::instrument(name = "put_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn put_item(
-    node: web::Data<Node>,
-    path: web::Path<ItemPath>,
-    request: HttpRequest,
-    payload: web::Payload,
+    node: &Node,
+    path: &ItemPath<'_>,
+    request: &HttpRequest,
+    payload: Payload,
 ) -> Result<HttpResponse, ApiError> {
     let Prepared {
         key,
         pre,
         session,
         plan,
-    } = prepare_write(&node, &path, &request)?;
+    } = prepare_write(node, path, request)?;
     let result = async {
-        let fields = read_document(&node, &plan, &path.id, &request, payload, JSON).await?;
+        let fields = read_document(node, &plan, &path.id, request, payload, JSON).await?;
         let if_match = match pre {
             Precondition::None => None,
             Precondition::Version(v) => Some(v),
             Precondition::Absent => Some(Version(0)),
             // Replace only: condition the write on the version the primary has now.
-            Precondition::Exists => match current_version(&node, &key).await? {
+            Precondition::Exists => match current_version(node, &key).await? {
                 Version(0) => return Err(ApiError::PreconditionFailed { current: 0 }),
                 v => Some(v),
             },
@@ -134,25 +141,25 @@ pub async fn put_item(
         Ok(document_response(status, &path.id, &committed.doc))
     }
     .await;
-    Ok(respond(&node, &request, &session, result))
+    Ok(respond(node, request, &session, result))
 }
 
 /// `PATCH /v1/{collection}/{id}`: applies a JSON merge patch (RFC 7396).
 #[tracing::instrument(name = "patch_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn patch_item(
-    node: web::Data<Node>,
-    path: web::Path<ItemPath>,
-    request: HttpRequest,
-    payload: web::Payload,
+    node: &Node,
+    path: &ItemPath<'_>,
+    request: &HttpRequest,
+    payload: Payload,
 ) -> Result<HttpResponse, ApiError> {
     let Prepared {
         key,
         pre,
         session,
         plan,
-    } = prepare_write(&node, &path, &request)?;
+    } = prepare_write(node, path, request)?;
     let result = async {
-        let patch = read_document(&node, &plan, &path.id, &request, payload, MERGE_PATCH).await?;
+        let patch = read_document(node, &plan, &path.id, request, payload, MERGE_PATCH).await?;
         let op = WriteOp {
             key,
             if_match: version_condition(pre)?,
@@ -162,19 +169,19 @@ pub async fn patch_item(
         Ok(document_response(StatusCode::OK, &path.id, &committed.doc))
     }
     .await;
-    Ok(respond(&node, &request, &session, result))
+    Ok(respond(node, request, &session, result))
 }
 
 /// `DELETE /v1/{collection}/{id}`: 204, or 404 if there is no such item.
 #[tracing::instrument(name = "delete_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn delete_item(
-    node: web::Data<Node>,
-    path: web::Path<ItemPath>,
-    request: HttpRequest,
+    node: &Node,
+    path: &ItemPath<'_>,
+    request: &HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let Prepared {
         key, pre, session, ..
-    } = prepare_write(&node, &path, &request)?;
+    } = prepare_write(node, path, request)?;
     let result = async {
         let op = WriteOp {
             key,
@@ -187,7 +194,7 @@ pub async fn delete_item(
             .finish())
     }
     .await;
-    Ok(respond(&node, &request, &session, result))
+    Ok(respond(node, request, &session, result))
 }
 
 /// What every write checks before it reads its body: the id, the collection, the
@@ -199,15 +206,15 @@ pub struct Prepared {
     pub plan: Arc<CollectionPlan>,
 }
 
-pub fn prepare_write(node: &Node, path: &ItemPath, request: &HttpRequest) -> Result<Prepared, ApiError> {
+pub fn prepare_write(node: &Node, path: &ItemPath<'_>, request: &HttpRequest) -> Result<Prepared, ApiError> {
     check_id(&path.id, node.limits().max_id_bytes)?;
     let plan = node
         .collection(&path.collection)
-        .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone()))?
+        .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone().into_owned()))?
         .clone();
     let pre = precondition(request)?;
     let session = open_session(node, request)?;
-    let key = ItemKey::new(plan.name.clone(), path.id.as_str().into());
+    let key = ItemKey::new(plan.name.clone(), path.id.as_ref().into());
     Ok(Prepared {
         key,
         pre,
@@ -222,7 +229,7 @@ async fn read_document(
     plan: &CollectionPlan,
     id: &str,
     request: &HttpRequest,
-    payload: web::Payload,
+    payload: Payload,
     accept: &[&'static str],
 ) -> Result<Fields, ApiError> {
     let body = read_body(request, payload, node.limits().max_body_bytes, accept).await?;

@@ -11,6 +11,7 @@ mod increment;
 mod items;
 pub mod metrics;
 mod request;
+mod v1;
 
 use actix_web::{web, HttpRequest, HttpResponse, Resource};
 
@@ -36,50 +37,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(web::to(admin::method_not_allowed)),
                 ),
         )
-        .service(
-            web::scope("/v1")
-                .service(
-                    resource("/{collection}/batch-get", route::BATCH_GET)
-                        .route(web::post().to(batch::batch_get)),
-                )
-                .service(
-                    resource("/{collection}/{id}/increment", route::INCREMENT)
-                        .route(web::post().to(increment::increment)),
-                )
-                .service(
-                    resource("/{collection}/{id}", route::ITEM)
-                        .route(web::get().to(items::get_item))
-                        .route(web::put().to(items::put_item))
-                        .route(web::patch().to(items::patch_item))
-                        .route(web::delete().to(items::delete_item))
-                        .default_service(web::to(method_not_allowed)),
-                ),
-        )
-        .default_service(web::to(no_route));
+        .service(web::scope("/v1").default_service(actix_web::dev::fn_service(v1::serve)))
+        .default_service(web::to(not_found));
 }
 
-/// A resource at `path` (relative to its scope) named `template`, its full template,
-/// which is also its `route` label ([`envelope::RouteLabel`]).
+/// A resource at `path` (relative to its scope) named `template`, its full template
+/// and its `route` label.
 fn resource(path: &str, template: &'static str) -> Resource {
-    web::resource(path)
-        .name(template)
-        .app_data(envelope::RouteLabel(template))
+    web::resource(path).name(template)
 }
 
-async fn no_route(request: HttpRequest) -> HttpResponse {
+async fn not_found(request: HttpRequest) -> HttpResponse {
+    no_route(&request)
+}
+
+fn no_route(request: &HttpRequest) -> HttpResponse {
     ApiError::InvalidRequest(format!("no route for {} {}", request.method(), request.path()))
         .error_response_with(actix_web::http::StatusCode::NOT_FOUND, "no-route")
-}
-
-async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
-    ApiError::InvalidRequest(format!(
-        "{} is not allowed here (GET, PUT, PATCH, DELETE)",
-        request.method()
-    ))
-    .error_response_with(
-        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-    )
 }
 
 impl ApiError {

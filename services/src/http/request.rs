@@ -1,6 +1,7 @@
 //! Reading what a request carries: its session headers, ids, preconditions and JSON
 //! body, each with a bound and a clear error.
 
+use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use edgecache_actors::{Fields, Version};
@@ -151,7 +152,7 @@ pub fn etag(version: Version) -> HeaderValue {
 /// Reads the body (at most `limit` bytes; 413 past it) of a JSON request.
 pub async fn read_body(
     request: &HttpRequest,
-    mut payload: web::Payload,
+    mut payload: Payload,
     limit: usize,
     accept: &[&'static str],
 ) -> Result<web::Bytes, ApiError> {
