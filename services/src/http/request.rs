@@ -38,9 +38,9 @@ pub fn open_session(node: &Node, request: &HttpRequest) -> Result<SessionCtx, Ap
     Ok(session)
 }
 
-/// Adds `X-Session-Id` and a fresh `X-Session-Token` to a response. Both headers are
-/// built without copying: the id is the request's own header (or the minted id), the
-/// token the session's issued bytes.
+/// Adds a fresh `X-Session-Token` to a response, and `X-Session-Id` when the node
+/// minted the id (a request that named its session learns nothing from it). The token
+/// header is the session's issued bytes, not a copy.
 pub fn with_session(
     node: &Node,
     request: &HttpRequest,
@@ -49,18 +49,13 @@ pub fn with_session(
 ) -> HttpResponse {
     let token = node.token(session);
     let headers = response.headers_mut();
-    let sent = request
+    let named = request
         .headers()
         .get(SESSION_ID)
-        .filter(|sent| sent.as_bytes() == session.id().as_bytes());
-    match sent {
-        Some(id) => {
-            headers.insert(SESSION_ID, id.clone());
-        }
-        None => {
-            if let Ok(id) = HeaderValue::from_str(session.id()) {
-                headers.insert(SESSION_ID, id);
-            }
+        .is_some_and(|sent| sent.as_bytes() == session.id().as_bytes());
+    if !named {
+        if let Ok(id) = HeaderValue::from_str(session.id()) {
+            headers.insert(SESSION_ID, id);
         }
     }
     if let Ok(token) = HeaderValue::from_maybe_shared(token) {
