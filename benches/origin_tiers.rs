@@ -76,7 +76,7 @@ fn tiers(c: &mut Criterion) {
             "description": "A 1 l gooseneck kettle for a slow, even pour; brushed steel, 300 bytes of JSON.",
             "price": 49.0
         });
-        let key = ItemKey::new("bench_tiers".into(), "k1".into());
+        let key = ItemKey::new("bench_tiers".into(), "k1");
         let op = edgecache_services::origin::WriteOp {
             key: key.clone(),
             if_match: None,
@@ -98,7 +98,7 @@ fn tiers(c: &mut Criterion) {
         }
         node
     });
-    let key = ItemKey::new("bench_tiers".into(), "k1".into());
+    let key = ItemKey::new("bench_tiers".into(), "k1");
     system.block_on(async {
         let session = node.open_session(Some("bench"), None, None).unwrap();
         node.read(&session, "bench_tiers", "k1", false).await.unwrap();

@@ -66,7 +66,7 @@ fn bench_session_actor(c: &mut Criterion) {
     assert_eq!(start, SessionStart::New);
     let addr = handle.addr.clone();
 
-    let key = ItemKey::new("carts".into(), "c1".into());
+    let key = ItemKey::new("carts".into(), "c1");
     let mut fields = Fields::new();
     fields.insert("items".into(), serde_json::json!([{"sku": "p1", "qty": 2}]));
     fields.insert("total".into(), serde_json::json!(25.0));

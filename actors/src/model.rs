@@ -5,6 +5,8 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 /// A per-item version: every committed write of an item gives it a higher one.
 /// `Version(0)` is an item that was never written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -44,19 +46,24 @@ pub fn item_hash(collection: &str, id: &str) -> u64 {
 }
 
 /// One item: a collection name and an id, with its stable hash computed once.
+///
+/// The id is stored inline when short (up to 24 bytes, most ids), so a cache look-up
+/// compares it without following a pointer to another allocation: on a hit that was
+/// a cache miss of its own. Collection names are shared (`Arc`) and compared by
+/// address first.
 #[derive(Clone)]
 pub struct ItemKey {
     hash: u64,
     collection: Arc<str>,
-    id: Arc<str>,
+    id: CompactString,
 }
 
 impl ItemKey {
-    pub fn new(collection: Arc<str>, id: Arc<str>) -> Self {
+    pub fn new(collection: Arc<str>, id: &str) -> Self {
         Self {
-            hash: item_hash(&collection, &id),
+            hash: item_hash(&collection, id),
             collection,
-            id,
+            id: CompactString::new(id),
         }
     }
 
@@ -86,9 +93,14 @@ impl ItemKey {
     }
 }
 
+/// Equal strings, comparing addresses first (collection names are shared).
+fn same_str(a: &str, b: &str) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+}
+
 impl PartialEq for ItemKey {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.id == other.id && self.collection == other.collection
+        self.hash == other.hash && self.id == other.id && same_str(&self.collection, &other.collection)
     }
 }
 
@@ -139,7 +151,7 @@ impl Hash for KeyRef<'_> {
 
 impl quick_cache::Equivalent<ItemKey> for KeyRef<'_> {
     fn equivalent(&self, key: &ItemKey) -> bool {
-        self.hash == key.hash && self.id == &*key.id && self.collection == &*key.collection
+        self.hash == key.hash && self.id == key.id.as_str() && same_str(self.collection, &key.collection)
     }
 }
 
@@ -180,7 +192,7 @@ mod tests {
     #[test]
     fn key_ref_is_equivalent_to_its_key() {
         use quick_cache::Equivalent;
-        let key = ItemKey::new("products".into(), "p1".into());
+        let key = ItemKey::new("products".into(), "p1");
         assert!(KeyRef::new("products", "p1").equivalent(&key));
         assert!(!KeyRef::new("products", "p2").equivalent(&key));
         assert_eq!(key.as_ref().hash, KeyRef::new("products", "p1").hash);

@@ -315,7 +315,7 @@ mod tests {
                     log.lock().unwrap().push(format!("{name} start"));
                     tokio::time::sleep(delay).await;
                     log.lock().unwrap().push(format!("{name} end"));
-                    let key = ItemKey::new("c".into(), "k".into());
+                    let key = ItemKey::new("c".into(), "k");
                     let doc = Doc {
                         version: Version(version),
                         position: Position(version),
@@ -394,7 +394,7 @@ mod tests {
             ["first start", "first end", "second start", "second end"],
             "the second write started only after the first committed"
         );
-        let key = ItemKey::new("c".into(), "k".into());
+        let key = ItemKey::new("c".into(), "k");
         let state = session.state();
         assert_eq!(state.need(key.hash(), true, false).version, Version(2));
         assert_eq!(state.pending(key.as_ref()).unwrap().doc.version, Version(2));

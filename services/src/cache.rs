@@ -270,7 +270,7 @@ mod tests {
     use edgecache_actors::Position;
 
     fn key(id: &str) -> ItemKey {
-        ItemKey::new("products".into(), id.into())
+        ItemKey::new("products".into(), id)
     }
 
     fn entry(k: &ItemKey, version: u64) -> Arc<CacheEntry> {

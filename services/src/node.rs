@@ -165,7 +165,7 @@ impl Node {
                     id,
                     version,
                 } => {
-                    if cache.invalidate_older(&ItemKey::new(collection.into(), id.into()), version) {
+                    if cache.invalidate_older(&ItemKey::new(collection.into(), &id), version) {
                         metrics.invalidations.inc();
                     }
                 }
@@ -385,7 +385,7 @@ impl Node {
         let mut base = match base {
             Some(base) => base,
             None => {
-                let item = ItemKey::new(plan.name.clone(), id.into());
+                let item = ItemKey::new(plan.name.clone(), id);
                 let wait = arms.is_on(Strategy::ReplicaWait);
                 let mut need = need;
                 if let Some(version) = changed_to {
@@ -416,7 +416,7 @@ impl Node {
         // past what the base holds, the primary's answer becomes the base.
         let mut strict_from_primary = false;
         if strict && plan.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary)) {
-            let item = ItemKey::new(plan.name.clone(), id.into());
+            let item = ItemKey::new(plan.name.clone(), id);
             let request = ReadRequest::PRIMARY;
             let started = Instant::now();
             let read = self
@@ -561,7 +561,7 @@ impl Node {
 
     /// Starts the one background refresh of an item served stale, if none runs.
     fn refresh_in_background(&self, plan: &CollectionPlan, id: &str) {
-        let item = ItemKey::new(plan.name.clone(), id.into());
+        let item = ItemKey::new(plan.name.clone(), id);
         let Some(ticket) = self.cache.claim_refresh(&item) else {
             return;
         };
@@ -603,7 +603,7 @@ impl Node {
         let absent: Vec<ItemKey> = ids
             .iter()
             .filter(|id| self.cache.get(KeyRef::new(&plan.name, id)).is_none())
-            .map(|id| ItemKey::new(plan.name.clone(), id.as_str().into()))
+            .map(|id| ItemKey::new(plan.name.clone(), id))
             .collect();
         if !absent.is_empty() {
             let started = Instant::now();
@@ -819,7 +819,7 @@ count = { type = "integer", freshness = { class = "strict" } }
     async fn put(node: &Node, collection: &str, id: &str, fields: serde_json::Value) {
         let s = node.open_session(None, None, None).unwrap();
         let op = WriteOp {
-            key: ItemKey::new(node.collection(collection).unwrap().name.clone(), id.into()),
+            key: ItemKey::new(node.collection(collection).unwrap().name.clone(), id),
             if_match: None,
             kind: WriteOpKind::Put(Arc::new(fields.as_object().unwrap().clone())),
         };

@@ -214,7 +214,7 @@ pub fn prepare_write(node: &Node, path: &ItemPath<'_>, request: &HttpRequest) ->
         .clone();
     let pre = precondition(request)?;
     let session = open_session(node, request)?;
-    let key = ItemKey::new(plan.name.clone(), path.id.as_ref().into());
+    let key = ItemKey::new(plan.name.clone(), &path.id);
     Ok(Prepared {
         key,
         pre,

@@ -663,7 +663,7 @@ mod tests {
     };
 
     fn key(collection: &str, id: &str) -> ItemKey {
-        ItemKey::new(collection.into(), id.into())
+        ItemKey::new(collection.into(), id)
     }
 
     fn fields(value: Value) -> Fields {

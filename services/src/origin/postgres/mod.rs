@@ -225,7 +225,7 @@ impl PostgresOrigin {
             };
             for (id, fields) in docs {
                 let op = WriteOp {
-                    key: ItemKey::new(def.collection.clone(), id.as_str().into()),
+                    key: ItemKey::new(def.collection.clone(), id),
                     if_match: None,
                     kind: WriteOpKind::Put(Arc::new(fields.clone())),
                 };
