@@ -12,11 +12,14 @@ use crate::session::{Session, SessionActor, SessionLimits};
 use crate::Watermarks;
 
 /// A live session: its shared state and its actor.
-#[derive(Clone)]
-pub struct SessionHandle {
+pub struct LiveSession {
     pub session: Arc<Session>,
     pub addr: Addr<SessionActor>,
 }
+
+/// What the table hands out for a live session. One `Arc`, so taking it for a
+/// request is one atomic increment: cloning an actix `Addr` allocates twice.
+pub type SessionHandle = Arc<LiveSession>;
 
 /// How a request found its session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +163,7 @@ impl SessionRegistry {
             }
         });
         let addr = SessionActor::new(session.clone(), self.lease, on_stop).start();
-        SessionHandle { session, addr }
+        Arc::new(LiveSession { session, addr })
     }
 
     /// Stops every live session (node shutdown). Their state lives on in the tokens.
