@@ -8,7 +8,7 @@ mod token;
 mod watermarks;
 
 pub use model::{item_hash, Doc, Fields, ItemKey, KeyRef, Position, Version};
-pub use registry::{LiveSession, SessionHandle, SessionRegistry, SessionStart};
+pub use registry::{LiveSession, SessionHandle, SessionRegistry, SessionStart, MAX_SESSION_ID_BYTES};
 pub use session::{
     Passivate, PendingWrite, Session, SessionActor, SessionLimits, SessionState, Write, WriteFuture,
 };

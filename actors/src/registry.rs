@@ -1,12 +1,13 @@
 //! The node's table of live sessions: bounded, least-recently-used sessions evicted,
 //! idle ones passivated; a session that is not live is rebuilt from its token.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use quick_cache::sync::{Cache, GuardResult};
-use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
+use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, UnitWeighter};
 
 use crate::session::{Session, SessionActor, SessionLimits};
 use crate::Watermarks;
@@ -42,21 +43,81 @@ impl SessionStart {
     }
 }
 
+/// The longest session id (bytes).
+pub const MAX_SESSION_ID_BYTES: usize = 64;
+
+/// A session id as the table's key, stored inline: a look-up compares it where the
+/// table's entry is, without following a pointer to another allocation (on a hit,
+/// that was a cache miss of its own).
+#[derive(Clone)]
+struct SessionKey {
+    len: u8,
+    bytes: [u8; MAX_SESSION_ID_BYTES],
+}
+
+impl SessionKey {
+    fn new(id: &str) -> Option<Self> {
+        let len = id.len();
+        if len > MAX_SESSION_ID_BYTES {
+            return None;
+        }
+        let mut bytes = [0; MAX_SESSION_ID_BYTES];
+        bytes[..len].copy_from_slice(id.as_bytes());
+        Some(Self {
+            len: len as u8,
+            bytes,
+        })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl PartialEq for SessionKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for SessionKey {}
+
+impl Hash for SessionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
+    }
+}
+
+/// A borrowed id, hashing and comparing like a [`SessionKey`].
+struct IdRef<'a>(&'a str);
+
+impl Hash for IdRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.0.as_bytes());
+    }
+}
+
+impl Equivalent<SessionKey> for IdRef<'_> {
+    fn equivalent(&self, key: &SessionKey) -> bool {
+        self.0.as_bytes() == key.as_bytes()
+    }
+}
+
 /// Marks an evicted session retired, so its actor stops at its next tick.
 #[derive(Clone, Copy, Default)]
 struct RetireOnEvict;
 
-impl Lifecycle<Arc<str>, SessionHandle> for RetireOnEvict {
+impl Lifecycle<SessionKey, SessionHandle> for RetireOnEvict {
     type RequestState = ();
 
     fn begin_request(&self) -> Self::RequestState {}
 
-    fn on_evict(&self, _: &mut Self::RequestState, _: Arc<str>, handle: SessionHandle) {
+    fn on_evict(&self, _: &mut Self::RequestState, _: SessionKey, handle: SessionHandle) {
         handle.session.retire();
     }
 }
 
-type Table = Cache<Arc<str>, SessionHandle, UnitWeighter, DefaultHashBuilder, RetireOnEvict>;
+type Table = Cache<SessionKey, SessionHandle, UnitWeighter, DefaultHashBuilder, RetireOnEvict>;
 
 /// The live sessions of this node. Cheap to clone.
 #[derive(Clone)]
@@ -102,7 +163,7 @@ impl SessionRegistry {
 
     /// The live session `id`, if any.
     pub fn get(&self, id: &str) -> Option<SessionHandle> {
-        self.table.get(id).filter(|h| !h.session.is_retired())
+        self.table.get(&IdRef(id)).filter(|h| !h.session.is_retired())
     }
 
     /// The session `id`: the live one, else one rebuilt from `token` (the watermarks
@@ -112,8 +173,20 @@ impl SessionRegistry {
         if let Some(handle) = self.get(id) {
             return (handle, SessionStart::Live);
         }
+        let start = if token.is_some() {
+            SessionStart::Rebuilt
+        } else {
+            SessionStart::New
+        };
+        let mut watermarks = token.cloned().unwrap_or_default();
+        watermarks.compact(self.limits.max_items);
+        let session = || Arc::new(Session::new(id.into(), watermarks.clone(), self.limits));
+        // An id past the bound (callers validate ids) gets a session that is not kept:
+        // its requests rebuild it from their tokens, which is slower, never wrong.
+        let Some(key) = SessionKey::new(id) else {
+            return (self.start(session()), start);
+        };
         // One request creates the session; a concurrent one waits for it briefly.
-        let key: Arc<str> = id.into();
         let guard = match self
             .table
             .get_value_or_guard(&key, Some(Duration::from_millis(50)))
@@ -124,14 +197,7 @@ impl SessionRegistry {
             GuardResult::Guard(guard) => Some(guard),
             GuardResult::Value(_) | GuardResult::Timeout => None,
         };
-        let start = if token.is_some() {
-            SessionStart::Rebuilt
-        } else {
-            SessionStart::New
-        };
-        let mut watermarks = token.cloned().unwrap_or_default();
-        watermarks.compact(self.limits.max_items);
-        let handle = self.start(Arc::new(Session::new(key.clone(), watermarks, self.limits)));
+        let handle = self.start(session());
         match guard {
             Some(guard) => {
                 let _ = guard.insert(handle.clone());
@@ -150,7 +216,9 @@ impl SessionRegistry {
             self.limits,
         ));
         let handle = self.start(fresh);
-        self.table.insert(handle.session.id().into(), handle.clone());
+        if let Some(key) = SessionKey::new(handle.session.id()) {
+            self.table.insert(key, handle.clone());
+        }
         handle
     }
 
@@ -159,7 +227,9 @@ impl SessionRegistry {
         let table = Arc::downgrade(&self.table);
         let on_stop = Box::new(move |stopped: &Arc<Session>| {
             if let Some(table) = table.upgrade() {
-                table.remove_if(stopped.id(), |h: &SessionHandle| Arc::ptr_eq(&h.session, stopped));
+                table.remove_if(&IdRef(stopped.id()), |h: &SessionHandle| {
+                    Arc::ptr_eq(&h.session, stopped)
+                });
             }
         });
         let addr = SessionActor::new(session.clone(), self.lease, on_stop).start();
@@ -217,6 +287,25 @@ mod tests {
         let (rebuilt, start) = reg.open("s1", Some(&carried));
         assert_eq!(start, SessionStart::Rebuilt);
         assert_eq!(rebuilt.session.state().need(7, true, true).version, Version(3));
+    }
+
+    #[actix_rt::test]
+    async fn ids_of_any_length_up_to_the_bound_are_kept_apart() {
+        let reg = registry(64, Duration::from_secs(60));
+        let long = "x".repeat(MAX_SESSION_ID_BYTES);
+        let ids = ["a", "ab", "a-b", &long[1..], &long];
+        for id in ids {
+            assert_eq!(reg.open(id, None).1, SessionStart::New, "{id}");
+        }
+        for id in ids {
+            let live = reg.get(id).expect("live");
+            assert_eq!(live.session.id(), id);
+            assert_eq!(reg.open(id, None).1, SessionStart::Live);
+        }
+        // Past the bound: served, never kept.
+        let longer = "y".repeat(MAX_SESSION_ID_BYTES + 1);
+        assert_eq!(reg.open(&longer, None).1, SessionStart::New);
+        assert!(reg.get(&longer).is_none());
     }
 
     #[actix_rt::test]

@@ -710,7 +710,7 @@ fn explain_fields(
 
 /// Session ids: 1 to 64 characters of `[A-Za-z0-9_-]`.
 pub fn valid_session_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
+    (1..=edgecache_actors::MAX_SESSION_ID_BYTES).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
