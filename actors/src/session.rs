@@ -2,7 +2,7 @@
 //! that serialises its writes and passivates it when idle.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,6 +153,8 @@ pub struct Session {
     /// Set when the session table dropped this session (evicted or passivated); its
     /// actor stops at its next tick.
     retired: AtomicBool,
+    /// Where the node's metrics last counted the session (see [`Session::counted_in`]).
+    counted_in: AtomicU32,
 }
 
 impl Session {
@@ -170,6 +172,7 @@ impl Session {
             last_seen: AtomicU64::new(0),
             epoch: Instant::now(),
             retired: AtomicBool::new(false),
+            counted_in: AtomicU32::new(0),
         }
     }
 
@@ -195,6 +198,12 @@ impl Session {
     fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_seen.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// A slot for the node's metrics: the experiment cell the session was last
+    /// counted in (0: none), so a session is not counted again on every request.
+    pub fn counted_in(&self) -> &AtomicU32 {
+        &self.counted_in
     }
 
     pub(crate) fn retire(&self) {

@@ -17,7 +17,7 @@
 //! further arms (more Unleash variants), and combinations past [`MAX_CELLS`], are
 //! counted under [`OTHER_ARM`].
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -355,10 +355,15 @@ impl Experiments {
     }
 
     /// Records that `session_id` made a request with `arms`; the cell of the arms
-    /// counts the request's reads.
-    pub fn session_seen(&self, session_id: &str, arms: &Strategies) -> CellId {
+    /// counts the request's reads. `last` is the session's memory of the cell it was
+    /// last counted in: a session counted there already is not hashed into the
+    /// cell's distinct count again (which would change nothing).
+    pub fn session_seen(&self, session_id: &str, arms: &Strategies, last: &AtomicU32) -> CellId {
         let id = self.cell_id(arms);
-        self.cell(id).sessions.insert(session_hash(session_id));
+        let tag = u32::from(id.0) + 1;
+        if last.swap(tag, Ordering::Relaxed) != tag {
+            self.cell(id).sessions.insert(session_hash(session_id));
+        }
         id
     }
 
@@ -763,7 +768,12 @@ impl HttpMetrics {
     pub fn record(&self, route: Option<&str>, method: &actix_web::http::Method, status: u16, took: Duration) {
         use actix_web::http::Method;
         let route = route
-            .and_then(|name| ROUTES.iter().position(|r| *r == name))
+            // `http::v1` hands out the constants themselves: compare addresses first.
+            .and_then(|name| {
+                ROUTES
+                    .iter()
+                    .position(|r| std::ptr::eq(r.as_ptr(), name.as_ptr()) || *r == name)
+            })
             .unwrap_or(ROUTES.len());
         let method = match *method {
             Method::GET => 0,
@@ -898,9 +908,10 @@ mod tests {
         let metrics = Metrics::default();
         let off = Strategies::ALL_ON.with(Strategy::ReadYourWrites, Arm::OFF);
         let on = Strategies::ALL_ON;
-        let off_cell = metrics.experiments.session_seen("s1", &off);
-        metrics.experiments.session_seen("s1", &off);
-        let on_cell = metrics.experiments.session_seen("s2", &on);
+        let (s1, s2) = (AtomicU32::new(0), AtomicU32::new(0));
+        let off_cell = metrics.experiments.session_seen("s1", &off, &s1);
+        metrics.experiments.session_seen("s1", &off, &s1);
+        let on_cell = metrics.experiments.session_seen("s2", &on, &s2);
         metrics.read_served(&off, off_cell, &read(CacheStatus::Hit, true));
         metrics.read_served(&on, on_cell, &read(CacheStatus::Watermark, false));
         metrics.read_served(&on, on_cell, &read(CacheStatus::Hit, false));
@@ -923,6 +934,18 @@ mod tests {
             .collect();
         assert_eq!(monotonic, [("on", 2, 3, 2, 1)], "both cells are in its `on` arm");
         assert_eq!(metrics.experiments.arms().len(), Strategy::ALL.len() + 1);
+
+        // A session whose arm flips is counted in each arm it was in, once.
+        for arms in [&on, &off, &on] {
+            metrics.experiments.session_seen("s1", arms, &s1);
+        }
+        let sessions: Vec<_> = metrics
+            .experiments
+            .arms_of(Strategy::ReadYourWrites)
+            .into_iter()
+            .map(|a| (a.label, a.sessions))
+            .collect();
+        assert_eq!(sessions, [("on", 2), ("off", 1)]);
     }
 
     #[test]

@@ -294,10 +294,11 @@ impl Node {
             node: &self.node_id,
             region: &self.region,
         });
-        let experiment = self
-            .metrics
-            .experiments
-            .session_seen(handle.session.id(), &strategies);
+        let experiment = self.metrics.experiments.session_seen(
+            handle.session.id(),
+            &strategies,
+            handle.session.counted_in(),
+        );
         Ok(SessionCtx {
             handle,
             strategies,
