@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use compact_str::CompactString;
+use edgecache_flags::Strategies;
 use futures_util::future::LocalBoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -50,6 +52,19 @@ pub struct SessionState {
     /// not follow the tokens in the answers, or one with requests in parallel, sends
     /// the same older token again and again).
     merged: Option<Arc<str>>,
+    /// The session's strategies as last evaluated.
+    strategies: Option<KeptStrategies>,
+}
+
+/// Strategies evaluated for a session, kept while the flag source's generation and
+/// the request's user are the same (`FlagSource::generation`): evaluating six flags
+/// against Unleash's definitions costs more than the rest of a cache hit.
+#[derive(Debug)]
+struct KeptStrategies {
+    generation: u64,
+    /// The `X-User-Id` they were evaluated for (none: the session id stood for it).
+    user: Option<CompactString>,
+    strategies: Strategies,
 }
 
 impl SessionState {
@@ -121,6 +136,24 @@ impl SessionState {
         self.issued_is(token) || self.merged.as_deref() == Some(token)
     }
 
+    /// The strategies kept for flag `generation` and `user`, if they were evaluated for
+    /// exactly those.
+    pub fn strategies(&self, generation: u64, user: Option<&str>) -> Option<Strategies> {
+        self.strategies
+            .as_ref()
+            .filter(|kept| kept.generation == generation && kept.user.as_deref() == user)
+            .map(|kept| kept.strategies)
+    }
+
+    /// Keeps `strategies`, evaluated at flag `generation` for `user`.
+    pub fn keep_strategies(&mut self, generation: u64, user: Option<&str>, strategies: Strategies) {
+        self.strategies = Some(KeptStrategies {
+            generation,
+            user: user.map(CompactString::new),
+            strategies,
+        });
+    }
+
     /// Takes in the watermarks of a verified `token` and remembers it.
     pub fn merge_token(&mut self, token: &str, carried: &Watermarks, limits: SessionLimits) {
         self.merge(carried, limits);
@@ -167,6 +200,7 @@ impl Session {
                 generation: 0,
                 issued: None,
                 merged: None,
+                strategies: None,
             }),
             limits,
             last_seen: AtomicU64::new(0),
@@ -382,6 +416,26 @@ mod tests {
             state.contains(std::str::from_utf8(&issued).unwrap()),
             "the last issued token is contained too"
         );
+    }
+
+    #[test]
+    fn kept_strategies_serve_only_the_same_flag_generation_and_user() {
+        use edgecache_flags::{Arm, Strategy};
+        let limits = SessionLimits {
+            max_items: 4,
+            max_pending: 4,
+        };
+        let session = Session::new("s".into(), Watermarks::default(), limits);
+        let mut state = session.state();
+        let off = Strategies::ALL_ON.with(Strategy::ReadYourWrites, Arm::OFF);
+        assert_eq!(state.strategies(3, None), None, "nothing kept yet");
+        state.keep_strategies(3, None, off);
+        assert_eq!(state.strategies(3, None), Some(off));
+        assert_eq!(state.strategies(4, None), None, "new flag definitions");
+        assert_eq!(state.strategies(3, Some("u1")), None, "another user");
+        state.keep_strategies(3, Some("u1"), Strategies::ALL_ON);
+        assert_eq!(state.strategies(3, Some("u1")), Some(Strategies::ALL_ON));
+        assert_eq!(state.strategies(3, None), None);
     }
 
     #[actix_rt::test]

@@ -288,12 +288,25 @@ impl Node {
             SessionStart::Live => {}
         }
         handle.session.touch();
-        let strategies = self.flags.strategies(&FlagContext {
-            session_id: handle.session.id(),
-            user_id: user_id.unwrap_or(handle.session.id()),
-            node: &self.node_id,
-            region: &self.region,
-        });
+        // Evaluated once per session while the flags and the user stay the same.
+        let generation = self.flags.generation();
+        let kept = handle.session.state().strategies(generation, user_id);
+        let strategies = match kept {
+            Some(strategies) => strategies,
+            None => {
+                let strategies = self.flags.strategies(&FlagContext {
+                    session_id: handle.session.id(),
+                    user_id: user_id.unwrap_or(handle.session.id()),
+                    node: &self.node_id,
+                    region: &self.region,
+                });
+                handle
+                    .session
+                    .state()
+                    .keep_strategies(generation, user_id, strategies);
+                strategies
+            }
+        };
         let experiment = self.metrics.experiments.session_seen(
             handle.session.id(),
             &strategies,
