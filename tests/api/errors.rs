@@ -340,3 +340,62 @@ async fn batch_get_is_bounded_and_reports_missing_items() {
     assert_eq!(too_many.status, 413);
     assert_eq!(too_many.problem(), "batch-too-large");
 }
+
+#[actix_web::test]
+async fn paths_and_methods_outside_the_api_are_named_as_such() {
+    let store = Store::new();
+    let app = spawn_app(&store, "");
+    for (method, path, status, problem, allow) in [
+        (
+            Method::POST,
+            "/v1/products/p1",
+            405,
+            "method-not-allowed",
+            Some("GET, PUT, PATCH, DELETE"),
+        ),
+        (
+            Method::GET,
+            "/v1/products/p1/increment",
+            405,
+            "method-not-allowed",
+            Some("POST"),
+        ),
+        (
+            Method::GET,
+            "/v1/products/batch-get",
+            405,
+            "method-not-allowed",
+            Some("POST"),
+        ),
+        (Method::GET, "/v1/products", 404, "no-route", None),
+        (Method::GET, "/v1/products/p1/", 404, "no-route", None),
+        (Method::GET, "/v1/products/p1/stock", 404, "no-route", None),
+        (Method::GET, "/v1//p1", 404, "no-route", None),
+        (Method::GET, "/v2/products/p1", 404, "no-route", None),
+        (
+            Method::GET,
+            "/v1/products/p1?explain=yes",
+            400,
+            "invalid-request",
+            None,
+        ),
+    ] {
+        let reply = raw(&app, method.clone(), path, "application/json", "{}").await;
+        assert_eq!(reply.status.as_u16(), status, "{method} {path}: {}", reply.body);
+        assert_eq!(reply.problem(), problem, "{method} {path}");
+        assert_eq!(
+            reply.headers.get("allow").map(|v| v.to_str().unwrap()),
+            allow,
+            "{method} {path}"
+        );
+    }
+    // A percent-encoded id is the id it encodes.
+    let plain = Client::new().get(&app, "/v1/products/p1").await;
+    let encoded = Client::new().get(&app, "/v1/products/%70%31").await;
+    assert_eq!(encoded.status, 200);
+    assert_eq!(encoded.body, plain.body);
+    // `explain=false` and other parameters are fine.
+    let reply = Client::new().get(&app, "/v1/products/p1?explain=false&x=1").await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.get("_explain").is_none());
+}

@@ -72,3 +72,24 @@ async fn a_token_stays_under_1_kib_and_compaction_only_adds_origin_reads() {
     }
     assert_eq!(b.node.metrics().stale_own(true), 0);
 }
+
+#[actix_web::test]
+async fn the_session_id_is_answered_only_when_the_node_minted_it() {
+    let store = Store::new();
+    let app = spawn_app(&store, "");
+    let mut client = Client::new();
+    let first = client.get(&app, "/v1/products/p1").await;
+    let minted = first.header("x-session-id").to_owned();
+    assert_eq!(minted.len(), 32, "a new session id: {minted:?}");
+    assert!(!first.header("x-session-token").is_empty());
+    let again = client.get(&app, "/v1/products/p1").await;
+    assert!(
+        again.headers.get("x-session-id").is_none(),
+        "the request named its session"
+    );
+    assert!(
+        !again.header("x-session-token").is_empty(),
+        "the token always comes back"
+    );
+    assert_eq!(client.session_id.as_deref(), Some(minted.as_str()));
+}
