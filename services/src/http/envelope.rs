@@ -5,7 +5,7 @@
 //! One layer instead of five (a tracing logger, request-id, default-headers, metrics
 //! and affinity middlewares): a cache hit is a few microseconds of work, and each
 //! layer cost a boxed future, a second lookup of the app data or of the route, or
-//! formatted span fields. Measured with `scripts/perf.sh` (README, "Performance").
+//! formatted span fields. Measured with `scripts/perf.sh` (README, "Against nginx").
 
 use std::future::{ready, Ready};
 use std::rc::Rc;
@@ -28,7 +28,6 @@ const NODE_HEADER: HeaderName = HeaderName::from_static("x-edgecache-node");
 
 /// What the log line of a failed request (5xx) says: the problem and the whole cause
 /// chain. Error responses carry it in their extensions; only the log sees it.
-#[derive(Clone)]
 pub struct Failure {
     pub problem: &'static str,
     pub cause: String,
@@ -143,19 +142,29 @@ where
                 .metrics()
                 .http
                 .record(route, &method, status.as_u16(), started.elapsed());
-            result.map(|mut response| {
-                if status.is_server_error() {
-                    log_failure(&response, &id, &method, started);
+            tracing::Span::current().record("status", status.as_u16());
+            match result {
+                Ok(mut response) => {
+                    if status.is_server_error() {
+                        log_failure(&response, &id, &method, started);
+                    }
+                    let headers = response.headers_mut();
+                    headers.insert(REQUEST_ID, id);
+                    // A relayed answer names the node that served it.
+                    if !headers.contains_key(NODE_HEADER) {
+                        headers.insert(NODE_HEADER, shared.node_header.clone());
+                    }
+                    Ok(response)
                 }
-                tracing::Span::current().record("status", status.as_u16());
-                let headers = response.headers_mut();
-                headers.insert(REQUEST_ID, id);
-                // A relayed answer names the node that served it.
-                if !headers.contains_key(NODE_HEADER) {
-                    headers.insert(NODE_HEADER, shared.node_header.clone());
+                Err(err) => {
+                    // An error actix-web turns into a response after us.
+                    if status.is_server_error() {
+                        let request_id = id.to_str().unwrap_or_default();
+                        tracing::error!(request_id, %method, status = status.as_u16(), cause = %err, "request failed");
+                    }
+                    Err(err)
                 }
-                response
-            })
+            }
         };
         Box::pin(handled.instrument(span))
     }

@@ -127,21 +127,11 @@ pub fn precondition(request: &HttpRequest) -> Result<Precondition, ApiError> {
 
 /// The strong ETag of a version, `"<version>"`, formatted without a temporary string.
 pub fn etag(version: Version) -> HeaderValue {
-    let mut text = [0u8; 22];
-    let mut at = text.len() - 1;
-    text[at] = b'"';
-    let mut v = version.0;
-    loop {
-        at -= 1;
-        text[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    at -= 1;
-    text[at] = b'"';
-    HeaderValue::from_bytes(&text[at..]).expect("digits and quotes")
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(version.0).as_bytes();
+    let mut text = [b'"'; 22];
+    text[1..=digits.len()].copy_from_slice(digits);
+    HeaderValue::from_bytes(&text[..digits.len() + 2]).expect("digits and quotes")
 }
 
 /// Reads the body (at most `limit` bytes; 413 past it) of a JSON request.
