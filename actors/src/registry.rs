@@ -1,13 +1,13 @@
 //! The node's table of live sessions: bounded, least-recently-used sessions evicted,
 //! idle ones passivated; a session that is not live is rebuilt from its token.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use arrayvec::ArrayString;
 use quick_cache::sync::{Cache, GuardResult};
-use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, UnitWeighter};
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 
 use crate::session::{Session, SessionActor, SessionLimits};
 use crate::Watermarks;
@@ -48,60 +48,9 @@ pub const MAX_SESSION_ID_BYTES: usize = 64;
 
 /// A session id as the table's key, stored inline: a look-up compares it where the
 /// table's entry is, without following a pointer to another allocation (on a hit,
-/// that was a cache miss of its own).
-#[derive(Clone)]
-struct SessionKey {
-    len: u8,
-    bytes: [u8; MAX_SESSION_ID_BYTES],
-}
-
-impl SessionKey {
-    fn new(id: &str) -> Option<Self> {
-        let len = id.len();
-        if len > MAX_SESSION_ID_BYTES {
-            return None;
-        }
-        let mut bytes = [0; MAX_SESSION_ID_BYTES];
-        bytes[..len].copy_from_slice(id.as_bytes());
-        Some(Self {
-            len: len as u8,
-            bytes,
-        })
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
-    }
-}
-
-impl PartialEq for SessionKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for SessionKey {}
-
-impl Hash for SessionKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write(self.as_bytes());
-    }
-}
-
-/// A borrowed id, hashing and comparing like a [`SessionKey`].
-struct IdRef<'a>(&'a str);
-
-impl Hash for IdRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write(self.0.as_bytes());
-    }
-}
-
-impl Equivalent<SessionKey> for IdRef<'_> {
-    fn equivalent(&self, key: &SessionKey) -> bool {
-        self.0.as_bytes() == key.as_bytes()
-    }
-}
+/// that was a cache miss of its own). It hashes and compares as the `str` it holds, so
+/// look-ups take the `&str`.
+type SessionKey = ArrayString<MAX_SESSION_ID_BYTES>;
 
 /// Marks an evicted session retired, so its actor stops at its next tick.
 #[derive(Clone, Copy, Default)]
@@ -163,7 +112,7 @@ impl SessionRegistry {
 
     /// The live session `id`, if any.
     pub fn get(&self, id: &str) -> Option<SessionHandle> {
-        self.table.get(&IdRef(id)).filter(|h| !h.session.is_retired())
+        self.table.get(id).filter(|h| !h.session.is_retired())
     }
 
     /// The session `id`: the live one, else one rebuilt from `token` (the watermarks
@@ -183,7 +132,7 @@ impl SessionRegistry {
         let session = || Arc::new(Session::new(id.into(), watermarks.clone(), self.limits));
         // An id past the bound (callers validate ids) gets a session that is not kept:
         // its requests rebuild it from their tokens, which is slower, never wrong.
-        let Some(key) = SessionKey::new(id) else {
+        let Ok(key) = SessionKey::from(id) else {
             return (self.start(session()), start);
         };
         // One request creates the session; a concurrent one waits for it briefly.
@@ -216,7 +165,7 @@ impl SessionRegistry {
             self.limits,
         ));
         let handle = self.start(fresh);
-        if let Some(key) = SessionKey::new(handle.session.id()) {
+        if let Ok(key) = SessionKey::from(handle.session.id()) {
             self.table.insert(key, handle.clone());
         }
         handle
@@ -227,9 +176,7 @@ impl SessionRegistry {
         let table = Arc::downgrade(&self.table);
         let on_stop = Box::new(move |stopped: &Arc<Session>| {
             if let Some(table) = table.upgrade() {
-                table.remove_if(&IdRef(stopped.id()), |h: &SessionHandle| {
-                    Arc::ptr_eq(&h.session, stopped)
-                });
+                table.remove_if(stopped.id(), |h: &SessionHandle| Arc::ptr_eq(&h.session, stopped));
             }
         });
         let addr = SessionActor::new(session.clone(), self.lease, on_stop).start();
