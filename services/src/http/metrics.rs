@@ -21,7 +21,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::ApiError;
-use crate::metrics::{HttpSeries, LatencyCounts, Tier, HTTP_BOUNDS, STATUSES};
+use crate::metrics::{HttpCounts, LatencyCounts, Tier, HTTP_BOUNDS, STATUSES};
 use crate::{CacheStatus, Node};
 
 /// The OpenMetrics text format, which Prometheus negotiates and accepts.
@@ -57,7 +57,7 @@ struct Histogram {
 }
 
 impl Histogram {
-    fn http(series: &HttpSeries) -> Self {
+    fn http(series: &HttpCounts) -> Self {
         let counts = series.buckets();
         let bounds = HTTP_BOUNDS.iter().copied().chain([f64::INFINITY]);
         Self {
@@ -157,7 +157,7 @@ impl Collector for NodeCollector {
             Some(&Unit::Seconds),
             m.http
                 .series()
-                .map(|(labels, s)| (labels3(labels), Histogram::http(s))),
+                .map(|(labels, s)| (labels3(labels), Histogram::http(&s))),
         )?;
 
         family(
