@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::request::{check_id, open_session, parse, read_body, respond};
+use super::request::{check_id, open_session, read_json, respond};
 use super::ApiError;
 use crate::Node;
 
@@ -23,14 +23,7 @@ pub async fn batch_get(
     request: &HttpRequest,
     payload: Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(
-        request,
-        payload,
-        node.limits().max_body_bytes,
-        &["application/json"],
-    )
-    .await?;
-    let BatchGet { ids } = parse(&body)?;
+    let BatchGet { ids } = read_json(node, request, payload).await?;
     let max = node.limits().max_batch;
     if ids.len() > max {
         return Err(ApiError::BatchTooLarge { max });

@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::items::{document_response, prepare_write, version_condition, Prepared};
-use super::request::{parse, read_body, respond};
+use super::request::{read_json, respond};
 use super::v1::ItemPath;
 use super::ApiError;
 use crate::origin::{WriteOp, WriteOpKind};
@@ -39,14 +39,7 @@ pub async fn increment(
         plan,
     } = prepare_write(node, path, request)?;
     let result = async {
-        let body = read_body(
-            request,
-            payload,
-            node.limits().max_body_bytes,
-            &["application/json"],
-        )
-        .await?;
-        let Increment { field, by, min, max } = parse(&body)?;
+        let Increment { field, by, min, max } = read_json(node, request, payload).await?;
         let (min, max) = plan.increment_bounds(&field, min, max)?;
         let op = WriteOp {
             key,

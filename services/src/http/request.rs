@@ -168,6 +168,22 @@ pub async fn read_body(
     Ok(body.freeze())
 }
 
+/// Reads a JSON body (`application/json`, at most `server.max_body_bytes`) into `T`.
+pub async fn read_json<T: DeserializeOwned>(
+    node: &Node,
+    request: &HttpRequest,
+    payload: Payload,
+) -> Result<T, ApiError> {
+    let body = read_body(
+        request,
+        payload,
+        node.limits().max_body_bytes,
+        &["application/json"],
+    )
+    .await?;
+    parse(&body)
+}
+
 /// Parses a JSON object body.
 pub fn parse_object(body: &[u8]) -> Result<Fields, ApiError> {
     match serde_json::from_slice::<serde_json::Value>(body) {
@@ -179,7 +195,7 @@ pub fn parse_object(body: &[u8]) -> Result<Fields, ApiError> {
 
 /// Parses a JSON body into `T`: syntax errors are `malformed-json`, shape errors
 /// `invalid-request`.
-pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
             ApiError::MalformedJson(e.to_string())
