@@ -81,6 +81,7 @@ fn tiers(c: &mut Criterion) {
             key: key.clone(),
             if_match: None,
             kind: edgecache_services::origin::WriteOpKind::Put(Arc::new(doc.as_object().unwrap().clone())),
+            idempotency: None,
         };
         node.write(&s, op).await.expect("write");
         // Wait until the replica has the item and is in rotation.

@@ -25,7 +25,7 @@ use actix::Addr;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use edgecache_actors::{
     Doc, Fields, ItemKey, Position, SessionActor, SessionLimits, SessionRegistry, SessionStart, Version,
-    Write,
+    Write, WriteTicket, Written,
 };
 use futures_util::future::{join_all, FutureExt};
 
@@ -45,7 +45,18 @@ fn write(key: &ItemKey, fields: &Arc<Fields>, seq: u64) -> Write<(), ()> {
         fields: Some(fields.clone()),
     };
     Write {
-        start: Box::new(move || async move { Ok::<_, ()>((key, doc, ())) }.boxed_local()),
+        start: Box::new(move || {
+            async move {
+                Ok::<_, ()>(Written {
+                    key,
+                    doc,
+                    own_value: true,
+                    extra: (),
+                })
+            }
+            .boxed_local()
+        }),
+        ticket: WriteTicket::new(),
     }
 }
 
@@ -55,6 +66,7 @@ async fn send_one(addr: &Addr<SessionActor>, key: &ItemKey, fields: &Arc<Fields>
         .send(write(key, fields, seq))
         .await
         .expect("the session actor is alive")
+        .expect("the write was not given up")
         .expect("the job does not fail");
     debug_assert_eq!(doc.version, Version(seq));
 }

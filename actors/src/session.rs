@@ -2,7 +2,7 @@
 //! that serialises its writes and passivates it when idle.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,21 +101,26 @@ impl SessionState {
         }
     }
 
-    fn record_write(&mut self, key: ItemKey, doc: Doc, limits: SessionLimits) {
+    /// Records a committed write of this session (see [`Written`]).
+    pub fn record_write<T>(&mut self, written: &Written<T>, limits: SessionLimits) {
+        let (key, doc) = (&written.key, &written.doc);
         if self
             .watermarks
             .record_write(key.hash(), doc.version, doc.position, limits.max_items)
         {
             self.generation += 1;
         }
-        self.pending.retain(|p| p.key != key);
+        if !written.own_value {
+            return;
+        }
+        self.pending.retain(|p| p.key != *key);
         if limits.max_pending > 0 {
             if self.pending.len() == limits.max_pending {
                 self.pending.pop_front();
             }
             self.pending.push_back(PendingWrite {
-                key,
-                doc,
+                key: key.clone(),
+                doc: doc.clone(),
                 committed_at: Instant::now(),
             });
         }
@@ -249,20 +254,69 @@ impl Session {
     }
 }
 
-/// What a write job resolves to: the item as committed, and whatever else the caller
-/// wants back (e.g. whether the item was created).
-pub type WriteFuture<T, E> = LocalBoxFuture<'static, Result<(ItemKey, Doc, T), E>>;
+/// What a write job resolves to.
+pub struct Written<T> {
+    pub key: ItemKey,
+    /// The item as the write left it.
+    pub doc: Doc,
+    /// Whether `doc` is this write's own fresh value, kept to answer the session's
+    /// next reads. A replayed outcome of an earlier request (idempotency) only raises
+    /// the watermarks: its value may be long superseded.
+    pub own_value: bool,
+    /// Whatever else the caller wants back (e.g. whether the item was created).
+    pub extra: T,
+}
+
+/// The job of a write: starts the write and resolves once it committed (or failed).
+pub type WriteFuture<T, E> = LocalBoxFuture<'static, Result<Written<T>, E>>;
+
+/// Whether a queued write has started, shared by the requester and the actor, so the
+/// two agree exactly on whether a write that ran out of time was applied: the actor
+/// starts a write only if the requester has not given up on it, and a requester that
+/// gives up learns whether the write had started.
+#[derive(Debug, Default)]
+pub struct WriteTicket(AtomicU8);
+
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl WriteTicket {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// The actor's side: whether the write may start (its requester still waits).
+    fn start(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The requester's side, giving up: `true` if the write had not started and now
+    /// never will (not applied); `false` if it had started (its outcome is unknown to
+    /// the requester, and the actor carries it on to its end).
+    pub fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
 
 /// Runs one write of the session in its turn: the actor starts `start` only after the
 /// session's earlier writes finished, and records the commit (watermark and pending
 /// value) before it takes the next message. That is monotonic writes on this node;
 /// across nodes they follow from the client waiting for each acknowledgement.
+///
+/// A write whose `ticket` was abandoned before its turn is dropped unstarted (the
+/// answer is `None`).
 pub struct Write<T, E> {
     pub start: Box<dyn FnOnce() -> WriteFuture<T, E> + Send>,
+    pub ticket: Arc<WriteTicket>,
 }
 
 impl<T: Send + 'static, E: Send + 'static> Message for Write<T, E> {
-    type Result = Result<(Doc, T), E>;
+    type Result = Option<Result<(Doc, T), E>>;
 }
 
 /// Asks the actor to stop now (node shutdown).
@@ -316,17 +370,20 @@ impl Actor for SessionActor {
 }
 
 impl<T: Send + 'static, E: Send + 'static> Handler<Write<T, E>> for SessionActor {
-    type Result = AtomicResponse<Self, Result<(Doc, T), E>>;
+    type Result = AtomicResponse<Self, Option<Result<(Doc, T), E>>>;
 
     fn handle(&mut self, msg: Write<T, E>, _: &mut Self::Context) -> Self::Result {
+        if !msg.ticket.start() {
+            return AtomicResponse::new(Box::pin(fut::ready(None)));
+        }
         self.session.touch();
         let fut = (msg.start)();
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|result, actor, _| {
-            result.map(|(key, doc, extra)| {
+            Some(result.map(|written| {
                 let limits = actor.session.limits;
-                actor.session.state().record_write(key, doc.clone(), limits);
-                (doc, extra)
-            })
+                actor.session.state().record_write(&written, limits);
+                (written.doc, written.extra)
+            }))
         })))
     }
 }
@@ -353,6 +410,7 @@ mod tests {
         version: u64,
     ) -> Write<(), ()> {
         Write {
+            ticket: WriteTicket::new(),
             start: Box::new(move || {
                 async move {
                     log.lock().unwrap().push(format!("{name} start"));
@@ -364,7 +422,12 @@ mod tests {
                         position: Position(version),
                         fields: None,
                     };
-                    Ok((key, doc, ()))
+                    Ok(Written {
+                        key,
+                        doc,
+                        own_value: true,
+                        extra: (),
+                    })
                 }
                 .boxed_local()
             }),
@@ -439,6 +502,50 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn a_write_given_up_before_its_turn_never_starts_one_given_up_while_running_completes() {
+        let limits = SessionLimits {
+            max_items: 8,
+            max_pending: 4,
+        };
+        let session = Arc::new(Session::new("s".into(), Watermarks::default(), limits));
+        let addr = SessionActor::new(session.clone(), Duration::from_secs(60), Box::new(|_| {})).start();
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        let key = ItemKey::new("c".into(), "k");
+
+        // A slow write runs; the next one waits its turn and its requester gives up.
+        let slow = job(log.clone(), "slow", Duration::from_millis(100), 1);
+        let queued = job(log.clone(), "queued", Duration::ZERO, 2);
+        let queued_ticket = queued.ticket.clone();
+        let slow_ticket = slow.ticket.clone();
+        let slow = addr.send(slow);
+        let gave_up = addr.send(queued).timeout(Duration::from_millis(20)).await;
+        assert!(matches!(gave_up, Err(MailboxError::Timeout)));
+        assert!(queued_ticket.abandon(), "the queued write had not started");
+        assert!(!slow_ticket.abandon(), "the slow write had started");
+        assert_eq!(slow.await.unwrap().unwrap().unwrap().0.version, Version(1));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            !log.lock().unwrap().iter().any(|l| l.starts_with("queued")),
+            "an abandoned write never starts: {:?}",
+            log.lock().unwrap()
+        );
+
+        // A requester that gives up on a running write: the write goes on to its end
+        // and is recorded in the session.
+        let running = job(log.clone(), "running", Duration::from_millis(80), 3);
+        let running_ticket = running.ticket.clone();
+        let gave_up = addr.send(running).timeout(Duration::from_millis(20)).await;
+        assert!(matches!(gave_up, Err(MailboxError::Timeout)));
+        assert!(
+            !running_ticket.abandon(),
+            "it had started: its outcome is unknown"
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(log.lock().unwrap().contains(&"running end".to_owned()));
+        assert_eq!(session.state().need(key.hash(), true, false).version, Version(3));
+    }
+
+    #[actix_rt::test]
     async fn writes_of_a_session_run_one_at_a_time_in_arrival_order() {
         let limits = SessionLimits {
             max_items: 8,
@@ -451,7 +558,7 @@ mod tests {
         let first = addr.send(job(log.clone(), "first", Duration::from_millis(80), 1));
         let second = addr.send(job(log.clone(), "second", Duration::ZERO, 2));
         let (a, b) = futures_util::join!(first, second);
-        assert!(a.unwrap().is_ok() && b.unwrap().is_ok());
+        assert!(a.unwrap().unwrap().is_ok() && b.unwrap().unwrap().is_ok());
         assert_eq!(
             *log.lock().unwrap(),
             ["first start", "first end", "second start", "second end"],

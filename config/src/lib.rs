@@ -13,7 +13,7 @@ mod validate;
 pub use load::{effective_toml, load, ConfigError, Sources, BASE};
 pub use schema::{Collection, Field, FieldType, Freshness, Table};
 pub use settings::{
-    AdminSettings, ApiSettings, CacheSettings, ClusterSettings, FlagSettings, NodeSettings, OriginSettings,
-    PostgresSettings, ServerSettings, SessionSettings, Settings, TokenKey,
+    AdminSettings, ApiSettings, CacheSettings, ClusterSettings, FlagSettings, IdempotencySettings,
+    NodeSettings, OriginSettings, PostgresSettings, ServerSettings, SessionSettings, Settings, TokenKey,
 };
 pub use validate::InvalidSetting;

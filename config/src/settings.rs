@@ -22,6 +22,9 @@ pub struct Settings {
     pub origin: OriginSettings,
     pub cache: CacheSettings,
     pub session: SessionSettings,
+    /// `Idempotency-Key` records: how long they are kept and their bounds.
+    #[serde(default)]
+    pub idempotency: IdempotencySettings,
     pub api: ApiSettings,
     /// The other edge nodes of this node's group (session affinity); none by default.
     #[serde(default)]
@@ -234,6 +237,42 @@ impl Default for ClusterSettings {
             health_timeout: Duration::from_millis(300),
             failure_threshold: 2,
             forward_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `Idempotency-Key` on writes: the origin keeps each key's outcome, written in the
+/// write's own transaction, for `retention`; the same request with the same key in
+/// that time is answered from the record, on any node.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencySettings {
+    /// How long a key's record is kept; a client's retries must fall within it.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Longest key, in bytes (visible ASCII); a longer one is answered 400.
+    pub max_key_bytes: usize,
+    /// Most records kept; while the origin holds more (counted at each sweep), writes
+    /// with a key are refused before they start (503), never applied unrecorded.
+    pub max_records: u64,
+    /// How often expired records are deleted (and the rest counted).
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// How long a write waits for a write with the same key that is still running
+    /// (then answered 409 `idempotency-key-in-flight`). On PostgreSQL it also bounds
+    /// the wait for the item's row lock.
+    #[serde(with = "humantime_serde")]
+    pub in_flight_wait: Duration,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(24 * 3600),
+            max_key_bytes: 255,
+            max_records: 10_000_000,
+            sweep_interval: Duration::from_secs(60),
+            in_flight_wait: Duration::from_secs(2),
         }
     }
 }

@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use crate::schema::{Collection, Field, FieldType, Freshness};
 use crate::settings::{
-    ApiSettings, CacheSettings, NodeSettings, OriginSettings, ServerSettings, SessionSettings,
+    ApiSettings, CacheSettings, IdempotencySettings, NodeSettings, OriginSettings, ServerSettings,
+    SessionSettings,
 };
 use crate::Settings;
 
@@ -43,6 +44,7 @@ impl Settings {
         origin(&self.origin)?;
         cache(&self.cache)?;
         session(&self.session)?;
+        idempotency(&self.idempotency)?;
         api(&self.api)?;
         flags(&self.flags)?;
         cluster(self)?;
@@ -168,6 +170,18 @@ fn session(s: &SessionSettings) -> Check {
         ));
     }
     Ok(())
+}
+
+fn idempotency(i: &IdempotencySettings) -> Check {
+    at_least("idempotency.retention", i.retention, Duration::from_secs(1))?;
+    in_range("idempotency.max_key_bytes", i.max_key_bytes, 16..=1024)?;
+    at_least("idempotency.max_records", i.max_records, 1)?;
+    at_least(
+        "idempotency.sweep_interval",
+        i.sweep_interval,
+        Duration::from_millis(100),
+    )?;
+    positive("idempotency.in_flight_wait", i.in_flight_wait)
 }
 
 fn api(a: &ApiSettings) -> Check {

@@ -1,6 +1,7 @@
 //! The edge node's data plane: sessions, the read path and the write path. The REST
 //! layer is a thin shell around [`Node`]; benches call it directly.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,9 +9,9 @@ use actix::MailboxError;
 use bytes::Bytes;
 use edgecache_actors::{
     Doc, ItemKey, KeyRef, Position, SessionHandle, SessionLimits, SessionRegistry, SessionStart, TokenError,
-    TokenKeys, Write,
+    TokenKeys, Write, WriteTicket, Written,
 };
-use edgecache_config::{Freshness, Settings};
+use edgecache_config::{Freshness, IdempotencySettings, Settings};
 use edgecache_flags::{FlagContext, FlagSource, Strategies, Strategy};
 use futures_util::future::FutureExt;
 use secrecy::ExposeSecret;
@@ -20,7 +21,8 @@ use crate::cache::{document_json, CacheEntry, Fill, SharedCache};
 use crate::freshness::Verdict;
 use crate::metrics::{CellId, Metrics, ServedRead, Tier};
 use crate::origin::{
-    Change, Committed, OriginError, OriginTier, ReadRequest, SharedOrigin, TierPolicy, WriteError, WriteOp,
+    Change, Committed, Idempotency, OriginError, OriginTier, ReadRequest, SharedOrigin, TierPolicy,
+    WriteError, WriteOp,
 };
 use crate::plan::{CollectionPlan, Collections};
 use crate::CacheStatus;
@@ -39,6 +41,10 @@ pub struct Node {
     /// The class strict fields get when the strict-fields strategy is off.
     plain: Freshness,
     write_timeout: Duration,
+    idempotency: IdempotencySettings,
+    /// Set while the origin holds `idempotency.max_records` records or more (as of
+    /// the last sweep).
+    idempotency_full: AtomicBool,
     limits: ApiLimits,
 }
 
@@ -86,21 +92,28 @@ pub enum ReadError {
     Origin(#[from] OriginError),
 }
 
-/// A write that was not committed. Nothing of it was applied.
+/// A write that was not acknowledged. Only [`WriteFailure::OutcomeUnknown`] and
+/// [`WriteError::OutcomeUnknown`] leave open whether it was applied; every other
+/// failure means it provably was not.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteFailure {
     #[error("unknown collection `{0}`")]
     UnknownCollection(String),
     #[error(transparent)]
     Write(#[from] WriteError),
-    /// The session's earlier writes did not finish within the write timeout; this
-    /// one was not started.
+    /// The write did not start within the write timeout (the session's earlier
+    /// writes were still running), or the session stopped before its turn: it never
+    /// started and never will.
     #[error("the session's earlier writes did not finish in time")]
     SessionBusy,
-    /// The session's actor stopped while the write was queued or running (node
-    /// shutting down): whether it committed is unknown.
-    #[error("the session stopped before the write was acknowledged")]
-    SessionGone,
+    /// The write started and did not finish within the write timeout, or the session
+    /// stopped while it ran: it goes on, and may or may not commit.
+    #[error("the write started and did not finish in time")]
+    OutcomeUnknown,
+    /// The origin holds `idempotency.max_records` records: a keyed write is refused
+    /// before it starts.
+    #[error("the idempotency store is full")]
+    IdempotencyFull,
 }
 
 /// Where one field of a response came from (`?explain=true`).
@@ -195,6 +208,8 @@ impl Node {
                 stale_if_error: Duration::ZERO,
             },
             write_timeout: session.write_timeout,
+            idempotency: settings.idempotency.clone(),
+            idempotency_full: AtomicBool::new(false),
             limits: ApiLimits {
                 max_id_bytes: settings.api.max_id_bytes,
                 max_batch: settings.api.max_batch,
@@ -640,22 +655,85 @@ impl Node {
         futures_util::future::join_all(reads).await.into_iter().collect()
     }
 
+    /// The idempotency binding of a write: the client's `key` and the request's
+    /// `fingerprint`, with the configured retention and in-flight wait.
+    pub fn idempotency(&self, key: String, fingerprint: [u8; 32]) -> Idempotency {
+        Idempotency {
+            key,
+            fingerprint,
+            retention: self.idempotency.retention,
+            in_flight_wait: self.idempotency.in_flight_wait,
+        }
+    }
+
+    /// The longest `Idempotency-Key` accepted.
+    pub fn max_idempotency_key_bytes(&self) -> usize {
+        self.idempotency.max_key_bytes
+    }
+
+    /// Sweeps the origin's expired idempotency records every `sweep_interval`, and
+    /// refuses keyed writes while the rest exceed `max_records`. Runs until dropped.
+    pub async fn sweep_idempotency(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.idempotency.sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.origin.sweep_idempotency(self.idempotency.retention).await {
+                Ok(sweep) => {
+                    let full = sweep.kept >= self.idempotency.max_records;
+                    if full != self.idempotency_full.swap(full, Ordering::Relaxed) {
+                        tracing::warn!(
+                            kept = sweep.kept,
+                            full,
+                            "idempotency store full: keyed writes refused"
+                        );
+                    }
+                    tracing::debug!(
+                        removed = sweep.removed,
+                        kept = sweep.kept,
+                        "idempotency records swept"
+                    );
+                }
+                Err(err) => tracing::warn!(cause = %err, "sweeping idempotency records failed"),
+            }
+        }
+    }
+
     /// Applies one write in the session's order and returns once it is committed.
     /// The node's cache is updated with the committed item before the session's next
     /// write starts.
+    ///
+    /// The write waits for its turn for at most the write timeout. Given up before
+    /// it started, it never starts ([`WriteFailure::SessionBusy`]: not applied); given
+    /// up while it runs, it runs on to its end and is recorded in the session, and
+    /// the answer is [`WriteFailure::OutcomeUnknown`].
     pub async fn write(&self, s: &SessionCtx, op: WriteOp) -> Result<Committed, WriteFailure> {
         if self.collections.get(op.key.collection()).is_none() {
             return Err(WriteFailure::UnknownCollection(op.key.collection().to_owned()));
         }
+        if op.idempotency.is_some() && self.idempotency_full.load(Ordering::Relaxed) {
+            return Err(WriteFailure::IdempotencyFull);
+        }
+        let key = op.key.clone();
         let origin = self.origin.clone();
         let cache = self.cache.clone();
         let start = Box::new(move || {
             async move {
                 let key = op.key.clone();
                 let committed = origin.write(op).await?;
-                let entry = CacheEntry::new(&key, committed.doc.clone(), Instant::now());
-                cache.offer(&key, entry);
-                Ok::<_, WriteError>((key, committed.doc, committed.created))
+                // A replay is the outcome of an earlier write: its value is as old as
+                // that write, so it is neither cached as fresh nor kept as the
+                // session's own value; it only raises the watermarks.
+                if !committed.replayed {
+                    let entry = CacheEntry::new(&key, committed.doc.clone(), Instant::now());
+                    cache.offer(&key, entry);
+                }
+                Ok::<_, WriteError>(Written {
+                    key,
+                    doc: committed.doc,
+                    own_value: !committed.replayed,
+                    extra: (committed.created, committed.replayed),
+                })
             }
             .boxed_local()
         });
@@ -667,20 +745,44 @@ impl Node {
         } else {
             self.sessions.revive(s.handle.session.clone())
         };
+        let ticket = WriteTicket::new();
         let sent = handle
             .addr
-            .send(Write { start })
+            .send(Write {
+                start,
+                ticket: ticket.clone(),
+            })
             .timeout(self.write_timeout)
             .await;
-        match sent {
-            Ok(result) => {
-                let (doc, created) = result?;
-                self.metrics.writes.inc();
-                Ok(Committed { doc, created })
+        let (doc, (created, replayed)) = match sent {
+            Ok(Some(result)) => result?,
+            // Only a ticket given up on is dropped unstarted, and this one was not.
+            Ok(None) => return Err(WriteFailure::SessionBusy),
+            Err(MailboxError::Timeout | MailboxError::Closed) if ticket.abandon() => {
+                return Err(WriteFailure::SessionBusy)
             }
-            Err(MailboxError::Timeout) => Err(WriteFailure::SessionBusy),
-            Err(MailboxError::Closed) => Err(WriteFailure::SessionGone),
+            Err(MailboxError::Timeout | MailboxError::Closed) => return Err(WriteFailure::OutcomeUnknown),
+        };
+        if !Arc::ptr_eq(&handle.session, &s.handle.session) {
+            // The write ran on a revived session; the answer's token is signed from
+            // the request's, which must hold the write too.
+            let written = Written {
+                key,
+                doc: doc.clone(),
+                own_value: !replayed,
+                extra: (),
+            };
+            s.handle
+                .session
+                .state()
+                .record_write(&written, s.handle.session.limits());
         }
+        self.metrics.writes.inc();
+        Ok(Committed {
+            doc,
+            created,
+            replayed,
+        })
     }
 }
 
@@ -793,6 +895,13 @@ mod tests {
             }
         }
 
+        fn sweep_idempotency(
+            &self,
+            retention: Duration,
+        ) -> BoxFuture<'static, Result<crate::origin::IdempotencySweep, OriginError>> {
+            self.inner.sweep_idempotency(retention)
+        }
+
         fn ping(&self) -> BoxFuture<'static, Result<Position, OriginError>> {
             self.inner.ping()
         }
@@ -836,6 +945,7 @@ count = { type = "integer", freshness = { class = "strict" } }
             key: ItemKey::new(node.collection(collection).unwrap().name.clone(), id),
             if_match: None,
             kind: WriteOpKind::Put(Arc::new(fields.as_object().unwrap().clone())),
+            idempotency: None,
         };
         node.write(&s, op).await.unwrap();
     }

@@ -62,6 +62,7 @@ impl Application {
             .map_err(|source| StartError::Bind { addr, source })?
             .port();
 
+        actix_web::rt::spawn(node.clone().sweep_idempotency());
         let cluster = Arc::new(Cluster::new(&settings.node.id, &settings.cluster));
         if !cluster.is_solo() {
             actix_web::rt::spawn(cluster.clone().watch());

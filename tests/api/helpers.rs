@@ -157,7 +157,20 @@ impl Client {
         path: &str,
         body: Option<(&str, Value)>,
     ) -> Reply {
-        let mut request = app.request(method, path);
+        self.send_with(app.request(method, path), body, &[]).await
+    }
+
+    /// Sends `request` in this session with `body` and extra `headers` (e.g.
+    /// `Idempotency-Key`), to any address (a node, a load balancer).
+    pub async fn send_with(
+        &mut self,
+        mut request: reqwest::RequestBuilder,
+        body: Option<(&str, Value)>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(id) = &self.session_id {
             request = request.header("x-session-id", id);
         }

@@ -10,6 +10,7 @@ mod unleash_admin;
 mod cluster;
 mod durability;
 mod errors;
+mod exactly_once;
 mod freshness;
 mod guarantees;
 mod metrics;

@@ -31,6 +31,16 @@ pub enum ApiError {
     InvalidId { max: usize },
     #[error("the If-Match header must be \"*\" or one ETag this node issued")]
     InvalidIfMatch,
+    #[error("the Idempotency-Key header must be 1 to {max} visible ASCII characters")]
+    InvalidIdempotencyKey { max: usize },
+    #[error(
+        "this Idempotency-Key was used for another request (method, item, preconditions or body differ)"
+    )]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still being processed; retry later")]
+    IdempotencyKeyInFlight,
+    #[error("the node cannot record more idempotency keys now; this write was not applied, retry later")]
+    IdempotencyFull,
     #[error("{0}")]
     Session(#[from] SessionError),
     #[error("unknown collection `{0}`")]
@@ -53,7 +63,10 @@ pub enum ApiError {
     OriginUnavailable(#[source] OriginError),
     #[error("the session's earlier writes did not finish in time; this write was not applied")]
     SessionBusy,
-    #[error("the session stopped before the write was acknowledged; it may or may not have been applied")]
+    #[error(
+        "the write started but its outcome is unknown: it may or may not have been applied; \
+         retry with the same Idempotency-Key"
+    )]
     OutcomeUnknown,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -69,6 +82,10 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "body-too-large",
             ApiError::InvalidId { .. } => "invalid-id",
             ApiError::InvalidIfMatch => "invalid-if-match",
+            ApiError::InvalidIdempotencyKey { .. } => "invalid-idempotency-key",
+            ApiError::IdempotencyKeyReused => "idempotency-key-reused",
+            ApiError::IdempotencyKeyInFlight => "idempotency-key-in-flight",
+            ApiError::IdempotencyFull => "idempotency-store-full",
             ApiError::Session(SessionError::InvalidId) => "invalid-session-id",
             ApiError::Session(SessionError::TokenWithoutSession) => "token-without-session",
             ApiError::Session(SessionError::Token(TokenError::Malformed)) => "token-malformed",
@@ -131,7 +148,12 @@ impl From<WriteFailure> for ApiError {
         match err {
             WriteFailure::UnknownCollection(c) => ApiError::UnknownCollection(c),
             WriteFailure::SessionBusy => ApiError::SessionBusy,
-            WriteFailure::SessionGone => ApiError::OutcomeUnknown,
+            WriteFailure::OutcomeUnknown | WriteFailure::Write(WriteError::OutcomeUnknown(_)) => {
+                ApiError::OutcomeUnknown
+            }
+            WriteFailure::IdempotencyFull => ApiError::IdempotencyFull,
+            WriteFailure::Write(WriteError::KeyReused) => ApiError::IdempotencyKeyReused,
+            WriteFailure::Write(WriteError::KeyInFlight) => ApiError::IdempotencyKeyInFlight,
             WriteFailure::Write(WriteError::VersionMismatch { current, .. }) => {
                 ApiError::PreconditionFailed { current: current.0 }
             }
@@ -150,17 +172,20 @@ impl ResponseError for ApiError {
             | ApiError::NotAnObject
             | ApiError::InvalidId { .. }
             | ApiError::InvalidIfMatch
+            | ApiError::InvalidIdempotencyKey { .. }
             | ApiError::Session(_)
             | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownCollection(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BoundCrossed(_) => StatusCode::CONFLICT,
+            ApiError::BoundCrossed(_) | ApiError::IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::BodyTooLarge { .. } | ApiError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) | ApiError::NotAnInteger(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::OriginUnavailable(_) | ApiError::SessionBusy | ApiError::OutcomeUnknown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::OriginUnavailable(_)
+            | ApiError::SessionBusy
+            | ApiError::OutcomeUnknown
+            | ApiError::IdempotencyFull => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -187,7 +212,7 @@ impl ResponseError for ApiError {
                 cause: ErrorChain(self).to_string(),
             });
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || matches!(self, ApiError::IdempotencyKeyInFlight) {
             response.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,
                 actix_web::http::header::HeaderValue::from_static("1"),

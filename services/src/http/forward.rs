@@ -2,8 +2,10 @@
 //! there (one hop at most: a forwarded request carries `X-Edgecache-Forwarded` and is
 //! never forwarded again) and its answer relayed. When the owner cannot be reached the
 //! request is served here, from the session's token — except a write whose request
-//! may have reached the owner: its outcome is unknown, so it answers 503 rather than
-//! risk applying it twice.
+//! may have reached the owner and carries no `Idempotency-Key`: its outcome is
+//! unknown, so it answers 503 `write-outcome-unknown` rather than risk applying it
+//! twice. A keyed write is safe to serve here: if the owner applied it, the key's
+//! record answers (after waiting for it if it is still running).
 
 use std::sync::atomic::Ordering;
 
@@ -128,7 +130,10 @@ where
             cluster.forward_failures.fetch_add(1, Ordering::Relaxed);
             let reached = !e.is_connect();
             let idempotent = matches!(*request.method(), Method::GET | Method::HEAD)
-                || request.path().ends_with("/batch-get");
+                || request.path().ends_with("/batch-get")
+                || request
+                    .headers()
+                    .contains_key(super::idempotency::IDEMPOTENCY_KEY);
             tracing::warn!(peer = %owner.id, cause = %e, reached, "forward failed");
             if reached && !idempotent {
                 return Ok(request.into_response(ApiError::OutcomeUnknown.error_response()));

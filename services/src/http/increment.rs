@@ -3,18 +3,18 @@
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::items::{document_response, prepare_write, version_condition, Prepared};
 use super::request::{read_json, respond};
 use super::v1::ItemPath;
-use super::ApiError;
+use super::{idempotency, ApiError};
 use crate::origin::{WriteOp, WriteOpKind};
 use crate::Node;
 
 /// `{"field": "stock", "by": -1, "min": 0}`. The field's own bounds from the data
 /// model always apply; `min`/`max` can only narrow them.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct Increment {
     field: String,
@@ -37,17 +37,24 @@ pub async fn increment(
         pre,
         session,
         plan,
+        idempotency_key,
     } = prepare_write(node, path, request)?;
     let result = async {
-        let Increment { field, by, min, max } = read_json(node, request, payload).await?;
+        let asked: Increment = read_json(node, request, payload).await?;
+        let idempotency = idempotency::bind(node, idempotency_key, "INCREMENT", &key, pre, &asked)?;
+        let Increment { field, by, min, max } = asked;
         let (min, max) = plan.increment_bounds(&field, min, max)?;
         let op = WriteOp {
             key,
             if_match: version_condition(pre)?,
             kind: WriteOpKind::Increment { field, by, min, max },
+            idempotency,
         };
         let committed = node.write(&session, op).await?;
-        Ok(document_response(StatusCode::OK, &path.id, &committed.doc))
+        Ok(idempotency::mark(
+            document_response(StatusCode::OK, &path.id, &committed.doc),
+            committed.replayed,
+        ))
     }
     .await;
     Ok(respond(node, request, &session, result))

@@ -12,7 +12,7 @@ use super::request::{
     check_id, etag, open_session, parse_object, precondition, read_body, respond, Precondition,
 };
 use super::v1::ItemPath;
-use super::ApiError;
+use super::{idempotency, ApiError};
 use crate::node::{ReadOutcome, SessionCtx};
 use crate::origin::{OriginError, ReadRequest, WriteOp, WriteOpKind};
 use crate::plan::CollectionPlan;
@@ -114,9 +114,11 @@ pub async fn put_item(
         pre,
         session,
         plan,
+        idempotency_key,
     } = prepare_write(node, path, request)?;
     let result = async {
         let fields = read_document(node, &plan, &path.id, request, payload, JSON).await?;
+        let idempotency = idempotency::bind(node, idempotency_key, "PUT", &key, pre, &fields)?;
         let if_match = match pre {
             Precondition::None => None,
             Precondition::Version(v) => Some(v),
@@ -131,6 +133,7 @@ pub async fn put_item(
             key,
             if_match,
             kind: WriteOpKind::Put(Arc::new(fields)),
+            idempotency,
         };
         let committed = node.write(&session, op).await?;
         let status = if committed.created {
@@ -138,7 +141,10 @@ pub async fn put_item(
         } else {
             StatusCode::OK
         };
-        Ok(document_response(status, &path.id, &committed.doc))
+        Ok(idempotency::mark(
+            document_response(status, &path.id, &committed.doc),
+            committed.replayed,
+        ))
     }
     .await;
     Ok(respond(node, request, &session, result))
@@ -157,16 +163,22 @@ pub async fn patch_item(
         pre,
         session,
         plan,
+        idempotency_key,
     } = prepare_write(node, path, request)?;
     let result = async {
         let patch = read_document(node, &plan, &path.id, request, payload, MERGE_PATCH).await?;
+        let idempotency = idempotency::bind(node, idempotency_key, "PATCH", &key, pre, &patch)?;
         let op = WriteOp {
             key,
             if_match: version_condition(pre)?,
             kind: WriteOpKind::Patch(Arc::new(patch)),
+            idempotency,
         };
         let committed = node.write(&session, op).await?;
-        Ok(document_response(StatusCode::OK, &path.id, &committed.doc))
+        Ok(idempotency::mark(
+            document_response(StatusCode::OK, &path.id, &committed.doc),
+            committed.replayed,
+        ))
     }
     .await;
     Ok(respond(node, request, &session, result))
@@ -180,30 +192,39 @@ pub async fn delete_item(
     request: &HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let Prepared {
-        key, pre, session, ..
+        key,
+        pre,
+        session,
+        idempotency_key,
+        ..
     } = prepare_write(node, path, request)?;
     let result = async {
+        let idempotency = idempotency::bind(node, idempotency_key, "DELETE", &key, pre, &())?;
         let op = WriteOp {
             key,
             if_match: version_condition(pre)?,
             kind: WriteOpKind::Delete,
+            idempotency,
         };
         let committed = node.write(&session, op).await?;
-        Ok(HttpResponse::NoContent()
+        let response = HttpResponse::NoContent()
             .insert_header((header::ETAG, etag(committed.doc.version)))
-            .finish())
+            .finish();
+        Ok(idempotency::mark(response, committed.replayed))
     }
     .await;
     Ok(respond(node, request, &session, result))
 }
 
 /// What every write checks before it reads its body: the id, the collection, the
-/// precondition and the session.
+/// precondition, the `Idempotency-Key` and the session.
 pub struct Prepared {
     pub key: ItemKey,
     pub pre: Precondition,
     pub session: SessionCtx,
     pub plan: Arc<CollectionPlan>,
+    /// Bound to the request with [`idempotency::bind`] once the body is read.
+    pub idempotency_key: Option<String>,
 }
 
 pub fn prepare_write(node: &Node, path: &ItemPath<'_>, request: &HttpRequest) -> Result<Prepared, ApiError> {
@@ -213,6 +234,7 @@ pub fn prepare_write(node: &Node, path: &ItemPath<'_>, request: &HttpRequest) ->
         .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone().into_owned()))?
         .clone();
     let pre = precondition(request)?;
+    let idempotency_key = idempotency::key(request, node.max_idempotency_key_bytes())?;
     let session = open_session(node, request)?;
     let key = ItemKey::new(plan.name.clone(), &path.id);
     Ok(Prepared {
@@ -220,6 +242,7 @@ pub fn prepare_write(node: &Node, path: &ItemPath<'_>, request: &HttpRequest) ->
         pre,
         session,
         plan,
+        idempotency_key,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod envelope;
 mod error;
 pub mod forward;
 mod health;
+mod idempotency;
 mod increment;
 mod items;
 pub mod metrics;

@@ -7,6 +7,9 @@
 //! last commit, and its JSON `doc` (`NULL` once deleted: a tombstone that keeps the
 //! version, so versions never go backwards across a delete and re-create).
 //!
+//! A third table, `idempotency`, holds the outcome of every write that carried an
+//! `Idempotency-Key`, written in the write's own transaction (see [`WriteOp`]).
+//!
 //! Every write is one `BEGIN IMMEDIATE` transaction that reads the item, checks and
 //! applies the operation in Rust, bumps `meta.position` and upserts the row. SQLite
 //! takes the write lock at `BEGIN`, across processes, so writes from every node on the
@@ -29,7 +32,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::{
-    Committed, Origin, OriginError, OriginRead, OriginTier, ReadRequest, WriteError, WriteOp, WriteOpKind,
+    Committed, Idempotency, IdempotencySweep, Origin, OriginError, OriginRead, OriginTier, ReadRequest,
+    WriteError, WriteOp, WriteOpKind,
 };
 
 /// Creates the schema if absent. Idempotent, so every process runs it at open.
@@ -47,7 +51,26 @@ CREATE TABLE IF NOT EXISTS items (
     doc        TEXT NULL,
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key         TEXT PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    created     INTEGER NOT NULL,
+    version     INTEGER NOT NULL,
+    position    INTEGER NOT NULL,
+    doc         TEXT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_recorded_at ON idempotency (recorded_at);
 ";
+
+/// The record of an idempotency key, if any.
+const SELECT_RECORD: &str = "
+SELECT fingerprint, recorded_at, created, version, position, doc FROM idempotency WHERE key = ?1";
+
+/// Records (or, past its retention, replaces) the outcome of a keyed write.
+const UPSERT_RECORD: &str = "
+INSERT OR REPLACE INTO idempotency (key, fingerprint, recorded_at, created, version, position, doc)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// One item and the meta position, in one statement and so one snapshot. Always
 /// returns exactly one row: `version` and `doc` are `NULL` when the item has no row.
@@ -288,6 +311,27 @@ impl Origin for EmbeddedOrigin {
         })
     }
 
+    fn sweep_idempotency(
+        &self,
+        retention: Duration,
+    ) -> BoxFuture<'static, Result<IdempotencySweep, OriginError>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let permit = Arc::clone(&inner.write_gate)
+                .acquire_owned()
+                .await
+                .map_err(|err| OriginError::unavailable("the origin's writer is closed", err))?;
+            let task = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let conn = inner.writer.lock();
+                end_stray_transaction(&conn)?;
+                sweep(&conn, retention)
+            });
+            task.await
+                .map_err(|err| OriginError::unavailable("the origin's sweep task failed", err))?
+        })
+    }
+
     /// Returns the current commit position.
     fn ping(&self) -> BoxFuture<'static, Result<Position, OriginError>> {
         let inner = Arc::clone(&self.inner);
@@ -362,16 +406,132 @@ impl Row {
 }
 
 /// Begins, applies and commits one write. The transaction rolls back when dropped
-/// uncommitted, so every error path leaves the store as it was.
+/// uncommitted, so every error path before the commit leaves the store as it was.
+///
+/// A keyed write whose key is recorded is answered from the record (or refused, if
+/// the record is another request's) without writing. Writes are serialised by the
+/// write lock, so a second request with the key of one in flight waits for it and
+/// then finds its record.
 fn write_in_transaction(conn: &mut Connection, op: &WriteOp) -> Result<Committed, WriteError> {
     end_stray_transaction(conn)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|err| sql_error("locking the store for a write", err))?;
+    if let Some(key) = &op.idempotency {
+        if let Some(replay) = recorded(&tx, key)? {
+            return Ok(replay);
+        }
+    }
     let committed = apply(&tx, op.key.collection(), op.key.id(), op.if_match, &op.kind)?;
-    tx.commit()
-        .map_err(|err| sql_error(format!("committing a write of {}", op.key), err))?;
+    if let Some(key) = &op.idempotency {
+        record(&tx, key, &committed)?;
+    }
+    tx.commit().map_err(|err| {
+        let failed = sql_error(format!("committing a write of {}", op.key), err);
+        // A busy commit leaves the transaction open, and dropping it rolls back: not
+        // applied. Any other failure (I/O) may have reached the file.
+        match &failed {
+            OriginError::Unavailable {
+                source: Some(source), ..
+            } if source.downcast_ref::<rusqlite::Error>().is_some_and(is_busy) => WriteError::Origin(failed),
+            _ => WriteError::OutcomeUnknown(failed),
+        }
+    })?;
     Ok(committed)
+}
+
+/// Milliseconds since the Unix epoch (idempotency records' age; every process on the
+/// host shares the clock).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The recorded outcome of `key`, if it names a write younger than its retention:
+/// the outcome when the fingerprints match, [`WriteError::KeyReused`] otherwise.
+fn recorded(conn: &Connection, key: &Idempotency) -> Result<Option<Committed>, WriteError> {
+    let row = conn
+        .prepare_cached(SELECT_RECORD)
+        .and_then(|mut stmt| {
+            stmt.query_row([&key.key], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, bool>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(|err| sql_error("reading an idempotency record", err))?;
+    let Some((fingerprint, recorded_at, created, version, position, doc)) = row else {
+        return Ok(None);
+    };
+    let retention = i64::try_from(key.retention.as_millis()).unwrap_or(i64::MAX);
+    if recorded_at < now_ms().saturating_sub(retention) {
+        return Ok(None);
+    }
+    if fingerprint != key.fingerprint {
+        return Err(WriteError::KeyReused);
+    }
+    let fields = doc
+        .map(|text| serde_json::from_str::<Fields>(&text))
+        .transpose()
+        .map_err(|err| OriginError::internal("corrupt idempotency record", err))?;
+    Ok(Some(Committed {
+        doc: Doc {
+            version: Version(to_u64(version, "item version")?),
+            position: Position(to_u64(position, "commit position")?),
+            fields: fields.map(Arc::new),
+        },
+        created,
+        replayed: true,
+    }))
+}
+
+/// Records the outcome of a keyed write, in its transaction.
+fn record(conn: &Connection, key: &Idempotency, committed: &Committed) -> Result<(), OriginError> {
+    let doc = committed
+        .doc
+        .fields
+        .as_deref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|err| OriginError::internal("serializing an idempotency record", err))?;
+    conn.prepare_cached(UPSERT_RECORD)
+        .and_then(|mut stmt| {
+            stmt.execute((
+                &key.key,
+                &key.fingerprint[..],
+                now_ms(),
+                committed.created,
+                to_i64(committed.doc.version.0)?,
+                to_i64(committed.doc.position.0)?,
+                doc,
+            ))
+        })
+        .map_err(|err| sql_error("recording the idempotency key", err))?;
+    Ok(())
+}
+
+/// Deletes the records older than `retention` and counts the rest.
+fn sweep(conn: &Connection, retention: Duration) -> Result<IdempotencySweep, OriginError> {
+    let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let removed = conn
+        .prepare_cached("DELETE FROM idempotency WHERE recorded_at < ?1")
+        .and_then(|mut stmt| stmt.execute([now_ms().saturating_sub(retention)]))
+        .map_err(|err| sql_error("sweeping idempotency records", err))?;
+    let kept = conn
+        .prepare_cached("SELECT count(*) FROM idempotency")
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get::<_, i64>(0)))
+        .map_err(|err| sql_error("counting idempotency records", err))?;
+    Ok(IdempotencySweep {
+        removed: removed as u64,
+        kept: kept.max(0) as u64,
+    })
 }
 
 /// Checks and applies one write inside an open write transaction: reads the item,
@@ -444,6 +604,7 @@ fn apply(
             fields,
         },
         created,
+        replayed: false,
     })
 }
 
@@ -682,7 +843,12 @@ mod tests {
     }
 
     fn op(key: ItemKey, if_match: Option<Version>, kind: WriteOpKind) -> WriteOp {
-        WriteOp { key, if_match, kind }
+        WriteOp {
+            key,
+            if_match,
+            kind,
+            idempotency: None,
+        }
     }
 
     async fn put(origin: &EmbeddedOrigin, key: ItemKey, value: Value) -> Committed {

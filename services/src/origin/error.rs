@@ -41,7 +41,8 @@ impl OriginError {
     }
 }
 
-/// A write the origin did not commit. Nothing of it was applied.
+/// A write that was not acknowledged. Every variant but [`WriteError::OutcomeUnknown`]
+/// means that nothing of it was applied.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// `If-Match` named another version than the current one.
@@ -61,6 +62,17 @@ pub enum WriteError {
     /// An increment of a field that is absent or not an integer.
     #[error("field {field} is not an integer")]
     NotAnInteger { field: String },
+    /// The `Idempotency-Key` names a recorded write of another request.
+    #[error("the idempotency key was used for another request")]
+    KeyReused,
+    /// A write with the same `Idempotency-Key` is still running.
+    #[error("a write with the same idempotency key is still in flight")]
+    KeyInFlight,
+    /// The write failed before it could commit: the origin rolled it back.
     #[error(transparent)]
     Origin(#[from] OriginError),
+    /// The write reached its commit and the answer was lost (connection lost during
+    /// `COMMIT`, server shut down): it may or may not have been applied.
+    #[error("the outcome of the write is unknown")]
+    OutcomeUnknown(#[source] OriginError),
 }

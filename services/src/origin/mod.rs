@@ -19,7 +19,7 @@ use futures_util::future::BoxFuture;
 pub use embedded::EmbeddedOrigin;
 pub use error::{OriginError, WriteError};
 pub use postgres::PostgresOrigin;
-pub use write_op::{Committed, WriteOp, WriteOpKind};
+pub use write_op::{Committed, Idempotency, WriteOp, WriteOpKind};
 
 /// Which tier of the origin a read may be served by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,15 @@ pub struct ReplicaWait {
     pub fell_back: bool,
 }
 
+/// What a sweep of the idempotency records did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdempotencySweep {
+    /// Records past their retention, deleted.
+    pub removed: u64,
+    /// Records still kept.
+    pub kept: u64,
+}
+
 /// A change committed through any node, from the origin's change feed.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -129,6 +138,12 @@ pub trait Origin: Send + Sync + 'static {
 
     /// Applies one write atomically and returns once it is committed.
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Committed, WriteError>>;
+
+    /// Deletes the idempotency records older than `retention` and counts the rest.
+    fn sweep_idempotency(
+        &self,
+        retention: Duration,
+    ) -> BoxFuture<'static, Result<IdempotencySweep, OriginError>>;
 
     /// Whether the origin answers at all (`/readyz`).
     fn ping(&self) -> BoxFuture<'static, Result<Position, OriginError>>;

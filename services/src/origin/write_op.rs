@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgecache_actors::{Doc, Fields, ItemKey, Version};
 
@@ -9,6 +10,9 @@ pub struct WriteOp {
     /// `If-Match`: apply only if the item is at this version (`Version(0)`: absent).
     pub if_match: Option<Version>,
     pub kind: WriteOpKind,
+    /// The request's `Idempotency-Key`: recorded with the write's outcome in the same
+    /// transaction, so the same request again replays the outcome instead of writing.
+    pub idempotency: Option<Idempotency>,
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +34,26 @@ pub enum WriteOpKind {
     },
 }
 
+/// An `Idempotency-Key` and what it is bound to.
+///
+/// The origin keeps one record per key, written in the transaction of the write it
+/// names, holding the fingerprint of the request and the write's outcome. Only applied
+/// writes are recorded: a write that failed (a precondition, a bound, an outage before
+/// commit) changed nothing, so repeating it is safe, and its key stays unused.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// The client's key (validated: 1 to 255 visible ASCII characters).
+    pub key: String,
+    /// SHA-256 of everything that makes the request what it is (method, collection,
+    /// id, preconditions, body): the same key with another fingerprint is refused.
+    pub fingerprint: [u8; 32],
+    /// A record older than this counts as absent (and is swept).
+    pub retention: Duration,
+    /// How long a write waits for an in-flight write with the same key to finish
+    /// before it is refused as in flight.
+    pub in_flight_wait: Duration,
+}
+
 /// A committed write: the item as it now is, at its new version, with a position at
 /// or after the commit.
 #[derive(Debug, Clone)]
@@ -37,4 +61,8 @@ pub struct Committed {
     pub doc: Doc,
     /// Whether the item did not exist before (PUT answers 201).
     pub created: bool,
+    /// Whether this is the recorded outcome of an earlier request with the same
+    /// `Idempotency-Key` (nothing was written now). `doc` is the item as that write
+    /// left it; its position is at or after that write's commit.
+    pub replayed: bool,
 }
