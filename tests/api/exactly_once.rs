@@ -473,3 +473,83 @@ async fn postgres_rows_locked_past_the_write_timeout_nothing_answered_not_applie
         "the scenario ran a write past its timeout and gave up queued ones: {answers:?}"
     );
 }
+
+#[actix_web::test]
+async fn the_shipped_nginx_never_sends_a_write_twice_and_a_keyed_retry_answers_the_recorded_result() {
+    let pg = pg::cluster();
+    let table = unique("lb").replace('-', "_");
+    let config = format!(
+        "{}\n[session]\nwrite_timeout = \"1s\"\n[idempotency]\nin_flight_wait = \"3s\"\n",
+        pg::collection(&table)
+    );
+    let mut settings = pg.settings(&config).await;
+    if let edgecache_config::OriginSettings::Postgres(p) = &mut settings.origin {
+        p.statement_timeout = Duration::from_secs(5);
+    }
+    let (a, b) = (spawn_with(&settings), spawn_with(&settings));
+    let nginx = crate::nginx::start(&[&a, &b]);
+    let http = reqwest::Client::new();
+    let item = format!("/v1/{table}/i");
+    let url = format!("{}{item}", nginx.address);
+    let mut user = Client::new();
+    let created = user
+        .send_with(
+            http.put(&url),
+            Some(("application/json", json!({"title": "v1"}))),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+
+    let (db, connection) = tokio_postgres::connect(&pg.primary, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    actix_web::rt::spawn(connection);
+    // The item's row is held for 1.5 s: the first node's write starts, then waits
+    // past the node's 1 s write timeout.
+    let lock = format!("BEGIN; SELECT 1 FROM \"{table}\" WHERE id = 'i' FOR UPDATE");
+    let release = || async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        db.batch_execute("COMMIT").await.unwrap();
+    };
+
+    db.batch_execute(&lock).await.unwrap();
+    let put = user.send_with(
+        http.put(&url),
+        Some(("application/json", json!({"title": "v2"}))),
+        &[],
+    );
+    let (unkeyed, ()) = futures_util::join!(put, release());
+    assert_eq!(
+        unkeyed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        unkeyed.body
+    );
+    assert_eq!(unkeyed.problem(), "write-outcome-unknown");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = stored(&settings, &item).await;
+    assert_eq!(
+        after.version(),
+        2,
+        "one client PUT raised the version by one, not by a retry"
+    );
+
+    db.batch_execute(&lock).await.unwrap();
+    let key = unique("lb-key");
+    let headers = [("idempotency-key", key.as_str())];
+    let put = user.send_with(
+        http.put(&url),
+        Some(("application/json", json!({"title": "v3"}))),
+        &headers,
+    );
+    let (keyed, ()) = futures_util::join!(put, release());
+    assert_eq!(keyed.status, StatusCode::OK, "{}", keyed.body);
+    assert_eq!(
+        keyed.header("idempotent-replayed"),
+        "true",
+        "nginx retried on the other node, which answered the first one's recorded result"
+    );
+    assert_eq!(keyed.version(), 3);
+    assert_eq!(stored(&settings, &item).await.version(), 3, "applied once");
+}

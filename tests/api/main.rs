@@ -2,6 +2,7 @@
 //! temporary embedded store. `TEST_LOG=1` shows the nodes' logs.
 
 mod helpers;
+mod nginx;
 mod pg;
 #[path = "../../flags/tests/common/admin.rs"]
 #[allow(dead_code)]

@@ -38,13 +38,17 @@ pub fn cluster() -> Cluster {
 #[allow(dead_code)]
 impl Cluster {
     fn pg_ctl(&self, data: &PathBuf, action: &str) {
+        self.pg_ctl_mode(data, action, "fast");
+    }
+
+    fn pg_ctl_mode(&self, data: &PathBuf, action: &str, mode: &str) {
         let log = data.join("log");
         let status = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(data)
-            .args(["-w", "-t", "30", "-m", "fast"])
+            .args(["-w", "-t", "30", "-m", mode])
             .arg("-l")
             .arg(&log)
             .arg(action)
@@ -55,6 +59,12 @@ impl Cluster {
 
     pub fn stop_primary(&self) {
         self.pg_ctl(&self.primary_data, "stop");
+    }
+
+    /// Kills the primary without a shutdown checkpoint (`-m immediate`: every backend
+    /// ends at once, as in a crash); the next start recovers from the WAL.
+    pub fn kill_primary(&self) {
+        self.pg_ctl_mode(&self.primary_data, "stop", "immediate");
     }
 
     pub fn start_primary(&self) {

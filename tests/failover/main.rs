@@ -151,3 +151,113 @@ async fn with_the_primary_down_writes_and_strict_reads_fail_relaxed_fields_are_s
         .await;
     assert!(after.status.is_success(), "writes work again: {}", after.body);
 }
+
+/// Runs each of `statements` on the primary, one at a time.
+async fn on_primary(pg: &pg::Cluster, statements: &[&str]) {
+    let (db, connection) = tokio_postgres::connect(&pg.primary, tokio_postgres::NoTls)
+        .await
+        .expect("the primary answers");
+    actix_web::rt::spawn(connection);
+    for sql in statements {
+        db.batch_execute(sql).await.expect("the statement runs");
+    }
+}
+
+#[actix_web::test]
+async fn the_primary_killed_while_writes_wait_in_commit_no_write_answered_not_applied_is_there_after() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = pg::cluster();
+    let table = unique("commit").replace('-', "_");
+    let extra = format!("{}\n[session]\nwrite_timeout = \"20s\"\n", pg::shop(&table));
+    let mut settings = pg.settings(&extra).await;
+    if let edgecache_config::OriginSettings::Postgres(p) = &mut settings.origin {
+        // Nothing but the kill ends the writes' wait.
+        p.statement_timeout = Duration::from_secs(20);
+    }
+    let node = spawn_with(&settings);
+    let counter = format!("/v1/{table}/counter");
+    let created = Client::new()
+        .put(&node, &counter, json!({"label": "c", "stock": 100}))
+        .await;
+    assert_eq!(created.status, 201);
+
+    // A synchronous standby that never answers: every commit is written to the
+    // primary's WAL, then waits for it.
+    on_primary(
+        &pg,
+        &[
+            "ALTER SYSTEM SET synchronous_standby_names = 'edgecache_nobody'",
+            "SELECT pg_reload_conf()",
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let items: Vec<String> = (0..8).map(|i| format!("/v1/{table}/item-{i}")).collect();
+    let puts = futures_util::future::join_all(items.iter().map(|item| {
+        let node = &node;
+        async move { Client::new().put(node, item, json!({"label": "new"})).await }
+    }));
+    let increments = futures_util::future::join_all((0..4).map(|_| {
+        let (node, counter) = (&node, &counter);
+        async move {
+            Client::new()
+                .increment(node, counter, json!({"field": "stock", "by": -1}))
+                .await
+        }
+    }));
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        pg.kill_primary();
+    };
+    let (puts, increments, ()) = futures_util::join!(puts, increments, kill);
+
+    pg.start_primary();
+    on_primary(
+        &pg,
+        &[
+            "ALTER SYSTEM RESET synchronous_standby_names",
+            "SELECT pg_reload_conf()",
+        ],
+    )
+    .await;
+    let fresh = spawn_with(&settings);
+    let back = eventually(Duration::from_secs(15), || async {
+        Client::new().get(&fresh, &counter).await.status == 200
+    })
+    .await;
+    assert!(back, "the primary is back");
+
+    let not_applied =
+        |reply: &helpers::Reply| !reply.status.is_success() && reply.problem() != "write-outcome-unknown";
+    let mut unknown = 0;
+    for (item, reply) in items.iter().zip(&puts) {
+        let now = Client::new().get(&fresh, item).await;
+        if reply.status.is_success() {
+            assert_eq!(now.status, 200, "{item} was acknowledged");
+        } else if not_applied(reply) {
+            assert_eq!(
+                now.status, 404,
+                "{item} was answered {} ({}) and is there after the restart",
+                reply.status, reply.body
+            );
+        } else {
+            unknown += 1;
+        }
+    }
+    let stock = Client::new().get(&fresh, &counter).await.body["stock"]
+        .as_i64()
+        .unwrap();
+    let applied = 100 - stock;
+    let acknowledged = increments.iter().filter(|r| r.status.is_success()).count() as i64;
+    let maybe = increments
+        .iter()
+        .filter(|r| !r.status.is_success() && !not_applied(r))
+        .count() as i64;
+    unknown += maybe;
+    assert!(
+        (acknowledged..=acknowledged + maybe).contains(&applied),
+        "{applied} increments applied; {acknowledged} acknowledged, {maybe} unknown, the rest answered not applied"
+    );
+    assert!(unknown > 0, "the kill caught writes in their commit");
+}
