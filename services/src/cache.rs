@@ -18,6 +18,8 @@ use quick_cache::sync::{Cache, EntryResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use tokio::time::Instant;
 
+use crate::origin::OriginTier;
+
 /// One cached item: the item as the origin had it, when it was fetched, and its JSON
 /// body ready to send (so a whole-document hit is not serialised again).
 #[derive(Debug)]
@@ -31,10 +33,19 @@ pub struct CacheEntry {
     /// A marker left by the change feed: the item changed to `doc.version` through
     /// another node. It is never served; a read must fetch at least that version.
     pub invalidated: bool,
+    /// The origin tier the entry was read from (a write's commit: the primary). A
+    /// request that waited on another's fill learns it here.
+    pub tier: OriginTier,
 }
 
 impl CacheEntry {
+    /// The entry of a committed write, as the primary now has it.
     pub fn new(key: &ItemKey, doc: Doc, fetched_at: Instant) -> Arc<Self> {
+        Self::read(key, doc, fetched_at, OriginTier::Primary)
+    }
+
+    /// The entry of an origin read served by `tier`.
+    pub fn read(key: &ItemKey, doc: Doc, fetched_at: Instant, tier: OriginTier) -> Arc<Self> {
         let body = match &doc.fields {
             Some(fields) => Bytes::from(document_json(key.id(), fields.iter())),
             None => Bytes::new(),
@@ -44,6 +55,7 @@ impl CacheEntry {
             fetched_at,
             body,
             invalidated: false,
+            tier,
         })
     }
 
@@ -58,6 +70,7 @@ impl CacheEntry {
             fetched_at: Instant::now(),
             body: Bytes::new(),
             invalidated: true,
+            tier: OriginTier::Primary,
         })
     }
 

@@ -294,7 +294,17 @@ impl Node {
             }
             (None, token) => {
                 let carried = token.map(|t| self.keys.verify(id, t)).transpose()?;
-                self.sessions.open(id, carried.as_ref())
+                let (handle, start) = self.sessions.open(id, carried.as_ref());
+                if let (Some(token), Some(carried)) = (token, &carried) {
+                    // Live: a parallel request of the session opened it first, from
+                    // its own token; this request's token is taken in all the same.
+                    // Rebuilt: from this token, remembered so it is not merged again.
+                    handle
+                        .session
+                        .state()
+                        .merge_token(token, carried, self.sessions.limits());
+                }
+                (handle, start)
             }
         };
         match start {
@@ -554,37 +564,30 @@ impl Node {
                 metrics.origin_read(&read);
                 // A replica's copy is as old as the replica is behind.
                 let as_of = started.checked_sub(read.staleness).unwrap_or(started);
-                Ok::<_, OriginError>((CacheEntry::new(&item, read.doc, as_of), read.tier))
+                Ok::<_, OriginError>(CacheEntry::read(&item, read.doc, as_of, read.tier))
             }
         };
         if absent {
-            let tier = std::cell::Cell::new(OriginTier::Primary);
-            let fill = self
-                .cache
-                .fill(item, || {
-                    load(TierPolicy::AtLeast).map(|r| {
-                        r.map(|(entry, t)| {
-                            tier.set(t);
-                            entry
-                        })
-                    })
-                })
-                .await;
+            // A request that waited on another's fill gets its entry, and the tier it
+            // came from with it (strict fields of a replica's answer are read again).
+            let fill = self.cache.fill(item, || load(TierPolicy::AtLeast)).await;
             match fill {
                 Fill::Loaded(entry) if !entry.invalidated && need.admits(&entry.doc) => {
-                    return Ok((entry, tier.get()))
+                    let tier = entry.tier;
+                    return Ok((entry, tier));
                 }
                 Fill::Loaded(_) => {}
                 Fill::Failed(err) => return Err(err),
             }
         }
-        let (entry, tier) = load(TierPolicy::AtLeast).await?;
-        let (entry, tier) = if need.admits(&entry.doc) || tier == OriginTier::Primary {
-            (entry, tier)
+        let entry = load(TierPolicy::AtLeast).await?;
+        let entry = if need.admits(&entry.doc) || entry.tier == OriginTier::Primary {
+            entry
         } else {
             load(TierPolicy::Primary).await?
         };
         self.cache.offer(item, entry.clone());
+        let tier = entry.tier;
         Ok((entry, tier))
     }
 
@@ -607,7 +610,7 @@ impl Node {
             {
                 Ok(read) => {
                     let as_of = started.checked_sub(read.staleness).unwrap_or(started);
-                    cache.offer(&item, CacheEntry::new(&item, read.doc, as_of))
+                    cache.offer(&item, CacheEntry::read(&item, read.doc, as_of, read.tier))
                 }
                 Err(err) => {
                     metrics.origin_errors.inc();
@@ -644,7 +647,8 @@ impl Node {
                 Ok(reads) => {
                     for (item, read) in absent.iter().zip(reads) {
                         let as_of = started.checked_sub(read.staleness).unwrap_or(started);
-                        self.cache.offer(item, CacheEntry::new(item, read.doc, as_of));
+                        self.cache
+                            .offer(item, CacheEntry::read(item, read.doc, as_of, read.tier));
                     }
                 }
                 // Each read below retries on its own and reports its own failure.

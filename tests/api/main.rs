@@ -8,6 +8,7 @@ mod pg;
 #[allow(dead_code)]
 mod unleash_admin;
 
+mod adversity;
 mod cluster;
 mod durability;
 mod errors;
