@@ -553,3 +553,90 @@ async fn the_shipped_nginx_never_sends_a_write_twice_and_a_keyed_retry_answers_t
     assert_eq!(keyed.version(), 3);
     assert_eq!(stored(&settings, &item).await.version(), 3, "applied once");
 }
+
+/// A peer that is healthy but never answers a forwarded request (it hangs after
+/// reading it, as a node stuck in a long write would).
+async fn hanging_peer() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    actix_web::rt::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            actix_web::rt::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if buf[..n].starts_with(b"GET /healthz") {
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .await;
+                } else {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[actix_web::test]
+async fn a_write_forwarded_to_an_owner_that_never_answers_is_applied_here_only_with_a_key() {
+    let store = Store::new();
+    let peer = hanging_peer().await;
+    let config = format!(
+        "{SHOP}\n[node]\nid = \"n0\"\nregion = \"test\"\n[cluster]\nhealth_interval = \"50ms\"\n\
+         health_timeout = \"200ms\"\nforward_timeout = \"500ms\"\n[cluster.peers]\nn1 = \"127.0.0.1:{peer}\"\n"
+    );
+    let app = spawn_app(&store, &config);
+    let in_rotation = crate::helpers::eventually(Duration::from_secs(5), || async {
+        app.cluster.owner("probe-0").is_some() || app.cluster.owner("probe-1").is_some()
+    })
+    .await;
+    assert!(in_rotation, "the peer is in rotation");
+    // A session the hanging peer owns.
+    let id = (0..)
+        .map(|i| format!("owned-{i}"))
+        .find(|id| app.cluster.owner(id).is_some_and(|p| p.id == "n1"))
+        .unwrap();
+
+    let mut user = Client::with_id(&id);
+    let unkeyed = keyed(
+        &mut user,
+        &app,
+        Method::PUT,
+        "/v1/shop/f",
+        Some(json!({"label": "f", "stock": 1})),
+        "",
+    )
+    .await;
+    assert_eq!(
+        unkeyed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        unkeyed.body
+    );
+    assert_eq!(
+        unkeyed.problem(),
+        "write-outcome-unknown",
+        "never applied here as well"
+    );
+    assert_eq!(
+        Client::new().get(&app, "/v1/shop/f").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let key = unique("fwd");
+    let with_key = keyed(
+        &mut user,
+        &app,
+        Method::PUT,
+        "/v1/shop/f",
+        Some(json!({"label": "f", "stock": 1})),
+        &key,
+    )
+    .await;
+    assert_eq!(with_key.status, StatusCode::CREATED, "{}", with_key.body);
+    assert_eq!(with_key.version(), 1);
+}
