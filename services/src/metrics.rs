@@ -142,6 +142,12 @@ pub struct Metrics {
     pub origin_errors: Counter,
     /// Committed writes.
     pub writes: Counter,
+    /// Writes answered from their `Idempotency-Key`'s record (nothing written).
+    pub writes_replayed: Counter,
+    /// Writes given up before they started (503 `session-busy`: not applied).
+    pub writes_not_started: Counter,
+    /// Writes answered 503 `write-outcome-unknown` (started, not seen to finish).
+    pub writes_unknown: Counter,
     /// Sessions rebuilt from a token (not live on this node).
     pub sessions_rebuilt: Counter,
     /// Sessions started with no token.

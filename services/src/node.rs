@@ -759,13 +759,23 @@ impl Node {
             .timeout(self.write_timeout)
             .await;
         let (doc, (created, replayed)) = match sent {
-            Ok(Some(result)) => result?,
+            Ok(Some(Ok(written))) => written,
+            Ok(Some(Err(err))) => {
+                if matches!(err, WriteError::OutcomeUnknown(_)) {
+                    self.metrics.writes_unknown.inc();
+                }
+                return Err(err.into());
+            }
             // Only a ticket given up on is dropped unstarted, and this one was not.
             Ok(None) => return Err(WriteFailure::SessionBusy),
             Err(MailboxError::Timeout | MailboxError::Closed) if ticket.abandon() => {
-                return Err(WriteFailure::SessionBusy)
+                self.metrics.writes_not_started.inc();
+                return Err(WriteFailure::SessionBusy);
             }
-            Err(MailboxError::Timeout | MailboxError::Closed) => return Err(WriteFailure::OutcomeUnknown),
+            Err(MailboxError::Timeout | MailboxError::Closed) => {
+                self.metrics.writes_unknown.inc();
+                return Err(WriteFailure::OutcomeUnknown);
+            }
         };
         if !Arc::ptr_eq(&handle.session, &s.handle.session) {
             // The write ran on a revived session; the answer's token is signed from
@@ -781,7 +791,11 @@ impl Node {
                 .state()
                 .record_write(&written, s.handle.session.limits());
         }
-        self.metrics.writes.inc();
+        if replayed {
+            self.metrics.writes_replayed.inc();
+        } else {
+            self.metrics.writes.inc();
+        }
         Ok(Committed {
             doc,
             created,

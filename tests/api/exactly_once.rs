@@ -88,6 +88,23 @@ async fn a_keyed_write_sent_again_is_answered_from_its_record_on_any_node_and_ap
     let now = stored(&settings(&store.path, SHOP), item).await;
     assert_eq!(now.body["stock"], 7, "the increment applied exactly once");
     assert_eq!(now.version(), 2);
+    let replayed = a.node.metrics().writes_replayed.get() + b.node.metrics().writes_replayed.get();
+    assert_eq!(
+        replayed, 3,
+        "one PUT and two increments answered from their records"
+    );
+    let metrics = b
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("edgecache_write_answers_total{answer=\"replayed\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[actix_web::test]

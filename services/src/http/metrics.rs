@@ -283,6 +283,17 @@ impl Collector for NodeCollector {
         )?;
         family(
             &mut e,
+            "write_answers",
+            "Writes not answered by a fresh commit: replayed from their Idempotency-Key, not started (not applied), outcome unknown.",
+            None,
+            [
+                ([("answer", "replayed")], counter(m.writes_replayed.get())),
+                ([("answer", "not_started")], counter(m.writes_not_started.get())),
+                ([("answer", "unknown")], counter(m.writes_unknown.get())),
+            ],
+        )?;
+        family(
+            &mut e,
             "sessions_opened",
             "Sessions that were not live on this node: new (no token) or rebuilt from their token.",
             None,
