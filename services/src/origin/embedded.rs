@@ -297,17 +297,9 @@ impl Origin for EmbeddedOrigin {
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Committed, WriteError>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let permit = Arc::clone(&inner.write_gate)
-                .acquire_owned()
+            inner
+                .with_writer(move |conn| write_in_transaction(conn, &op))
                 .await
-                .map_err(|err| OriginError::unavailable("the origin's writer is closed", err))?;
-            let task = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let mut conn = inner.writer.lock();
-                write_in_transaction(&mut conn, &op)
-            });
-            task.await
-                .map_err(|err| OriginError::unavailable("the origin's write task failed", err))?
         })
     }
 
@@ -317,18 +309,12 @@ impl Origin for EmbeddedOrigin {
     ) -> BoxFuture<'static, Result<IdempotencySweep, OriginError>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let permit = Arc::clone(&inner.write_gate)
-                .acquire_owned()
+            inner
+                .with_writer(move |conn| {
+                    end_stray_transaction(conn)?;
+                    sweep(conn, retention)
+                })
                 .await
-                .map_err(|err| OriginError::unavailable("the origin's writer is closed", err))?;
-            let task = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let conn = inner.writer.lock();
-                end_stray_transaction(&conn)?;
-                sweep(&conn, retention)
-            });
-            task.await
-                .map_err(|err| OriginError::unavailable("the origin's sweep task failed", err))?
         })
     }
 
@@ -344,6 +330,28 @@ impl Origin for EmbeddedOrigin {
 }
 
 impl Inner {
+    /// Runs `f` on the writer connection on the blocking pool, once this process's
+    /// earlier writes are done (the permit is taken before the blocking thread).
+    async fn with_writer<T, E, F>(self: &Arc<Self>, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<OriginError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.write_gate)
+            .acquire_owned()
+            .await
+            .map_err(|err| OriginError::unavailable("the origin's writer is closed", err))?;
+        let inner = Arc::clone(self);
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut conn = inner.writer.lock();
+            f(&mut conn)
+        });
+        task.await
+            .map_err(|err| OriginError::unavailable("the origin's write task failed", err))?
+    }
+
     /// Runs `f` on a free read connection on the blocking pool. The permit is taken
     /// before the blocking thread, so waiting readers cost no threads.
     async fn with_reader<T, F>(self: &Arc<Self>, f: F) -> Result<T, OriginError>

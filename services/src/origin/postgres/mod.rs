@@ -461,14 +461,7 @@ impl Origin for PostgresOrigin {
         let inner = self.inner.clone();
         let run = self.run(async move {
             let client = inner.primary.get().await.map_err(pool_error)?;
-            let row = client
-                .query_one(PRIMARY_LSN, &[])
-                .await
-                .map_err(|e| pg_error("ping failed", e))?;
-            let lsn: PgLsn = row
-                .try_get(0)
-                .map_err(|e| OriginError::internal("unreadable LSN", e))?;
-            Ok(Position(u64::from(lsn)))
+            primary_lsn(&client).await
         });
         Box::pin(async move { run.await? })
     }
@@ -532,28 +525,30 @@ async fn write(inner: &Inner, op: WriteOp) -> Result<Committed, WriteError> {
 /// its position is the most conservative one: no replica reaches it, so the session's
 /// reads of the item go to the primary.
 async fn position_after_commit(inner: &Inner, client: &deadpool_postgres::Client) -> Position {
-    async fn lsn(client: &deadpool_postgres::Client) -> Result<Position, OriginError> {
-        let row = client
-            .query_one(PRIMARY_LSN, &[])
-            .await
-            .map_err(|e| pg_error("position after commit", e))?;
-        let lsn: PgLsn = row
-            .try_get(0)
-            .map_err(|e| OriginError::internal("unreadable LSN", e))?;
-        Ok(Position(u64::from(lsn)))
-    }
-    let first = match lsn(client).await {
+    let first = match primary_lsn(client).await {
         Ok(position) => return position,
         Err(e) => e,
     };
     let second = match inner.primary.get().await {
-        Ok(other) => lsn(&other).await,
+        Ok(other) => primary_lsn(&other).await,
         Err(e) => Err(pool_error(e)),
     };
     second.unwrap_or_else(|e| {
         tracing::warn!(cause = %first, retry = %e, "committed, but the position after the commit is unknown; the session reads the item from the primary");
         Position(u64::MAX)
     })
+}
+
+/// The primary's current WAL position.
+async fn primary_lsn(client: &deadpool_postgres::Client) -> Result<Position, OriginError> {
+    let row = client
+        .query_one(PRIMARY_LSN, &[])
+        .await
+        .map_err(|e| pg_error("reading the primary's position", e))?;
+    let lsn: PgLsn = row
+        .try_get(0)
+        .map_err(|e| OriginError::internal("unreadable LSN", e))?;
+    Ok(Position(u64::from(lsn)))
 }
 
 /// A statement of a write that failed, or the write's own verdict.
