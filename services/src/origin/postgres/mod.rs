@@ -15,6 +15,7 @@
 //! not belong to any HTTP worker.
 
 mod feed;
+mod jsonb;
 mod replicas;
 mod table;
 
@@ -552,7 +553,7 @@ async fn write(inner: &Inner, op: WriteOp) -> Result<Committed, WriteError> {
                     WriteOpKind::Increment { .. } => unreachable!("handled above"),
                 };
                 let version = Version(row_version.0 + 1);
-                let values = def.values(new_fields.as_ref());
+                let values = def.values(new_fields.as_ref())?;
                 let version_param = version.0 as i64;
                 let deleted = new_fields.is_none();
                 let id = op.key.id();
