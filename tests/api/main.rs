@@ -8,6 +8,7 @@ mod pg;
 mod unleash_admin;
 
 mod cluster;
+mod domain;
 mod durability;
 mod errors;
 mod freshness;
