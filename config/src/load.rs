@@ -92,9 +92,27 @@ pub(crate) fn load_with_env(
     for layer in layers(sources, &env)? {
         merge(&mut tree, canonical_strategy_keys(layer)?, &mut Vec::new());
     }
-    let settings: Settings = Value::new(None, ValueKind::Table(tree)).try_deserialize()?;
+    let mut settings: Settings = Value::new(None, ValueKind::Table(tree)).try_deserialize()?;
     settings.validate()?;
+    canonical_seed(&mut settings);
     Ok(settings)
+}
+
+/// Puts every seed value into the form the origins store
+/// ([`FieldType::canonicalize`](crate::FieldType::canonicalize)), so both origins seed
+/// the same documents (`price = 12` is `12.0`). Runs after validation, which refuses
+/// a value without one; such a value would be left as it is.
+fn canonical_seed(settings: &mut Settings) {
+    for (collection, documents) in &mut settings.seed {
+        let Some(collection) = settings.collections.get(collection) else {
+            continue;
+        };
+        for (name, value) in documents.values_mut().flat_map(|document| document.iter_mut()) {
+            if let Some(field) = collection.fields.get(name) {
+                let _checked_by_validate = field.kind.canonicalize(value);
+            }
+        }
+    }
 }
 
 /// The effective configuration as TOML, secrets redacted, for `edgecache

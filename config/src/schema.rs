@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Number, Value};
 
 /// One collection of documents.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -96,9 +97,9 @@ impl FieldType {
         }
     }
 
-    /// Whether `value` is of this type.
-    pub fn admits(self, value: &serde_json::Value) -> bool {
-        use serde_json::Value;
+    /// Whether `value` is of this type. Whether every origin can store it exactly is
+    /// the next question ([`FieldType::canonicalize`]).
+    pub fn admits(self, value: &Value) -> bool {
         match (self, value) {
             (_, Value::Null) | (FieldType::Json, _) => true,
             (FieldType::String, Value::String(_)) => true,
@@ -106,6 +107,167 @@ impl FieldType {
             (FieldType::Number, Value::Number(_)) => true,
             (FieldType::Boolean, Value::Bool(_)) => true,
             _ => false,
+        }
+    }
+
+    /// Puts a value this type [admits](FieldType::admits) into the one form every
+    /// origin stores and gives back exactly, or says why there is none. The value
+    /// domain, by type:
+    ///
+    /// * `string`: any string without U+0000 (PostgreSQL `text` cannot hold it).
+    /// * `integer`: an integer within i64 (PostgreSQL `bigint`).
+    /// * `number`: a finite double, always written as one: an integer becomes its
+    ///   double (`3` is `3.0`), unless the double is not exactly that integer
+    ///   (2^53 + 1). PostgreSQL `double precision` keeps doubles, not integers.
+    /// * `boolean`: either.
+    /// * `json`: any JSON value nested at most [`MAX_JSON_DEPTH`] deep whose strings
+    ///   and keys hold no U+0000 (PostgreSQL `jsonb` cannot hold it) and whose
+    ///   integers are within i64, the one integer range of the API; a negative zero
+    ///   becomes `0.0` (`jsonb` keeps numbers as `numeric`, which has no negative
+    ///   zero).
+    /// * `null` (any type): kept (it clears the field).
+    ///
+    /// Doubles outside `json` fields keep their sign and every bit. JSON text has no
+    /// non-finite numbers, and serde_json refuses a literal past the double range, so
+    /// a parsed value is always finite; a non-finite one is refused all the same. An
+    /// integer literal past u64 reaches this already rounded to a double by serde_json
+    /// (built without `arbitrary_precision`), and is taken as that double.
+    ///
+    /// Costs one pass over the value, allocating only to rewrite a number or to name
+    /// where a refused value sits.
+    pub fn canonicalize(self, value: &mut Value) -> Result<(), Unrepresentable> {
+        match (self, &mut *value) {
+            (FieldType::String, Value::String(s)) => no_nul(s),
+            (FieldType::Integer, Value::Number(n)) if n.is_u64() && !n.is_i64() => {
+                Err(Reason::IntegerOutOfRange.here())
+            }
+            (FieldType::Number, Value::Number(n)) => {
+                let double = as_exact_double(n)?;
+                if !n.is_f64() {
+                    *n = double;
+                }
+                Ok(())
+            }
+            (FieldType::Json, json) => canonical_json(json, 1),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The deepest nesting a `json` field's value may have (the value itself is depth 1,
+/// a member of it 2, …). Request bodies never reach it: serde_json refuses to parse
+/// 128 nested arrays and objects (its default recursion limit, which the API relies
+/// on to bound a body's depth), so a body holds at most 127, the body's own object
+/// among them. The bound is for values built
+/// otherwise (the seed), and keeps the recursion of [`FieldType::canonicalize`]
+/// shallow whatever the caller.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// A value no origin can store exactly, and where in the field's value it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}{}", if pointer.is_empty() { String::new() } else { format!(" (at {})", pointer.escape_debug()) })]
+pub struct Unrepresentable {
+    pub reason: Reason,
+    /// A JSON pointer (RFC 6901) into the field's value; empty for the value itself.
+    pub pointer: String,
+}
+
+/// Why a value is outside the domain of [`FieldType::canonicalize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("the integer is outside the 64-bit signed range")]
+    IntegerOutOfRange,
+    #[error("the integer has no exact double (a number field holds doubles)")]
+    InexactDouble,
+    #[error("the number is not finite")]
+    NonFinite,
+    #[error("the string holds U+0000")]
+    Nul,
+    #[error("the value is nested more than {MAX_JSON_DEPTH} deep")]
+    TooDeep,
+}
+
+impl Reason {
+    fn here(self) -> Unrepresentable {
+        Unrepresentable {
+            reason: self,
+            pointer: String::new(),
+        }
+    }
+}
+
+impl Unrepresentable {
+    /// The same problem, one level further out: under `token` (a key or an index).
+    fn under(mut self, token: &str) -> Self {
+        let token = token.replace('~', "~0").replace('/', "~1");
+        self.pointer = format!("/{token}{}", self.pointer);
+        self
+    }
+}
+
+fn no_nul(s: &str) -> Result<(), Unrepresentable> {
+    if s.contains('\0') {
+        Err(Reason::Nul.here())
+    } else {
+        Ok(())
+    }
+}
+
+/// The double that is exactly `n`, if there is one.
+fn as_exact_double(n: &Number) -> Result<Number, Unrepresentable> {
+    let double = match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(i), _, _) => exact(i128::from(i))?,
+        (None, Some(u), _) => exact(i128::from(u))?,
+        (None, None, Some(f)) => f,
+        (None, None, None) => return Err(Reason::NonFinite.here()),
+    };
+    Number::from_f64(double).ok_or(Reason::NonFinite.here())
+}
+
+/// `integer` as a double, if the double is exactly it. Compared in i128, where even
+/// 2^63 and 2^64 (what i64::MAX and u64::MAX round to) are exact and distinct.
+fn exact(integer: i128) -> Result<f64, Unrepresentable> {
+    let double = integer as f64;
+    if double as i128 == integer {
+        Ok(double)
+    } else {
+        Err(Reason::InexactDouble.here())
+    }
+}
+
+/// [`FieldType::canonicalize`] for a `json` value at `depth` (the field's value is 1).
+fn canonical_json(value: &mut Value, depth: usize) -> Result<(), Unrepresentable> {
+    if depth > MAX_JSON_DEPTH {
+        return Err(Reason::TooDeep.here());
+    }
+    match value {
+        Value::Null | Value::Bool(_) => Ok(()),
+        Value::String(s) => no_nul(s),
+        Value::Number(n) => {
+            if n.is_u64() && !n.is_i64() {
+                return Err(Reason::IntegerOutOfRange.here());
+            }
+            match n.as_f64() {
+                Some(f) if n.is_f64() && !f.is_finite() => Err(Reason::NonFinite.here()),
+                Some(f) if n.is_f64() && f == 0.0 && f.is_sign_negative() => {
+                    *n = Number::from_f64(0.0).ok_or(Reason::NonFinite.here())?;
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                canonical_json(item, depth + 1).map_err(|e| e.under(&i.to_string()))?;
+            }
+            Ok(())
+        }
+        Value::Object(members) => {
+            for (key, member) in members.iter_mut() {
+                no_nul(key).map_err(|e| e.under(key))?;
+                canonical_json(member, depth + 1).map_err(|e| e.under(key))?;
+            }
+            Ok(())
         }
     }
 }

@@ -403,6 +403,20 @@ fn invalid_settings_name_their_key() {
         (r#"seed.products.p1.stock = "many""#, "seed.products.p1.stock"),
         ("seed.products.p1.stock = 1.5", "seed.products.p1.stock"),
         ("seed.products.p1.price = -1", "seed.products.p1.price"),
+        // What an origin could not store exactly.
+        (
+            "seed.products.p1.price = 9007199254740993",
+            "seed.products.p1.price",
+        ),
+        (r#"seed.products.p1.name = "a\u0000b""#, "seed.products.p1.name"),
+        (
+            r#"seed.products.p1.tags = { "k\u0000" = 1 }"#,
+            "seed.products.p1.tags",
+        ),
+        (
+            r#"seed.products.p1.tags = ["ok", "\u0000"]"#,
+            "seed.products.p1.tags",
+        ),
         (
             "collections.products.fields.stock.max = 10",
             "seed.products.p1.stock",
@@ -455,6 +469,26 @@ fn permissive_values_are_accepted() {
         "#,
     );
     settings.unwrap();
+}
+
+#[test]
+fn seed_values_are_loaded_in_the_form_the_origins_store() {
+    let settings = with_overrides(
+        r#"
+        seed.products.p1.price = 12
+        seed.products.p1.stock = 9223372036854775807
+        seed.products.p1.tags = { zero = -0.0, list = [1, 2.5] }
+        "#,
+    )
+    .unwrap();
+    let p1 = &settings.seed["products"]["p1"];
+    assert_eq!(p1["price"].to_string(), "12.0", "a number field holds doubles");
+    assert_eq!(p1["stock"].to_string(), "9223372036854775807");
+    assert_eq!(
+        p1["tags"].to_string(),
+        r#"{"list":[1,2.5],"zero":0.0}"#,
+        "jsonb has no negative zero"
+    );
 }
 
 // ------------------------------------------------------------------ effective TOML

@@ -418,6 +418,11 @@ fn seed_value(key: &str, collection: &Collection, field_name: &str, value: &Valu
             format!("expected a {} value, got {value}", f.kind.as_str()),
         ));
     }
+    // What the origins could not store exactly; `load` then rewrites the seed into
+    // the canonical form checked here.
+    f.kind
+        .canonicalize(&mut value.clone())
+        .map_err(|e| invalid(key, format!("{value} cannot be stored exactly: {e}")))?;
     if let Some(n) = value.as_f64() {
         if let Some(min) = f.min.filter(|min| n < *min) {
             return Err(invalid(key, format!("{value} is below min {min}")));

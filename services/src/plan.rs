@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgecache_actors::Fields;
-use edgecache_config::{Collection, Field, FieldType, Freshness};
+use edgecache_config::{Collection, Field, FieldType, Freshness, Unrepresentable};
 use serde_json::Value;
 
 use crate::freshness::{self, Verdict};
@@ -84,9 +84,11 @@ impl CollectionPlan {
             .ok_or_else(|| InvalidInput::UnknownField(name.to_owned()))
     }
 
-    /// Checks one field's value: known field, right type, within bounds. `null` is
+    /// Checks one field's value: known field, right type, a value every origin
+    /// stores exactly, within bounds — and puts it into that canonical form
+    /// ([`FieldType::canonicalize`]: `3` in a number field becomes `3.0`). `null` is
     /// accepted (a merge patch removes the field; a PUT stores no value).
-    pub fn check_value(&self, name: &str, value: &Value) -> Result<(), InvalidInput> {
+    pub fn check_value(&self, name: &str, value: &mut Value) -> Result<(), InvalidInput> {
         let field = self.field(name)?;
         if !field.kind.admits(value) {
             return Err(InvalidInput::WrongType {
@@ -94,6 +96,13 @@ impl CollectionPlan {
                 expected: field.kind,
             });
         }
+        field
+            .kind
+            .canonicalize(value)
+            .map_err(|reason| InvalidInput::Unrepresentable {
+                field: name.to_owned(),
+                reason,
+            })?;
         if let Some(n) = value.as_f64() {
             if field.min.is_some_and(|min| n < min) || field.max.is_some_and(|max| n > max) {
                 return Err(InvalidInput::OutOfRange {
@@ -106,17 +115,22 @@ impl CollectionPlan {
         Ok(())
     }
 
-    /// Validates a whole document (PUT) or a merge patch (PATCH): every top-level key
-    /// a declared field, every value admitted. An `id` member must equal `id`, and is
-    /// removed (the id is the path's).
-    pub fn check_document(&self, id: &str, mut fields: Fields) -> Result<Fields, InvalidInput> {
+    /// Validates a whole document (PUT) or a merge patch (PATCH), and returns it in
+    /// canonical form: every top-level key a declared field, every value admitted
+    /// ([`CollectionPlan::check_value`]). An `id` member must equal `id`, and is
+    /// removed (the id is the path's); so are a document's `null` members (it stores
+    /// no value for them), while a patch keeps them (they remove the field).
+    pub fn check_document(&self, id: &str, mut fields: Fields, body: Body) -> Result<Fields, InvalidInput> {
         if let Some(body_id) = fields.remove("id") {
             if body_id.as_str() != Some(id) {
                 return Err(InvalidInput::IdMismatch);
             }
         }
-        for (name, value) in &fields {
+        for (name, value) in &mut fields {
             self.check_value(name, value)?;
+        }
+        if body == Body::Document {
+            fields.retain(|_, value| !value.is_null());
         }
         Ok(fields)
     }
@@ -150,6 +164,15 @@ impl CollectionPlan {
     }
 }
 
+/// What a write's body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// The whole document (PUT).
+    Document,
+    /// A JSON merge patch (RFC 7396) of it (PATCH).
+    MergePatch,
+}
+
 /// Client input the data model rejects (422 unless noted).
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidInput {
@@ -165,6 +188,14 @@ pub enum InvalidInput {
     },
     #[error("the body's `id` differs from the id in the path")]
     IdMismatch,
+    /// A value of the right type that not every origin could store exactly (an
+    /// integer outside i64, U+0000 in a string, …): refused rather than altered.
+    #[error("field `{field}` cannot be stored exactly: {reason}")]
+    Unrepresentable {
+        field: String,
+        #[source]
+        reason: Unrepresentable,
+    },
 }
 
 /// Every collection of the node, by name.
@@ -193,6 +224,7 @@ impl Collections {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgecache_config::{Reason, MAX_JSON_DEPTH};
     use serde_json::json;
 
     fn products() -> CollectionPlan {
@@ -209,27 +241,207 @@ mod tests {
     fn documents_are_checked_field_by_field() {
         let plan = products();
         let ok = json!({"name": "cup", "stock": 3, "price": 1.5, "tags": ["a"]});
-        assert!(plan.check_document("p1", ok.as_object().unwrap().clone()).is_ok());
+        assert!(plan
+            .check_document("p1", ok.as_object().unwrap().clone(), Body::Document)
+            .is_ok());
         let unknown = json!({"colour": "red"});
         assert!(matches!(
-            plan.check_document("p1", unknown.as_object().unwrap().clone()),
+            plan.check_document("p1", unknown.as_object().unwrap().clone(), Body::Document),
             Err(InvalidInput::UnknownField(f)) if f == "colour"
         ));
         let wrong = json!({"stock": "many"});
         assert!(matches!(
-            plan.check_document("p1", wrong.as_object().unwrap().clone()),
+            plan.check_document("p1", wrong.as_object().unwrap().clone(), Body::Document),
             Err(InvalidInput::WrongType { .. })
         ));
         let negative = json!({"stock": -1});
         assert!(matches!(
-            plan.check_document("p1", negative.as_object().unwrap().clone()),
+            plan.check_document("p1", negative.as_object().unwrap().clone(), Body::Document),
             Err(InvalidInput::OutOfRange { .. })
         ));
         let other_id = json!({"id": "p2"});
         assert!(matches!(
-            plan.check_document("p1", other_id.as_object().unwrap().clone()),
+            plan.check_document("p1", other_id.as_object().unwrap().clone(), Body::Document),
             Err(InvalidInput::IdMismatch)
         ));
+    }
+
+    /// `body` checked as a document (PUT) of `products`.
+    fn check(plan: &CollectionPlan, body: Value) -> Result<Fields, InvalidInput> {
+        plan.check_document("p1", object(body), Body::Document)
+    }
+
+    fn object(body: Value) -> Fields {
+        match body {
+            Value::Object(fields) => fields,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    /// The reason and JSON pointer of an unrepresentable `field`, or panics.
+    fn unrepresentable(result: Result<Fields, InvalidInput>, field: &str) -> (Reason, String) {
+        match result {
+            Err(InvalidInput::Unrepresentable { field: f, reason }) if f == field => {
+                (reason.reason, reason.pointer)
+            }
+            other => panic!("expected `{field}` to be unrepresentable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn integer_fields_hold_i64_exactly() {
+        let plan = products();
+        let max = check(&plan, json!({"stock": i64::MAX})).unwrap();
+        assert_eq!(max["stock"].as_i64(), Some(i64::MAX));
+        for past in [i64::MAX as u64 + 1, u64::MAX] {
+            let (reason, pointer) = unrepresentable(check(&plan, json!({"stock": past})), "stock");
+            assert_eq!((reason, pointer.as_str()), (Reason::IntegerOutOfRange, ""));
+        }
+        // A float is of the wrong type, however integral (serde_json reads an integer
+        // literal below i64::MIN as one).
+        for float in [json!(1.5), json!(3.0), json!(-9.3e18)] {
+            assert!(matches!(
+                check(&plan, json!({"stock": float})),
+                Err(InvalidInput::WrongType { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn number_fields_hold_doubles_and_integers_become_theirs() {
+        let plan = products();
+        let three = check(&plan, json!({"price": 3})).unwrap();
+        assert!(three["price"].is_f64());
+        assert_eq!(three["price"].to_string(), "3.0");
+        let two_53 = 1u64 << 53;
+        let exact = check(&plan, json!({"price": two_53})).unwrap();
+        assert_eq!(exact["price"].as_f64(), Some(two_53 as f64));
+        let big = check(&plan, json!({"price": 10_000_000_000_000_000_000u64})).unwrap();
+        assert_eq!(big["price"].as_f64(), Some(1e19));
+        assert_eq!(
+            unrepresentable(check(&plan, json!({"price": two_53 + 1})), "price").0,
+            Reason::InexactDouble
+        );
+        // i64::MAX and u64::MAX round to 2^63 and 2^64: not the integer sent.
+        for inexact in [json!(i64::MAX), json!(u64::MAX)] {
+            let body = json!({"tags": null, "price": inexact});
+            assert_eq!(
+                unrepresentable(check(&plan, body), "price").0,
+                Reason::InexactDouble
+            );
+        }
+        let plan = CollectionPlan::new(
+            "signed",
+            &edgecache_config::Collection {
+                freshness: Freshness::Strict,
+                fields: [(
+                    "x".to_owned(),
+                    Field {
+                        kind: FieldType::Number,
+                        freshness: None,
+                        min: None,
+                        max: None,
+                    },
+                )]
+                .into(),
+                table: Default::default(),
+            },
+        );
+        let negative = -((two_53 + 1) as i64);
+        assert_eq!(
+            unrepresentable(
+                plan.check_document("s", object(json!({"x": negative})), Body::Document),
+                "x"
+            )
+            .0,
+            Reason::InexactDouble
+        );
+        // Doubles keep every bit, the sign of zero too.
+        for x in [-0.0, 1e308, f64::MAX, 5e-324, 1.0715660391465826e-75] {
+            let checked = plan
+                .check_document("s", object(json!({"x": x})), Body::Document)
+                .unwrap();
+            assert_eq!(checked["x"].as_f64().map(f64::to_bits), Some(x.to_bits()), "{x}");
+        }
+    }
+
+    #[test]
+    fn strings_hold_no_nul_anywhere() {
+        let plan = products();
+        let ok = check(
+            &plan,
+            json!({"name": "", "description": "😀 𝄞 ü", "tags": {"": "", "😀": ["𝄞"]}}),
+        );
+        assert!(ok.is_ok());
+        let (reason, pointer) = unrepresentable(check(&plan, json!({"name": "a\u{0}b"})), "name");
+        assert_eq!((reason, pointer.as_str()), (Reason::Nul, ""));
+        let in_value = json!({"tags": {"a": [1, {"b/c~": "\u{0}"}]}});
+        let (reason, pointer) = unrepresentable(check(&plan, in_value), "tags");
+        assert_eq!((reason, pointer.as_str()), (Reason::Nul, "/a/1/b~1c~0"));
+        let in_key = json!({"tags": {"ok": {"k\u{0}": 1}}});
+        let error = check(&plan, in_key.clone()).unwrap_err().to_string();
+        assert_eq!(
+            error, "field `tags` cannot be stored exactly: the string holds U+0000 (at /ok/k\\0)",
+            "the detail names the field and where, escaped"
+        );
+        let (reason, pointer) = unrepresentable(check(&plan, in_key), "tags");
+        assert_eq!((reason, pointer.as_str()), (Reason::Nul, "/ok/k\u{0}"));
+        // The same in a merge patch.
+        let patch = plan.check_document("p1", object(json!({"tags": {"x": "\u{0}"}})), Body::MergePatch);
+        assert_eq!(unrepresentable(patch, "tags").0, Reason::Nul);
+    }
+
+    #[test]
+    fn json_fields_hold_i64_integers_and_no_negative_zero() {
+        let plan = products();
+        let past = json!({"tags": {"n": [i64::MAX as u64 + 1]}});
+        let (reason, pointer) = unrepresentable(check(&plan, past), "tags");
+        assert_eq!((reason, pointer.as_str()), (Reason::IntegerOutOfRange, "/n/0"));
+        let edges = json!({"tags": [i64::MIN, i64::MAX, -0.0, 1e16, 1.0, 2, {"z": -0.0}]});
+        let checked = check(&plan, edges).unwrap();
+        assert_eq!(
+            checked["tags"].to_string(),
+            "[-9223372036854775808,9223372036854775807,0.0,1e+16,1.0,2,{\"z\":0.0}]"
+        );
+        assert!(checked["tags"][2].as_f64().is_some_and(|z| z.is_sign_positive()));
+    }
+
+    #[test]
+    fn json_nesting_is_bounded() {
+        let plan = products();
+        let nest = |depth: usize| {
+            let mut value = json!("core");
+            for _ in 1..depth {
+                value = json!([value]);
+            }
+            json!({"tags": value})
+        };
+        assert!(check(&plan, nest(MAX_JSON_DEPTH)).is_ok());
+        assert_eq!(
+            unrepresentable(check(&plan, nest(MAX_JSON_DEPTH + 1)), "tags").0,
+            Reason::TooDeep
+        );
+        // serde_json refuses deeper bodies before the data model sees them.
+        let body = format!("{}1{}", "[".repeat(MAX_JSON_DEPTH), "]".repeat(MAX_JSON_DEPTH));
+        assert!(serde_json::from_str::<Value>(&body).is_err());
+    }
+
+    #[test]
+    fn a_document_stores_no_nulls_and_a_patch_keeps_them() {
+        let plan = products();
+        let body = json!({"name": null, "stock": null, "tags": {"keep": null}, "price": 1});
+        let document = plan
+            .check_document("p1", object(body.clone()), Body::Document)
+            .unwrap();
+        assert_eq!(
+            Value::Object(document),
+            json!({"tags": {"keep": null}, "price": 1.0})
+        );
+        let patch = plan.check_document("p1", object(body), Body::MergePatch).unwrap();
+        assert_eq!(
+            Value::Object(patch),
+            json!({"name": null, "stock": null, "tags": {"keep": null}, "price": 1.0})
+        );
     }
 
     #[test]

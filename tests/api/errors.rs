@@ -139,6 +139,22 @@ async fn bad_writes_are_rejected_with_their_problem_type_and_write_nothing() {
             "wrong-type",
         ),
         (
+            Method::PATCH,
+            "/v1/products/p1".into(),
+            "application/merge-patch+json",
+            r#"{"stock": 9223372036854775808}"#.into(),
+            422,
+            "unrepresentable-value",
+        ),
+        (
+            Method::PATCH,
+            "/v1/products/p1".into(),
+            "application/merge-patch+json",
+            r#"{"tags": {"\u0000": 1}}"#.into(),
+            422,
+            "unrepresentable-value",
+        ),
+        (
             Method::POST,
             "/v1/products/p1/increment".into(),
             "application/json",

@@ -98,6 +98,7 @@ impl ApiError {
             ApiError::Invalid(InvalidInput::WrongType { .. }) => "wrong-type",
             ApiError::Invalid(InvalidInput::OutOfRange { .. }) => "out-of-range",
             ApiError::Invalid(InvalidInput::IdMismatch) => "id-mismatch",
+            ApiError::Invalid(InvalidInput::Unrepresentable { .. }) => "unrepresentable-value",
             ApiError::InvalidRequest(_) => "invalid-request",
             ApiError::BatchTooLarge { .. } => "batch-too-large",
             ApiError::PreconditionFailed { .. } => "precondition-failed",

@@ -15,7 +15,7 @@ use super::v1::ItemPath;
 use super::{idempotency, ApiError};
 use crate::node::{ReadOutcome, SessionCtx};
 use crate::origin::{OriginError, ReadRequest, WriteOp, WriteOpKind};
-use crate::plan::CollectionPlan;
+use crate::plan::{Body, CollectionPlan};
 use crate::Node;
 
 const JSON: &[&str] = &["application/json"];
@@ -117,7 +117,7 @@ pub async fn put_item(
         idempotency_key,
     } = prepare_write(node, path, request)?;
     let result = async {
-        let fields = read_document(node, &plan, &path.id, request, payload, JSON).await?;
+        let fields = read_document(node, &plan, &path.id, request, payload, Body::Document).await?;
         let idempotency = idempotency::bind(node, idempotency_key, "PUT", &key, pre, &fields)?;
         let if_match = match pre {
             Precondition::None => None,
@@ -166,7 +166,7 @@ pub async fn patch_item(
         idempotency_key,
     } = prepare_write(node, path, request)?;
     let result = async {
-        let patch = read_document(node, &plan, &path.id, request, payload, MERGE_PATCH).await?;
+        let patch = read_document(node, &plan, &path.id, request, payload, Body::MergePatch).await?;
         let idempotency = idempotency::bind(node, idempotency_key, "PATCH", &key, pre, &patch)?;
         let op = WriteOp {
             key,
@@ -246,17 +246,22 @@ pub fn prepare_write(node: &Node, path: &ItemPath<'_>, request: &HttpRequest) ->
     })
 }
 
-/// Reads a document or merge patch body and checks it against the data model.
+/// Reads a document or merge patch body, checks it against the data model and
+/// returns it in canonical form.
 async fn read_document(
     node: &Node,
     plan: &CollectionPlan,
     id: &str,
     request: &HttpRequest,
     payload: Payload,
-    accept: &[&'static str],
+    kind: Body,
 ) -> Result<Fields, ApiError> {
+    let accept = match kind {
+        Body::Document => JSON,
+        Body::MergePatch => MERGE_PATCH,
+    };
     let body = read_body(request, payload, node.limits().max_body_bytes, accept).await?;
-    Ok(plan.check_document(id, parse_object(&body)?)?)
+    Ok(plan.check_document(id, parse_object(&body)?, kind)?)
 }
 
 /// The If-Match version of a write that requires the item to exist anyway

@@ -16,6 +16,7 @@
 
 mod feed;
 mod idempotency;
+mod jsonb;
 mod replicas;
 mod table;
 
@@ -724,7 +725,7 @@ async fn replace(
         WriteOpKind::Increment { .. } => unreachable!("increments take their own statement"),
     };
     let version = Version(row_version.0 + 1);
-    let values = def.values(new_fields.as_ref());
+    let values = def.values(new_fields.as_ref())?;
     let version_param = version.0 as i64;
     let deleted = new_fields.is_none();
     let id = op.key.id();

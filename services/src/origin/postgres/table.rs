@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use super::jsonb::Jsonb;
 use crate::origin::OriginError;
 
 /// One field's column.
@@ -148,19 +149,39 @@ impl TableDef {
     }
 
     /// The parameters `$4…` of [`TableDef::update`]/[`TableDef::insert`] for `fields`.
-    pub fn values(&self, fields: Option<&Fields>) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    ///
+    /// Every value must fit its column exactly, as the data model's canonical form
+    /// guarantees (`plan::CollectionPlan::check_value`): a value that does not is an
+    /// internal error, never a silent NULL or a rounded number.
+    pub fn values(&self, fields: Option<&Fields>) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, OriginError> {
         self.columns
             .iter()
             .map(|c| {
                 let value = fields.and_then(|f| f.get(&c.field)).filter(|v| !v.is_null());
-                let param: Box<dyn ToSql + Sync + Send> = match c.kind {
-                    FieldType::String => Box::new(value.and_then(Value::as_str).map(str::to_owned)),
-                    FieldType::Integer => Box::new(value.and_then(Value::as_i64)),
-                    FieldType::Number => Box::new(value.and_then(Value::as_f64)),
-                    FieldType::Boolean => Box::new(value.and_then(Value::as_bool)),
-                    FieldType::Json => Box::new(value.cloned()),
+                let param: Box<dyn ToSql + Sync + Send> = match (c.kind, value) {
+                    (FieldType::String, None) => Box::new(None::<String>),
+                    (FieldType::String, Some(Value::String(s))) => Box::new(Some(s.clone())),
+                    (FieldType::Integer, None) => Box::new(None::<i64>),
+                    (FieldType::Integer, Some(Value::Number(n))) if n.is_i64() => Box::new(n.as_i64()),
+                    (FieldType::Number, None) => Box::new(None::<f64>),
+                    (FieldType::Number, Some(Value::Number(n))) if n.is_f64() => Box::new(n.as_f64()),
+                    (FieldType::Boolean, None) => Box::new(None::<bool>),
+                    (FieldType::Boolean, Some(Value::Bool(b))) => Box::new(Some(*b)),
+                    (FieldType::Json, None) => Box::new(None::<Jsonb>),
+                    (FieldType::Json, Some(v)) => Box::new(Some(Jsonb(v.clone()))),
+                    (kind, Some(_)) => {
+                        return Err(OriginError::Internal {
+                            reason: format!(
+                                "field `{}` of {} holds a value a {} column cannot store exactly",
+                                c.field,
+                                self.collection,
+                                kind.as_str()
+                            ),
+                            source: None,
+                        })
+                    }
                 };
-                param
+                Ok(param)
             })
             .collect()
     }
@@ -168,6 +189,11 @@ impl TableDef {
     /// One statement that adds `$2` to an integer field within bounds `$4`/`$5`, if
     /// the item exists and (with `$3`) is at that version, bumps the version and
     /// notifies the change feed (`$6` channel) — or changes nothing.
+    ///
+    /// The sum is checked in `numeric`, against the bounds and the bigint range, so a
+    /// sum past i64 matches no row (the caller reports the crossed bound) instead of
+    /// failing the statement with an int8 overflow. Only a row that passes all that
+    /// computes the bigint sum in `SET`.
     pub fn increment(&self, field: &str) -> Option<String> {
         let column = self
             .columns
@@ -178,8 +204,10 @@ impl TableDef {
         Some(format!(
             "WITH u AS (UPDATE {table} SET {col} = {col} + $2, {version} = {version} + 1 \
              WHERE {key} = $1 AND NOT {tombstone} AND ($3::int8 IS NULL OR {version} = $3) \
-             AND {col} IS NOT NULL AND ($4::int8 IS NULL OR {col} + $2 >= $4) \
-             AND ($5::int8 IS NULL OR {col} + $2 <= $5) RETURNING *) \
+             AND {col} IS NOT NULL \
+             AND {col}::numeric + $2::int8 BETWEEN {min} AND {max} \
+             AND ($4::int8 IS NULL OR {col}::numeric + $2::int8 >= $4) \
+             AND ($5::int8 IS NULL OR {col}::numeric + $2::int8 <= $5) RETURNING *) \
              SELECT u.{version}, u.{tombstone}, {cols}, \
              pg_notify($6, json_build_object('c', $7::text, 'i', $1::text, 'v', u.{version})::text) FROM u",
             table = self.table,
@@ -187,6 +215,8 @@ impl TableDef {
             tombstone = self.tombstone,
             key = self.key,
             cols = returning.join(", "),
+            min = i64::MIN,
+            max = i64::MAX,
         ))
     }
 
@@ -244,8 +274,15 @@ mod tests {
             .contains("\"on_hand\" = \"on_hand\" + $2"));
         assert!(def.increment("name").is_none(), "only integer fields increment");
         assert_eq!(
-            def.values(None).len(),
+            def.values(None).unwrap().len(),
             settings.collections["products"].fields.len()
+        );
+        let increment = def.increment("stock").unwrap();
+        assert!(
+            increment.contains(
+                "\"on_hand\"::numeric + $2::int8 BETWEEN -9223372036854775808 AND 9223372036854775807"
+            ),
+            "the sum is checked without int8 overflow: {increment}"
         );
     }
 }
