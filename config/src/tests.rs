@@ -357,6 +357,8 @@ fn invalid_settings_name_their_key() {
         ("api.max_id_bytes = 0", "api.max_id_bytes"),
         ("api.max_id_bytes = 513", "api.max_id_bytes"),
         ("api.max_batch = 1001", "api.max_batch"),
+        ("api.max_user_id_bytes = 0", "api.max_user_id_bytes"),
+        ("api.max_user_id_bytes = 4097", "api.max_user_id_bytes"),
         (
             "[collections.Products]\nfreshness = { class = \"strict\" }\nfields.name = { type = \"string\" }",
             "collections.Products",

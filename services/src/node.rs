@@ -48,6 +48,8 @@ pub struct ApiLimits {
     pub max_id_bytes: usize,
     pub max_batch: usize,
     pub max_body_bytes: usize,
+    /// Longest `X-User-Id` a session is opened with.
+    pub max_user_id_bytes: usize,
 }
 
 /// A request's session: the live session, its strategy arms, and how it was found.
@@ -72,6 +74,9 @@ pub enum SessionError {
     InvalidId,
     #[error("a session token was sent without a session id")]
     TokenWithoutSession,
+    /// The session would keep the user id: it is bounded like every string it holds.
+    #[error("the user id must be at most {max} bytes")]
+    UserIdTooLong { max: usize },
     #[error(transparent)]
     Token(#[from] TokenError),
 }
@@ -199,6 +204,7 @@ impl Node {
                 max_id_bytes: settings.api.max_id_bytes,
                 max_batch: settings.api.max_batch,
                 max_body_bytes: settings.server.max_body_bytes,
+                max_user_id_bytes: settings.api.max_user_id_bytes,
             },
         }
     }
@@ -249,13 +255,18 @@ impl Node {
 
     /// Opens the request's session: the live one (taking in a newer token), else one
     /// rebuilt from the token, else a new one; a request with no session id gets a
-    /// new id. Then evaluates its strategies.
+    /// new id. Then evaluates its strategies. A user id longer than
+    /// `api.max_user_id_bytes` opens nothing: the session would keep it.
     pub fn open_session(
         &self,
         session_id: Option<&str>,
         user_id: Option<&str>,
         token: Option<&str>,
     ) -> Result<SessionCtx, SessionError> {
+        let max = self.limits.max_user_id_bytes;
+        if user_id.is_some_and(|user| user.len() > max) {
+            return Err(SessionError::UserIdTooLong { max });
+        }
         let minted;
         let id = match session_id {
             Some(id) if valid_session_id(id) => id,
