@@ -20,7 +20,8 @@ use crate::cache::{document_json, CacheEntry, Fill, SharedCache};
 use crate::freshness::Verdict;
 use crate::metrics::{CellId, Metrics, ServedRead, Tier};
 use crate::origin::{
-    Change, Committed, OriginError, OriginTier, ReadRequest, SharedOrigin, TierPolicy, WriteError, WriteOp,
+    Change, Committed, MaxStaleness, OriginError, OriginTier, ReadRequest, SharedOrigin, TierPolicy,
+    WriteError, WriteOp,
 };
 use crate::plan::{CollectionPlan, Collections};
 use crate::CacheStatus;
@@ -379,7 +380,7 @@ impl Node {
                     Verdict::Revalidate => {
                         status = CacheStatus::Stale;
                         base = Some(Base::Cache(entry.clone()));
-                        self.refresh_in_background(plan, id);
+                        self.refresh_in_background(plan, id, plan.max_staleness(strict, self.plain));
                     }
                     Verdict::Expired => {
                         status = CacheStatus::Expired;
@@ -418,7 +419,8 @@ impl Node {
                     status = CacheStatus::Expired;
                 }
                 let absent = cached.is_none() && changed_to.is_none();
-                match self.read_origin(&item, need, absent, wait).await {
+                let max_staleness = plan.max_staleness(strict, self.plain);
+                match self.read_origin(&item, need, absent, wait, max_staleness).await {
                     Ok((entry, tier)) => Base::Origin(entry, tier),
                     Err(err) => {
                         self.metrics.origin_errors.inc();
@@ -443,7 +445,6 @@ impl Node {
         if strict && plan.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary)) {
             let item = ItemKey::new(plan.name.clone(), id);
             let request = ReadRequest::PRIMARY;
-            let started = Instant::now();
             let read = self
                 .origin
                 .read(item.clone(), request)
@@ -453,14 +454,21 @@ impl Node {
             if read.doc.version == base_doc(&base).version {
                 strict_from_primary = true;
             } else {
-                let entry = CacheEntry::new(&item, read.doc, started);
+                let entry = CacheEntry::new(&item, read.doc, read.as_of);
                 self.cache.offer(&item, entry.clone());
                 base = Base::Origin(entry, OriginTier::Primary);
             }
         }
 
+        // Ages as of now, after every origin read this request made.
+        let served = Instant::now();
         let (doc, body, age, tier) = match &base {
-            Base::Cache(entry) => (entry.doc.clone(), entry.body.clone(), entry.age(now), Tier::Cache),
+            Base::Cache(entry) => (
+                entry.doc.clone(),
+                entry.body.clone(),
+                entry.age(served),
+                Tier::Cache,
+            ),
             Base::Session(doc, at) => {
                 let body = doc
                     .fields
@@ -470,14 +478,15 @@ impl Node {
                 (
                     doc.clone(),
                     body,
-                    now.saturating_duration_since(*at),
+                    served.saturating_duration_since(*at),
                     Tier::Session,
                 )
             }
+            // An origin answer is as old as the tier that gave it was behind.
             Base::Origin(entry, t) => (
                 entry.doc.clone(),
                 entry.body.clone(),
-                Duration::ZERO,
+                entry.age(served),
                 match t {
                     OriginTier::Primary => Tier::Primary,
                     OriginTier::Replica => Tier::Replica,
@@ -526,31 +535,32 @@ impl Node {
         })
     }
 
-    /// Reads `item` from the origin at or past `need`, and stores it in the cache.
-    /// A miss (`absent`) is coalesced with other requests' reads of the item.
+    /// Reads `item` from the origin at or past `need`, no further behind the primary
+    /// than `max_staleness`, and stores it in the cache. A miss (`absent`) is
+    /// coalesced with other requests' reads of the item.
     async fn read_origin(
         &self,
         item: &ItemKey,
         need: edgecache_actors::Need,
         absent: bool,
         wait_for_replica: bool,
+        max_staleness: MaxStaleness,
     ) -> Result<(Arc<CacheEntry>, OriginTier), OriginError> {
         let load = |policy| {
             let origin = self.origin.clone();
             let metrics = self.metrics.clone();
             let item = item.clone();
             async move {
-                let started = Instant::now();
                 let request = ReadRequest {
                     policy,
                     min_position: need.origin_position,
                     wait_for_replica,
+                    max_staleness,
                 };
                 let read = origin.read(item.clone(), request).await?;
                 metrics.origin_read(&read);
                 // A replica's copy is as old as the replica is behind.
-                let as_of = started.checked_sub(read.staleness).unwrap_or(started);
-                Ok::<_, OriginError>((CacheEntry::new(&item, read.doc, as_of), read.tier))
+                Ok::<_, OriginError>((CacheEntry::new(&item, read.doc, read.as_of), read.tier))
             }
         };
         if absent {
@@ -566,8 +576,10 @@ impl Node {
                     })
                 })
                 .await;
+            // Another request's load may have had a looser bound (another strict arm).
+            let fresh = |entry: &CacheEntry| entry.age(Instant::now()) <= max_staleness.fresh;
             match fill {
-                Fill::Loaded(entry) if !entry.invalidated && need.admits(&entry.doc) => {
+                Fill::Loaded(entry) if !entry.invalidated && need.admits(&entry.doc) && fresh(&entry) => {
                     return Ok((entry, tier.get()))
                 }
                 Fill::Loaded(_) => {}
@@ -584,8 +596,9 @@ impl Node {
         Ok((entry, tier))
     }
 
-    /// Starts the one background refresh of an item served stale, if none runs.
-    fn refresh_in_background(&self, plan: &CollectionPlan, id: &str) {
+    /// Starts the one background refresh of an item served stale, if none runs; a
+    /// replica further behind than `max_staleness` is passed over for the primary.
+    fn refresh_in_background(&self, plan: &CollectionPlan, id: &str, max_staleness: MaxStaleness) {
         let item = ItemKey::new(plan.name.clone(), id);
         let Some(ticket) = self.cache.claim_refresh(&item) else {
             return;
@@ -596,15 +609,14 @@ impl Node {
         let metrics = self.metrics.clone();
         actix_web::rt::spawn(async move {
             let _ticket = ticket;
-            let started = Instant::now();
             match origin
-                .read(item.clone(), ReadRequest::at_least(Position(0), false))
+                .read(
+                    item.clone(),
+                    ReadRequest::at_least(Position(0), false, max_staleness),
+                )
                 .await
             {
-                Ok(read) => {
-                    let as_of = started.checked_sub(read.staleness).unwrap_or(started);
-                    cache.offer(&item, CacheEntry::new(&item, read.doc, as_of))
-                }
+                Ok(read) => cache.offer(&item, CacheEntry::new(&item, read.doc, read.as_of)),
                 Err(err) => {
                     metrics.origin_errors.inc();
                     tracing::warn!(cause = %err, item = %item, "background refresh failed");
@@ -631,16 +643,13 @@ impl Node {
             .map(|id| ItemKey::new(plan.name.clone(), id))
             .collect();
         if !absent.is_empty() {
-            let started = Instant::now();
-            match self
-                .origin
-                .read_many(absent.clone(), ReadRequest::at_least(Position(0), false))
-                .await
-            {
+            let strict = s.strategies.is_on(Strategy::StrictFields);
+            let request = ReadRequest::at_least(Position(0), false, plan.max_staleness(strict, self.plain));
+            match self.origin.read_many(absent.clone(), request).await {
                 Ok(reads) => {
                     for (item, read) in absent.iter().zip(reads) {
-                        let as_of = started.checked_sub(read.staleness).unwrap_or(started);
-                        self.cache.offer(item, CacheEntry::new(item, read.doc, as_of));
+                        self.cache
+                            .offer(item, CacheEntry::new(item, read.doc, read.as_of));
                     }
                 }
                 // Each read below retries on its own and reports its own failure.

@@ -151,3 +151,105 @@ async fn with_the_primary_down_writes_and_strict_reads_fail_relaxed_fields_are_s
         .await;
     assert!(after.status.is_success(), "writes work again: {}", after.body);
 }
+
+/// The tier and age `?explain=true` gives the field `total`.
+fn explained(read: &helpers::Reply) -> (String, u64) {
+    let field = read.body["_explain"]["fields"]
+        .as_array()
+        .and_then(|fields| fields.iter().find(|f| f["field"] == "total"))
+        .unwrap_or_else(|| panic!("explained: {}", read.body));
+    (
+        field["tier"].as_str().unwrap_or("").to_owned(),
+        field["age_ms"].as_u64().unwrap_or(0),
+    )
+}
+
+#[actix_web::test]
+async fn a_replica_further_behind_than_a_bounded_class_is_passed_over_and_its_answers_are_aged_by_its_lag() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = pg::cluster();
+    let mut settings = pg.settings(&pg::bounded("carts_lag", "2s")).await;
+    if let edgecache_config::OriginSettings::Postgres(pg) = &mut settings.origin {
+        // The default: a replica up to 5 s behind stays in rotation.
+        pg.replica_max_lag = Duration::from_secs(5);
+        // Nothing but the classes bound what the readers serve (a node whose LISTEN
+        // connection is down is in this state).
+        pg.change_feed = false;
+    }
+    let writer = spawn_with(&settings);
+    // Two readers that never read the item before the test reads it once through each;
+    // started now so they have sampled the replica before it falls behind.
+    let early = spawn_with(&settings);
+    let late = spawn_with(&settings);
+    let id = unique("c");
+    let item = format!("/v1/carts_lag/{id}");
+    assert_eq!(
+        Client::new()
+            .put(&writer, &item, json!({"total": 1.0}))
+            .await
+            .status,
+        201
+    );
+    let replayed = eventually(Duration::from_secs(10), || async {
+        pg.replica_version("carts_lag", &id) == 1
+    })
+    .await;
+    assert!(replayed, "the replica has version 1");
+
+    let _delay = pg.delay_replica("3s");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acknowledged = Client::new().put(&writer, &item, json!({"total": 2.0})).await;
+    assert_eq!(acknowledged.status, 200);
+    let acked = tokio::time::Instant::now();
+    let explain = format!("{item}?explain=true");
+
+    // 1.2 s later the replica (3 s behind for this write) still shows version 1, and is
+    // within the 2 s bound: it may serve it, as old as it is.
+    tokio::time::sleep_until(acked + Duration::from_millis(1200)).await;
+    let sent = acked.elapsed();
+    let read = Client::new().get(&early, &explain).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let (tier, age_ms) = explained(&read);
+    eprintln!(
+        "{:?} after the ack: version {} from the {tier}, age_ms {age_ms}, Age {}",
+        sent,
+        read.version(),
+        read.header("age")
+    );
+    if read.version() == 1 {
+        assert!(
+            age_ms >= sent.as_millis() as u64,
+            "the old version is at least {sent:?} old, not {age_ms} ms"
+        );
+        assert!(age_ms <= 2000, "within the bound: {age_ms} ms");
+        let age: u64 = read.header("age").parse().unwrap();
+        assert!(age >= sent.as_secs(), "Age {age} understates {sent:?}");
+    }
+    if sent < Duration::from_millis(1700) {
+        assert_eq!(
+            (read.version(), tier.as_str()),
+            (1, "replica"),
+            "a replica within the bound serves bounded fields"
+        );
+    }
+
+    // 2.5 s later the replica is past the bound: the primary serves.
+    tokio::time::sleep_until(acked + Duration::from_millis(2500)).await;
+    let sent = acked.elapsed();
+    let read = Client::new().get(&late, &explain).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let (tier, age_ms) = explained(&read);
+    eprintln!(
+        "{:?} after the ack: version {} from the {tier}, age_ms {age_ms}, Age {}",
+        sent,
+        read.version(),
+        read.header("age")
+    );
+    assert_eq!(
+        read.version(),
+        2,
+        "a bounded field is never served past its bound: {}",
+        read.body
+    );
+    assert_eq!(tier, "primary");
+}
