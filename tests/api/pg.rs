@@ -57,6 +57,25 @@ impl Cluster {
         self.pg_ctl(&self.primary_data, "stop");
     }
 
+    /// Stops the primary until the guard drops, which starts it again (also when the
+    /// test fails, so the tests after it find a primary).
+    pub fn primary_down(&self) -> PrimaryDown<'_> {
+        self.stop_primary();
+        PrimaryDown { cluster: self }
+    }
+
+    fn primary_runs(&self) -> bool {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.primary_data)
+            .arg("status")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
     pub fn start_primary(&self) {
         self.pg_ctl(&self.primary_data, "start");
     }
@@ -152,6 +171,20 @@ impl Cluster {
             .await
             .expect("the tables are created");
         settings
+    }
+}
+
+/// The primary stopped; dropping it starts it again.
+#[allow(dead_code)]
+pub struct PrimaryDown<'a> {
+    cluster: &'a Cluster,
+}
+
+impl Drop for PrimaryDown<'_> {
+    fn drop(&mut self) {
+        if !self.cluster.primary_runs() {
+            self.cluster.start_primary();
+        }
     }
 }
 

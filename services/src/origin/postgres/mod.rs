@@ -423,15 +423,40 @@ impl Origin for PostgresOrigin {
             }
             // A replica within the fresh bound serves; past it, the primary does.
             let bound = request.max_staleness;
+            let mut late = None;
             let mut wait = None;
             match read_replica(&inner, def, key.id(), request, bound.fresh).await {
                 Ok(Some(read)) if age(&read) <= bound.fresh => return Ok(read),
-                Ok(_) => {}
+                Ok(Some(read)) => late = Some(read),
+                Ok(None) => {}
                 Err(w) => wait = Some(w).filter(|w| w.fell_back),
             }
-            let mut read = read_primary(&inner, def, key.id()).await?;
-            read.replica_wait = wait;
-            Ok(read)
+            match read_primary(&inner, def, key.id()).await {
+                Ok(mut read) => {
+                    read.replica_wait = wait;
+                    Ok(read)
+                }
+                // The primary cannot answer: a replica within the on-error bound stands
+                // in (its answer is as old as the replica is behind, which grows while
+                // the primary is down).
+                Err(err @ OriginError::Unavailable { .. }) => {
+                    let stand_in = match late {
+                        Some(read) => Some(read),
+                        None => read_replica(&inner, def, key.id(), request, bound.on_error)
+                            .await
+                            .ok()
+                            .flatten(),
+                    };
+                    match stand_in.filter(|read| age(read) <= bound.on_error) {
+                        Some(read) => {
+                            tracing::debug!(cause = %err, item = %key, "primary unavailable; a replica stands in");
+                            Ok(read)
+                        }
+                        None => Err(err),
+                    }
+                }
+                Err(err) => Err(err),
+            }
         });
         Box::pin(async move { run.await? })
     }

@@ -5,7 +5,8 @@
 //! How far behind a replica is comes from samples of the primary's position: a
 //! replica that has replayed the position the primary was seen at, at instant `t`,
 //! shows the primary as of `t` at least. So its answers are as old as the time since
-//! the newest such `t` — a figure that keeps growing while the replica stands still.
+//! the newest such `t` — a figure that keeps growing while the replica stands still,
+//! and while the primary cannot be seen at all.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -152,12 +153,19 @@ impl History {
             .find(|(_, p)| *p <= replayed)
             .map(|(t, _)| *t)
     }
+
+    /// The primary's last known position.
+    fn last(&self) -> Option<u64> {
+        self.samples.back().map(|(_, p)| *p)
+    }
 }
 
 /// Samples the primary's and every replica's position each `interval`, forever.
 ///
 /// A replica further behind than `max_lag` leaves the rotation; so does one that does
-/// not answer.
+/// not answer. While the primary does not answer, a replica is judged against the
+/// primary's last known position instead: one that has replayed it holds everything
+/// the primary was last seen with, and stays (its answers still age with the outage).
 pub async fn sample(primary: Pool, replicas: Arc<Replicas>, interval: Duration, max_lag: Duration) {
     let mut history = History {
         samples: VecDeque::new(),
@@ -171,9 +179,13 @@ pub async fn sample(primary: Pool, replicas: Arc<Replicas>, interval: Duration, 
         // Taken before the question: the primary was at the answer then or later.
         let asked = Instant::now();
         let primary_lsn = tokio::time::timeout(deadline, lsn(&primary, "SELECT pg_current_wal_lsn()")).await;
-        if let Ok(Some(p)) = primary_lsn {
-            history.push(asked, p);
-        }
+        let primary_seen = match primary_lsn {
+            Ok(Some(p)) => {
+                history.push(asked, p);
+                true
+            }
+            _ => false,
+        };
         for replica in &replicas.all {
             let replayed =
                 tokio::time::timeout(deadline, lsn(&replica.pool, "SELECT pg_last_wal_replay_lsn()")).await;
@@ -184,10 +196,11 @@ pub async fn sample(primary: Pool, replicas: Arc<Replicas>, interval: Duration, 
                         replica.caught_up_to(at);
                     }
                     let staleness = replica.staleness(Instant::now());
-                    let healthy = staleness <= max_lag;
+                    let primary_last = (!primary_seen).then(|| history.last()).flatten();
+                    let healthy = keeps_rotation(staleness, max_lag, position, primary_last);
                     if replica.in_rotation.swap(healthy, Ordering::AcqRel) != healthy {
                         if healthy {
-                            tracing::info!(replica = %replica.name, ?staleness, "replica in rotation");
+                            tracing::info!(replica = %replica.name, ?staleness, primary_seen, "replica in rotation");
                         } else {
                             tracing::warn!(replica = %replica.name, ?staleness, "replica out of rotation: lagging");
                         }
@@ -201,6 +214,14 @@ pub async fn sample(primary: Pool, replicas: Arc<Replicas>, interval: Duration, 
             }
         }
     }
+}
+
+/// Whether a replica answering at `replayed`, `staleness` behind, belongs in
+/// rotation. `primary_last` is the primary's last known position while the primary
+/// does not answer: a replica that has replayed it is current, however long ago the
+/// primary was last seen.
+fn keeps_rotation(staleness: Duration, max_lag: Duration, replayed: u64, primary_last: Option<u64>) -> bool {
+    staleness <= max_lag || primary_last.is_some_and(|last| replayed >= last)
 }
 
 /// An LSN from a one-value query, or `None` if the server does not answer.
@@ -237,6 +258,19 @@ mod tests {
         // Past the span, old samples go; the newest always stays.
         history.push(start + S(30), 400);
         assert_eq!(history.samples.len(), 1);
+        assert_eq!(history.last(), Some(400));
+    }
+
+    #[test]
+    fn with_the_primary_unseen_a_replica_that_replayed_its_last_position_stays() {
+        let max_lag = S(5);
+        assert!(keeps_rotation(S(4), max_lag, 100, None));
+        assert!(!keeps_rotation(S(6), max_lag, 100, None), "lagging");
+        assert!(keeps_rotation(S(60), max_lag, 300, Some(300)), "current");
+        assert!(
+            !keeps_rotation(S(60), max_lag, 250, Some(300)),
+            "behind the primary's last known position"
+        );
     }
 
     #[tokio::test(start_paused = true)]
