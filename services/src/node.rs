@@ -565,19 +565,22 @@ impl Node {
         };
         if absent {
             let tier = std::cell::Cell::new(OriginTier::Primary);
+            let loaded_here = std::cell::Cell::new(false);
             let fill = self
                 .cache
                 .fill(item, || {
                     load(TierPolicy::AtLeast).map(|r| {
                         r.map(|(entry, t)| {
                             tier.set(t);
+                            loaded_here.set(true);
                             entry
                         })
                     })
                 })
                 .await;
             // Another request's load may have had a looser bound (another strict arm).
-            let fresh = |entry: &CacheEntry| entry.age(Instant::now()) <= max_staleness.fresh;
+            let fresh =
+                |entry: &CacheEntry| loaded_here.get() || entry.age(Instant::now()) <= max_staleness.fresh;
             match fill {
                 Fill::Loaded(entry) if !entry.invalidated && need.admits(&entry.doc) && fresh(&entry) => {
                     return Ok((entry, tier.get()))
