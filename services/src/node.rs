@@ -442,7 +442,9 @@ impl Node {
         // Strict fields come from the primary on every read. If the primary has moved
         // past what the base holds, the primary's answer becomes the base.
         let mut strict_from_primary = false;
-        if strict && plan.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary)) {
+        let read_strict =
+            strict && plan.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary));
+        if read_strict {
             let item = ItemKey::new(plan.name.clone(), id);
             let request = ReadRequest::PRIMARY;
             let read = self
@@ -460,8 +462,11 @@ impl Node {
             }
         }
 
-        // Ages as of now, after every origin read this request made.
-        let served = Instant::now();
+        // Ages as of when the answer leaves, after any origin read this request made
+        // (an answer that needed none takes the request's own instant).
+        let asked_origin =
+            read_strict || matches!(base, Base::Origin(..)) || status == CacheStatus::StaleIfError;
+        let served = if asked_origin { Instant::now() } else { now };
         let (doc, body, age, tier) = match &base {
             Base::Cache(entry) => (
                 entry.doc.clone(),
