@@ -18,7 +18,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use edgecache_actors::{ItemKey, Position};
 use edgecache_config::{OriginSettings, Settings, Sources};
 use edgecache_flags::ConfigFlags;
-use edgecache_services::origin::{Origin, OriginTier, PostgresOrigin, ReadRequest};
+use edgecache_services::origin::{MaxStaleness, Origin, OriginTier, PostgresOrigin, ReadRequest};
 use edgecache_services::{CacheStatus, Node};
 
 fn var(name: &str) -> String {
@@ -88,7 +88,10 @@ fn tiers(c: &mut Criterion) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let read = origin
-                .read(key.clone(), ReadRequest::at_least(Position(0), false))
+                .read(
+                    key.clone(),
+                    ReadRequest::at_least(Position(0), false, MaxStaleness::ANY),
+                )
                 .await
                 .unwrap();
             if read.tier == OriginTier::Replica && read.doc.exists() {
@@ -132,7 +135,10 @@ fn tiers(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let read = origin
-                        .read(key.clone(), ReadRequest::at_least(Position(0), false))
+                        .read(
+                            key.clone(),
+                            ReadRequest::at_least(Position(0), false, MaxStaleness::ANY),
+                        )
                         .await
                         .unwrap();
                     assert_eq!(read.tier, OriginTier::Replica);

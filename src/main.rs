@@ -94,6 +94,9 @@ fn main() -> anyhow::Result<()> {
         Some(Command::CheckConfig { config }) => {
             let settings = load(config.or(cli.serve.config))?;
             print!("{}", edgecache_config::effective_toml(&settings));
+            for warning in settings.warnings() {
+                eprintln!("warning: {warning}");
+            }
             eprintln!("configuration is valid");
             Ok(())
         }

@@ -16,4 +16,4 @@ pub use settings::{
     AdminSettings, ApiSettings, CacheSettings, ClusterSettings, FlagSettings, IdempotencySettings,
     NodeSettings, OriginSettings, PostgresSettings, ServerSettings, SessionSettings, Settings, TokenKey,
 };
-pub use validate::InvalidSetting;
+pub use validate::{InvalidSetting, SettingWarning};

@@ -285,6 +285,10 @@ pub struct ApiSettings {
     pub max_id_bytes: usize,
     /// Most ids in one `batch-get`.
     pub max_batch: usize,
+    /// Longest `X-User-Id`, in bytes: a live session keeps the user its strategies
+    /// were evaluated for, so the header is bounded like every string a session holds
+    /// (a longer one is answered 400 `user-id-too-long`, and no session is opened).
+    pub max_user_id_bytes: usize,
 }
 
 /// Strategy flags.

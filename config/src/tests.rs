@@ -357,6 +357,8 @@ fn invalid_settings_name_their_key() {
         ("api.max_id_bytes = 0", "api.max_id_bytes"),
         ("api.max_id_bytes = 513", "api.max_id_bytes"),
         ("api.max_batch = 1001", "api.max_batch"),
+        ("api.max_user_id_bytes = 0", "api.max_user_id_bytes"),
+        ("api.max_user_id_bytes = 4097", "api.max_user_id_bytes"),
         (
             "[collections.Products]\nfreshness = { class = \"strict\" }\nfields.name = { type = \"string\" }",
             "collections.Products",
@@ -516,4 +518,40 @@ fn effective_toml_redacts_secrets_and_round_trips() {
     let restored = back.to_string().replace("[redacted]", SECRET);
     let reloaded = with_overrides(&restored).unwrap();
     assert_eq!(effective_toml(&reloaded), text);
+}
+
+// ------------------------------------------------------------------ warnings
+
+#[test]
+fn a_bound_tighter_than_the_replica_lag_is_a_warning_not_an_error() {
+    assert!(
+        base().warnings().is_empty(),
+        "the embedded origin has no replicas"
+    );
+    let postgres = |max_lag: &str| {
+        with_overrides(&format!(
+            "[origin]\nkind = \"postgres\"\nprimary = \"postgres://p@db/shop\"\n\
+             replicas = [\"postgres://p@replica/shop\"]\nreplica_max_lag = \"{max_lag}\"\n"
+        ))
+        .expect("a warning does not stop start-up")
+    };
+    // The base collections: carts bounded to 2 s, products.price to 5 s, profiles to 10 s.
+    let keys = |settings: Settings| settings.warnings().into_iter().map(|w| w.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(postgres("5s")),
+        vec!["collections.carts.freshness.max_staleness"]
+    );
+    assert_eq!(
+        keys(postgres("6s")),
+        vec![
+            "collections.carts.freshness.max_staleness",
+            "collections.products.fields.price.freshness.max_staleness",
+        ]
+    );
+    assert!(keys(postgres("2s")).is_empty());
+    let warning = &postgres("5s").warnings()[0];
+    assert!(
+        warning.message.contains("2s") && warning.message.contains("5s"),
+        "{warning}"
+    );
 }

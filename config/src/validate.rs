@@ -27,6 +27,16 @@ pub struct InvalidSetting {
 
 type Check = Result<(), InvalidSetting>;
 
+/// A setting that works but probably not as meant: printed by `check-config` and
+/// logged at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {message}")]
+pub struct SettingWarning {
+    /// The dotted key, e.g. `collections.carts.freshness.max_staleness`.
+    pub key: String,
+    pub message: String,
+}
+
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
@@ -51,6 +61,51 @@ impl Settings {
         admin(&self.admin)?;
         collections(self)?;
         seed(self)
+    }
+}
+
+impl Settings {
+    /// Settings that work but probably not as meant, for the operator to look at.
+    ///
+    /// A bound tighter than `origin.replica_max_lag`: a replica that far behind
+    /// stays in rotation but cannot serve those fields (their answers would be past
+    /// the bound), so they are read from the primary whenever a replica lags more.
+    pub fn warnings(&self) -> Vec<SettingWarning> {
+        let max_lag = match &self.origin {
+            OriginSettings::Postgres(pg) if !pg.replicas.is_empty() => pg.replica_max_lag,
+            _ => return Vec::new(),
+        };
+        let mut warnings = Vec::new();
+        let mut check = |key: String, freshness: Freshness| {
+            if let Freshness::Bounded { max_staleness } = freshness {
+                if max_staleness < max_lag {
+                    warnings.push(SettingWarning {
+                        key: join(&key, "max_staleness"),
+                        message: format!(
+                            "{} is less than origin.replica_max_lag ({}): while a replica is more \
+                             than {} behind it stays in rotation, but these fields are read from \
+                             the primary",
+                            max_staleness.show(),
+                            max_lag.show(),
+                            max_staleness.show()
+                        ),
+                    });
+                }
+            }
+        };
+        for (name_, collection) in &self.collections {
+            let key = join("collections", name_);
+            check(join(&key, "freshness"), collection.freshness);
+            for (field_name, f) in &collection.fields {
+                if let Some(freshness) = f.freshness {
+                    check(
+                        join(&join(&join(&key, "fields"), field_name), "freshness"),
+                        freshness,
+                    );
+                }
+            }
+        }
+        warnings
     }
 }
 
@@ -186,7 +241,8 @@ fn idempotency(i: &IdempotencySettings) -> Check {
 
 fn api(a: &ApiSettings) -> Check {
     in_range("api.max_id_bytes", a.max_id_bytes, 1..=512)?;
-    in_range("api.max_batch", a.max_batch, 1..=1000)
+    in_range("api.max_batch", a.max_batch, 1..=1000)?;
+    in_range("api.max_user_id_bytes", a.max_user_id_bytes, 1..=4 * KIB)
 }
 
 /// The admin token, when set, must be long enough not to be guessed and fit an

@@ -36,12 +36,27 @@ pub fn judge(freshness: Freshness, age: Duration, swr: bool) -> Verdict {
 
 /// Whether a value of this age may be served because the origin failed.
 pub fn usable_on_error(freshness: Freshness, age: Duration) -> bool {
+    freshness != Freshness::Strict && age <= on_error_for(freshness)
+}
+
+/// The oldest a value of this class is served as fresh: its bound, or its TTL.
+pub fn fresh_for(freshness: Freshness) -> Duration {
     match freshness {
-        Freshness::Strict => false,
-        Freshness::Bounded { max_staleness } => age <= max_staleness,
+        Freshness::Strict => Duration::ZERO,
+        Freshness::Bounded { max_staleness } => max_staleness,
+        Freshness::Relaxed { ttl, .. } => ttl,
+    }
+}
+
+/// The oldest a value of this class may be served when the origin fails: its bound,
+/// or its TTL and stale-if-error window.
+pub fn on_error_for(freshness: Freshness) -> Duration {
+    match freshness {
+        Freshness::Strict => Duration::ZERO,
+        Freshness::Bounded { max_staleness } => max_staleness,
         Freshness::Relaxed {
             ttl, stale_if_error, ..
-        } => age <= ttl.saturating_add(stale_if_error),
+        } => ttl.saturating_add(stale_if_error),
     }
 }
 
@@ -71,6 +86,7 @@ mod tests {
         assert_eq!(judge(relaxed(), S(16), true), Verdict::Expired);
         assert!(usable_on_error(relaxed(), S(70)));
         assert!(!usable_on_error(relaxed(), S(71)));
+        assert_eq!((fresh_for(relaxed()), on_error_for(relaxed())), (S(10), S(70)));
     }
 
     #[test]
@@ -79,6 +95,7 @@ mod tests {
         assert_eq!(judge(bounded, S(5), true), Verdict::Fresh);
         assert_eq!(judge(bounded, S(6), true), Verdict::Expired);
         assert!(!usable_on_error(bounded, S(6)));
+        assert_eq!((fresh_for(bounded), on_error_for(bounded)), (S(5), S(5)));
         assert_eq!(judge(Freshness::Strict, Duration::ZERO, true), Verdict::Expired);
         assert!(!usable_on_error(Freshness::Strict, Duration::ZERO));
     }

@@ -21,8 +21,8 @@ use crate::cache::{document_json, CacheEntry, Fill, SharedCache};
 use crate::freshness::Verdict;
 use crate::metrics::{CellId, Metrics, ServedRead, Tier};
 use crate::origin::{
-    Change, Committed, Idempotency, OriginError, OriginTier, ReadRequest, SharedOrigin, TierPolicy,
-    WriteError, WriteOp,
+    Change, Committed, Idempotency, MaxStaleness, OriginError, OriginTier, ReadRequest, SharedOrigin,
+    TierPolicy, WriteError, WriteOp,
 };
 use crate::plan::{CollectionPlan, Collections};
 use crate::CacheStatus;
@@ -54,6 +54,8 @@ pub struct ApiLimits {
     pub max_id_bytes: usize,
     pub max_batch: usize,
     pub max_body_bytes: usize,
+    /// Longest `X-User-Id` a session is opened with.
+    pub max_user_id_bytes: usize,
 }
 
 /// A request's session: the live session, its strategy arms, and how it was found.
@@ -78,6 +80,9 @@ pub enum SessionError {
     InvalidId,
     #[error("a session token was sent without a session id")]
     TokenWithoutSession,
+    /// The session would keep the user id: it is bounded like every string it holds.
+    #[error("the user id must be at most {max} bytes")]
+    UserIdTooLong { max: usize },
     #[error(transparent)]
     Token(#[from] TokenError),
 }
@@ -214,6 +219,7 @@ impl Node {
                 max_id_bytes: settings.api.max_id_bytes,
                 max_batch: settings.api.max_batch,
                 max_body_bytes: settings.server.max_body_bytes,
+                max_user_id_bytes: settings.api.max_user_id_bytes,
             },
         }
     }
@@ -264,13 +270,18 @@ impl Node {
 
     /// Opens the request's session: the live one (taking in a newer token), else one
     /// rebuilt from the token, else a new one; a request with no session id gets a
-    /// new id. Then evaluates its strategies.
+    /// new id. Then evaluates its strategies. A user id longer than
+    /// `api.max_user_id_bytes` opens nothing: the session would keep it.
     pub fn open_session(
         &self,
         session_id: Option<&str>,
         user_id: Option<&str>,
         token: Option<&str>,
     ) -> Result<SessionCtx, SessionError> {
+        let max = self.limits.max_user_id_bytes;
+        if user_id.is_some_and(|user| user.len() > max) {
+            return Err(SessionError::UserIdTooLong { max });
+        }
         let minted;
         let id = match session_id {
             Some(id) if valid_session_id(id) => id,
@@ -393,7 +404,7 @@ impl Node {
                     Verdict::Revalidate => {
                         status = CacheStatus::Stale;
                         base = Some(Base::Cache(entry.clone()));
-                        self.refresh_in_background(plan, id);
+                        self.refresh_in_background(plan, id, plan.max_staleness(strict, self.plain));
                     }
                     Verdict::Expired => {
                         status = CacheStatus::Expired;
@@ -432,7 +443,8 @@ impl Node {
                     status = CacheStatus::Expired;
                 }
                 let absent = cached.is_none() && changed_to.is_none();
-                match self.read_origin(&item, need, absent, wait).await {
+                let max_staleness = plan.max_staleness(strict, self.plain);
+                match self.read_origin(&item, need, absent, wait, max_staleness).await {
                     Ok((entry, tier)) => Base::Origin(entry, tier),
                     Err(err) => {
                         self.metrics.origin_errors.inc();
@@ -454,10 +466,11 @@ impl Node {
         // Strict fields come from the primary on every read. If the primary has moved
         // past what the base holds, the primary's answer becomes the base.
         let mut strict_from_primary = false;
-        if strict && plan.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary)) {
+        let read_strict =
+            strict && plan.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary));
+        if read_strict {
             let item = ItemKey::new(plan.name.clone(), id);
             let request = ReadRequest::PRIMARY;
-            let started = Instant::now();
             let read = self
                 .origin
                 .read(item.clone(), request)
@@ -467,14 +480,24 @@ impl Node {
             if read.doc.version == base_doc(&base).version {
                 strict_from_primary = true;
             } else {
-                let entry = CacheEntry::new(&item, read.doc, started);
+                let entry = CacheEntry::new(&item, read.doc, read.as_of);
                 self.cache.offer(&item, entry.clone());
                 base = Base::Origin(entry, OriginTier::Primary);
             }
         }
 
+        // Ages as of when the answer leaves, after any origin read this request made
+        // (an answer that needed none takes the request's own instant).
+        let asked_origin =
+            read_strict || matches!(base, Base::Origin(..)) || status == CacheStatus::StaleIfError;
+        let served = if asked_origin { Instant::now() } else { now };
         let (doc, body, age, tier) = match &base {
-            Base::Cache(entry) => (entry.doc.clone(), entry.body.clone(), entry.age(now), Tier::Cache),
+            Base::Cache(entry) => (
+                entry.doc.clone(),
+                entry.body.clone(),
+                entry.age(served),
+                Tier::Cache,
+            ),
             Base::Session(doc, at) => {
                 let body = doc
                     .fields
@@ -484,14 +507,15 @@ impl Node {
                 (
                     doc.clone(),
                     body,
-                    now.saturating_duration_since(*at),
+                    served.saturating_duration_since(*at),
                     Tier::Session,
                 )
             }
+            // An origin answer is as old as the tier that gave it was behind.
             Base::Origin(entry, t) => (
                 entry.doc.clone(),
                 entry.body.clone(),
-                Duration::ZERO,
+                entry.age(served),
                 match t {
                     OriginTier::Primary => Tier::Primary,
                     OriginTier::Replica => Tier::Replica,
@@ -540,39 +564,49 @@ impl Node {
         })
     }
 
-    /// Reads `item` from the origin at or past `need`, and stores it in the cache.
-    /// A miss (`absent`) is coalesced with other requests' reads of the item.
+    /// Reads `item` from the origin at or past `need`, no further behind the primary
+    /// than `max_staleness`, and stores it in the cache. A miss (`absent`) is
+    /// coalesced with other requests' reads of the item.
     async fn read_origin(
         &self,
         item: &ItemKey,
         need: edgecache_actors::Need,
         absent: bool,
         wait_for_replica: bool,
+        max_staleness: MaxStaleness,
     ) -> Result<(Arc<CacheEntry>, OriginTier), OriginError> {
         let load = |policy| {
             let origin = self.origin.clone();
             let metrics = self.metrics.clone();
             let item = item.clone();
             async move {
-                let started = Instant::now();
                 let request = ReadRequest {
                     policy,
                     min_position: need.origin_position,
                     wait_for_replica,
+                    max_staleness,
                 };
                 let read = origin.read(item.clone(), request).await?;
                 metrics.origin_read(&read);
                 // A replica's copy is as old as the replica is behind.
-                let as_of = started.checked_sub(read.staleness).unwrap_or(started);
-                Ok::<_, OriginError>(CacheEntry::read(&item, read.doc, as_of, read.tier))
+                Ok::<_, OriginError>(CacheEntry::read(&item, read.doc, read.as_of, read.tier))
             }
         };
         if absent {
             // A request that waited on another's fill gets its entry, and the tier it
             // came from with it (strict fields of a replica's answer are read again).
-            let fill = self.cache.fill(item, || load(TierPolicy::AtLeast)).await;
+            let loaded_here = std::cell::Cell::new(false);
+            let fill = self
+                .cache
+                .fill(item, || {
+                    load(TierPolicy::AtLeast).inspect(|r| loaded_here.set(r.is_ok()))
+                })
+                .await;
+            // Another request's load may have had a looser bound (another strict arm).
+            let fresh =
+                |entry: &CacheEntry| loaded_here.get() || entry.age(Instant::now()) <= max_staleness.fresh;
             match fill {
-                Fill::Loaded(entry) if !entry.invalidated && need.admits(&entry.doc) => {
+                Fill::Loaded(entry) if !entry.invalidated && need.admits(&entry.doc) && fresh(&entry) => {
                     let tier = entry.tier;
                     return Ok((entry, tier));
                 }
@@ -591,8 +625,9 @@ impl Node {
         Ok((entry, tier))
     }
 
-    /// Starts the one background refresh of an item served stale, if none runs.
-    fn refresh_in_background(&self, plan: &CollectionPlan, id: &str) {
+    /// Starts the one background refresh of an item served stale, if none runs; a
+    /// replica further behind than `max_staleness` is passed over for the primary.
+    fn refresh_in_background(&self, plan: &CollectionPlan, id: &str, max_staleness: MaxStaleness) {
         let item = ItemKey::new(plan.name.clone(), id);
         let Some(ticket) = self.cache.claim_refresh(&item) else {
             return;
@@ -603,15 +638,14 @@ impl Node {
         let metrics = self.metrics.clone();
         actix_web::rt::spawn(async move {
             let _ticket = ticket;
-            let started = Instant::now();
             match origin
-                .read(item.clone(), ReadRequest::at_least(Position(0), false))
+                .read(
+                    item.clone(),
+                    ReadRequest::at_least(Position(0), false, max_staleness),
+                )
                 .await
             {
-                Ok(read) => {
-                    let as_of = started.checked_sub(read.staleness).unwrap_or(started);
-                    cache.offer(&item, CacheEntry::read(&item, read.doc, as_of, read.tier))
-                }
+                Ok(read) => cache.offer(&item, CacheEntry::read(&item, read.doc, read.as_of, read.tier)),
                 Err(err) => {
                     metrics.origin_errors.inc();
                     tracing::warn!(cause = %err, item = %item, "background refresh failed");
@@ -638,17 +672,13 @@ impl Node {
             .map(|id| ItemKey::new(plan.name.clone(), id))
             .collect();
         if !absent.is_empty() {
-            let started = Instant::now();
-            match self
-                .origin
-                .read_many(absent.clone(), ReadRequest::at_least(Position(0), false))
-                .await
-            {
+            let strict = s.strategies.is_on(Strategy::StrictFields);
+            let request = ReadRequest::at_least(Position(0), false, plan.max_staleness(strict, self.plain));
+            match self.origin.read_many(absent.clone(), request).await {
                 Ok(reads) => {
                     for (item, read) in absent.iter().zip(reads) {
-                        let as_of = started.checked_sub(read.staleness).unwrap_or(started);
                         self.cache
-                            .offer(item, CacheEntry::read(item, read.doc, as_of, read.tier));
+                            .offer(item, CacheEntry::read(item, read.doc, read.as_of, read.tier));
                     }
                 }
                 // Each read below retries on its own and reports its own failure.

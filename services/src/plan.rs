@@ -10,6 +10,7 @@ use edgecache_config::{Collection, Field, FieldType, Freshness, Unrepresentable}
 use serde_json::Value;
 
 use crate::freshness::{self, Verdict};
+use crate::origin::MaxStaleness;
 
 /// A collection, prepared for serving.
 #[derive(Debug)]
@@ -68,6 +69,21 @@ impl CollectionPlan {
             verdict = verdict.min(freshness::judge(plain, age, swr));
         }
         verdict
+    }
+
+    /// How far behind the primary an origin answer for the non-strict fields may be:
+    /// the tightest of their classes. With `strict_fields` off, strict fields join
+    /// them as `plain`.
+    pub fn max_staleness(&self, strict_fields: bool, plain: Freshness) -> MaxStaleness {
+        let plain = (!strict_fields && self.has_strict()).then_some(plain);
+        self.relaxed_classes
+            .iter()
+            .copied()
+            .chain(plain)
+            .fold(MaxStaleness::ANY, |bound, class| MaxStaleness {
+                fresh: bound.fresh.min(freshness::fresh_for(class)),
+                on_error: bound.on_error.min(freshness::on_error_for(class)),
+            })
     }
 
     /// Whether the non-strict fields may be served at this age when the origin fails.
@@ -441,6 +457,26 @@ mod tests {
         assert_eq!(
             Value::Object(patch),
             json!({"name": null, "stock": null, "tags": {"keep": null}, "price": 1.0})
+        );
+    }
+
+    #[test]
+    fn an_origin_answer_is_bounded_by_the_tightest_non_strict_class() {
+        // products: relaxed (ttl 60 s, stale-if-error 10 min), price bounded to 5 s.
+        let plan = products();
+        let plain = Freshness::Relaxed {
+            ttl: Duration::from_secs(2),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        };
+        let bound = plan.max_staleness(true, plain);
+        assert_eq!(bound.fresh, Duration::from_secs(5));
+        assert_eq!(bound.on_error, Duration::from_secs(5));
+        let plain_stock = plan.max_staleness(false, plain);
+        assert_eq!(
+            plain_stock.fresh,
+            Duration::from_secs(2),
+            "strict fields as plain"
         );
     }
 

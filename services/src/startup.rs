@@ -53,6 +53,9 @@ impl Application {
 
     /// Like [`Application::build`], with strategies from `flags`.
     pub fn build_with_flags(settings: &Settings, flags: Arc<dyn FlagSource>) -> Result<Self, StartError> {
+        for warning in settings.warnings() {
+            tracing::warn!(key = %warning.key, "{}", warning.message);
+        }
         let origin = open_origin(settings).map_err(StartError::Origin)?;
         let node = Arc::new(Node::new(settings, origin, flags));
         let addr = settings.server.listen;

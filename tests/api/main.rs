@@ -19,5 +19,6 @@ mod guarantees;
 mod metrics;
 mod postgres;
 mod process;
+mod session_bounds;
 mod sessions;
 mod unleash;

@@ -67,6 +67,25 @@ impl Cluster {
         self.pg_ctl_mode(&self.primary_data, "stop", "immediate");
     }
 
+    /// Stops the primary until the guard drops, which starts it again (also when the
+    /// test fails, so the tests after it find a primary).
+    pub fn primary_down(&self) -> PrimaryDown<'_> {
+        self.stop_primary();
+        PrimaryDown { cluster: self }
+    }
+
+    fn primary_runs(&self) -> bool {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.primary_data)
+            .arg("status")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
     pub fn start_primary(&self) {
         self.pg_ctl(&self.primary_data, "start");
     }
@@ -77,6 +96,68 @@ impl Cluster {
 
     pub fn start_replica(&self) {
         self.pg_ctl(&self.replica_data, "start");
+    }
+
+    /// Runs each statement on its own (ALTER SYSTEM refuses a transaction block) at
+    /// `url` with psql, and returns what the last one printed.
+    pub fn psql(&self, url: &str, statements: &[&str]) -> String {
+        self.try_psql(url, statements)
+            .unwrap_or_else(|error| panic!("psql {statements:?}: {error}"))
+    }
+
+    /// Like [`Cluster::psql`], with psql's error instead of a panic.
+    pub fn try_psql(&self, url: &str, statements: &[&str]) -> Result<String, String> {
+        let mut command = Command::new("timeout");
+        command
+            .arg("20")
+            .arg(self.bin.join("psql"))
+            .arg(url)
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
+            .env("PGCONNECT_TIMEOUT", "3");
+        for statement in statements {
+            command.arg("-c").arg(statement);
+        }
+        let output = command.output().expect("psql runs");
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+        }
+    }
+
+    /// The version of `id` in `table` as the replica has replayed it (0: absent, also
+    /// while the replica has not replayed the table's creation).
+    pub fn replica_version(&self, table: &str, id: &str) -> i64 {
+        let sql = format!("SELECT coalesce(max(version), 0) FROM {table} WHERE id = '{id}'");
+        self.try_psql(&self.replica, &[&sql])
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Makes the replica apply WAL `delay` late (`recovery_min_apply_delay`, e.g.
+    /// `"3s"`) until the guard drops, which restores the cluster's delay (also when
+    /// the test fails). Returns once the replica runs with the new delay.
+    pub fn delay_replica(&self, delay: &str) -> ReplicaDelay<'_> {
+        let set = format!("ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'");
+        self.psql(&self.replica, &[&set, "SELECT pg_reload_conf()"]);
+        self.await_replica_delay(delay);
+        ReplicaDelay { cluster: self }
+    }
+
+    /// Waits (at most 10 s) until the replica shows `delay` as its apply delay.
+    fn await_replica_delay(&self, delay: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if self.psql(&self.replica, &["SHOW recovery_min_apply_delay"]) == delay {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replica took on recovery_min_apply_delay = {delay}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Settings of a node over this cluster with `extra` TOML (collections of the
@@ -103,6 +184,52 @@ impl Cluster {
     }
 }
 
+/// The primary stopped; dropping it starts it again.
+#[allow(dead_code)]
+pub struct PrimaryDown<'a> {
+    cluster: &'a Cluster,
+}
+
+impl Drop for PrimaryDown<'_> {
+    fn drop(&mut self) {
+        if !self.cluster.primary_runs() {
+            self.cluster.start_primary();
+        }
+    }
+}
+
+/// The replica running with another apply delay; dropping it restores the delay the
+/// cluster was started with.
+#[allow(dead_code)]
+pub struct ReplicaDelay<'a> {
+    cluster: &'a Cluster,
+}
+
+impl Drop for ReplicaDelay<'_> {
+    fn drop(&mut self) {
+        let c = self.cluster;
+        c.psql(
+            &c.replica,
+            &[
+                "ALTER SYSTEM RESET recovery_min_apply_delay",
+                "SELECT pg_reload_conf()",
+            ],
+        );
+        let ms: u64 = std::env::var("EDGECACHE_TEST_PG_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(300);
+        // As SHOW prints it: the largest unit that divides it.
+        let shown = match ms {
+            0 => "0".to_owned(),
+            ms if ms % 60_000 == 0 => format!("{}min", ms / 60_000),
+            ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+            ms => format!("{ms}ms"),
+        };
+        c.await_replica_delay(&shown);
+    }
+}
+
 /// A collection of its own for each test (its own table), with long cache windows so
 /// only watermarks and the change feed make a node read the origin.
 pub fn collection(name: &str) -> String {
@@ -113,6 +240,19 @@ freshness = {{ class = "relaxed", ttl = "1h", stale_while_revalidate = "1h", sta
 [collections.{name}.fields]
 title = {{ type = "string" }}
 n = {{ type = "integer" }}
+"#
+    )
+}
+
+/// A collection whose fields are all bounded to `max_staleness` (`"2s"`), like carts.
+#[allow(dead_code)]
+pub fn bounded(name: &str, max_staleness: &str) -> String {
+    format!(
+        r#"
+[collections.{name}]
+freshness = {{ class = "bounded", max_staleness = "{max_staleness}" }}
+[collections.{name}.fields]
+total = {{ type = "number" }}
 "#
     )
 }

@@ -63,7 +63,7 @@ fn a_bad_setting_stops_start_up_with_a_message_naming_the_key() {
 }
 
 /// A node process, killed if the test ends before it stopped.
-struct Node(Child);
+pub(crate) struct Node(pub(crate) Child);
 
 impl Drop for Node {
     fn drop(&mut self) {
@@ -78,7 +78,7 @@ impl Drop for Node {
 type Logs = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
 
 /// Starts the node on a free port and returns it with its address, once it listens.
-fn start(dir: &std::path::Path) -> (Node, String) {
+pub(crate) fn start(dir: &std::path::Path) -> (Node, String) {
     let (node, address, _) = start_logged(dir, "5s");
     (node, address)
 }

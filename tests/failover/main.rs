@@ -261,3 +261,259 @@ async fn the_primary_killed_while_writes_wait_in_commit_no_write_answered_not_ap
     );
     assert!(unknown > 0, "the kill caught writes in their commit");
 }
+
+/// The tier and age `?explain=true` gives the field `total`.
+fn explained(read: &helpers::Reply) -> (String, u64) {
+    let field = read.body["_explain"]["fields"]
+        .as_array()
+        .and_then(|fields| fields.iter().find(|f| f["field"] == "total"))
+        .unwrap_or_else(|| panic!("explained: {}", read.body));
+    (
+        field["tier"].as_str().unwrap_or("").to_owned(),
+        field["age_ms"].as_u64().unwrap_or(0),
+    )
+}
+
+#[actix_web::test]
+async fn a_replica_further_behind_than_a_bounded_class_is_passed_over_and_its_answers_are_aged_by_its_lag() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = pg::cluster();
+    let mut settings = pg.settings(&pg::bounded("carts_lag", "2s")).await;
+    if let edgecache_config::OriginSettings::Postgres(pg) = &mut settings.origin {
+        // The default: a replica up to 5 s behind stays in rotation.
+        pg.replica_max_lag = Duration::from_secs(5);
+        // Nothing but the classes bound what the readers serve (a node whose LISTEN
+        // connection is down is in this state).
+        pg.change_feed = false;
+    }
+    let writer = spawn_with(&settings);
+    // Two readers that never read the item before the test reads it once through each;
+    // started now so they have sampled the replica before it falls behind.
+    let early = spawn_with(&settings);
+    let late = spawn_with(&settings);
+    let id = unique("c");
+    let item = format!("/v1/carts_lag/{id}");
+    assert_eq!(
+        Client::new()
+            .put(&writer, &item, json!({"total": 1.0}))
+            .await
+            .status,
+        201
+    );
+    let replayed = eventually(Duration::from_secs(10), || async {
+        pg.replica_version("carts_lag", &id) == 1
+    })
+    .await;
+    assert!(replayed, "the replica has version 1");
+
+    let _delay = pg.delay_replica("3s");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acknowledged = Client::new().put(&writer, &item, json!({"total": 2.0})).await;
+    assert_eq!(acknowledged.status, 200);
+    let acked = tokio::time::Instant::now();
+    let explain = format!("{item}?explain=true");
+
+    // 1.2 s later the replica (3 s behind for this write) still shows version 1, and is
+    // within the 2 s bound: it may serve it, as old as it is.
+    tokio::time::sleep_until(acked + Duration::from_millis(1200)).await;
+    let sent = acked.elapsed();
+    let read = Client::new().get(&early, &explain).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let (tier, age_ms) = explained(&read);
+    eprintln!(
+        "{:?} after the ack: version {} from the {tier}, age_ms {age_ms}, Age {}",
+        sent,
+        read.version(),
+        read.header("age")
+    );
+    if read.version() == 1 {
+        assert!(
+            age_ms >= sent.as_millis() as u64,
+            "the old version is at least {sent:?} old, not {age_ms} ms"
+        );
+        assert!(age_ms <= 2000, "within the bound: {age_ms} ms");
+        let age: u64 = read.header("age").parse().unwrap();
+        assert!(age >= sent.as_secs(), "Age {age} understates {sent:?}");
+    }
+    if sent < Duration::from_millis(1700) {
+        assert_eq!(
+            (read.version(), tier.as_str()),
+            (1, "replica"),
+            "a replica within the bound serves bounded fields"
+        );
+    }
+
+    // 2.5 s later the replica is past the bound: the primary serves.
+    tokio::time::sleep_until(acked + Duration::from_millis(2500)).await;
+    let sent = acked.elapsed();
+    let read = Client::new().get(&late, &explain).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let (tier, age_ms) = explained(&read);
+    eprintln!(
+        "{:?} after the ack: version {} from the {tier}, age_ms {age_ms}, Age {}",
+        sent,
+        read.version(),
+        read.header("age")
+    );
+    assert_eq!(
+        read.version(),
+        2,
+        "a bounded field is never served past its bound: {}",
+        read.body
+    );
+    assert_eq!(tier, "primary");
+}
+
+#[actix_web::test]
+async fn with_the_primary_down_past_replica_max_lag_a_replayed_replica_serves_each_class_while_it_allows() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = pg::cluster();
+    let extra = format!(
+        "{}{}\n[collections.outage_memos]\nfreshness = {{ class = \"relaxed\", ttl = \"200ms\", \
+         stale_while_revalidate = \"0s\", stale_if_error = \"1h\" }}\n\
+         [collections.outage_memos.fields]\ntext = {{ type = \"string\" }}\n",
+        pg::collection("outage_relaxed"),
+        pg::bounded("outage_bounded", "3s")
+    );
+    let mut settings = pg.settings(&extra).await;
+    if let edgecache_config::OriginSettings::Postgres(pg) = &mut settings.origin {
+        pg.replica_max_lag = Duration::from_secs(1);
+    }
+    let a = spawn_with(&settings);
+    let b = spawn_with(&settings);
+
+    // Acknowledged before the outage, never read through B.
+    let run = unique("o");
+    let relaxed = |i: usize| format!("/v1/outage_relaxed/{run}-{i}");
+    let bounded = |i: usize| format!("/v1/outage_bounded/{run}-{i}");
+    for i in 0..2 {
+        let put = Client::new()
+            .put(&a, &relaxed(i), json!({"title": format!("r{i}")}))
+            .await;
+        assert_eq!(put.status, 201);
+    }
+    let memo = format!("/v1/outage_memos/{run}");
+    assert_eq!(
+        Client::new().put(&a, &memo, json!({"text": "kept"})).await.status,
+        201
+    );
+    const BOUNDED: usize = 60;
+    for i in 0..BOUNDED {
+        let put = Client::new().put(&a, &bounded(i), json!({"total": i})).await;
+        assert_eq!(put.status, 201);
+    }
+    let last = format!("{run}-{}", BOUNDED - 1);
+    let replayed = eventually(Duration::from_secs(10), || async {
+        pg.replica_version("outage_bounded", &last) == 1
+    })
+    .await;
+    assert!(replayed, "the replica has replayed every write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let down = pg.primary_down();
+    // The primary was last seen before this instant: every answer is older than the
+    // time since.
+    let stopped = tokio::time::Instant::now();
+    let read = |path: String| {
+        let b = &b;
+        async move {
+            let sent = stopped.elapsed();
+            let reply = Client::new().get(b, &format!("{path}?explain=true")).await;
+            (sent, reply)
+        }
+    };
+    let field_of = |reply: &helpers::Reply, name: &str| {
+        reply.body["_explain"]["fields"]
+            .as_array()
+            .and_then(|fields| fields.iter().find(|f| f["field"] == name).cloned())
+            .unwrap_or_else(|| panic!("explained: {}", reply.body))
+    };
+
+    // Past replica_max_lag, the replica has everything the primary was last seen
+    // with: it stays in rotation.
+    tokio::time::sleep_until(stopped + Duration::from_millis(1500)).await;
+    let (sent, reply) = read(relaxed(0)).await;
+    assert_eq!(
+        reply.status, 200,
+        "relaxed fields from the replica: {}",
+        reply.body
+    );
+    assert_eq!(reply.body["title"], "r0");
+    let field = field_of(&reply, "title");
+    assert_eq!(field["tier"], "replica", "{}", reply.body);
+    assert!(field["age_ms"].as_u64().unwrap() >= sent.as_millis() as u64);
+    // A relaxed field past its TTL (200 ms): the replica stands in for the primary
+    // within stale-if-error, as old as it is.
+    let (sent, reply) = read(memo).await;
+    assert_eq!(reply.status, 200, "within stale-if-error: {}", reply.body);
+    assert_eq!(reply.body["text"], "kept");
+    let field = field_of(&reply, "text");
+    assert_eq!(field["tier"], "replica");
+    assert!(field["age_ms"].as_u64().unwrap() >= sent.as_millis() as u64);
+
+    // Bounded fields: from the replica while its staleness (the outage, at least) is
+    // within the bound, then 503 — never older than the bound.
+    let mut last_served = None;
+    let mut first_refused = None;
+    for i in 0..BOUNDED {
+        let (sent, reply) = read(bounded(i)).await;
+        match reply.status.as_u16() {
+            200 => {
+                let field = field_of(&reply, "total");
+                let age_ms = field["age_ms"].as_u64().unwrap();
+                assert_eq!(field["tier"], "replica");
+                assert_eq!(reply.body["total"].as_f64(), Some(i as f64));
+                assert!(
+                    age_ms >= sent.as_millis() as u64,
+                    "{age_ms} ms understates the outage, {sent:?}"
+                );
+                assert!(age_ms <= 3000, "past the bound: {age_ms} ms");
+                assert!(sent < Duration::from_secs(3), "served {sent:?} into the outage");
+                assert!(first_refused.is_none(), "served again after a refusal");
+                last_served = Some((sent, age_ms));
+            }
+            503 => {
+                assert_eq!(reply.problem(), "origin-unavailable");
+                first_refused.get_or_insert(sent);
+            }
+            other => panic!("{other}: {}", reply.body),
+        }
+        if sent > Duration::from_millis(3500) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "primary down: bounded (3 s) last served at {last_served:?} (sent, age_ms), \
+         first refused at {first_refused:?}"
+    );
+    let (served_at, _) = last_served.expect("the replica served bounded fields in the outage");
+    assert!(
+        served_at > Duration::from_secs(1),
+        "served past replica_max_lag: {served_at:?}"
+    );
+    assert!(
+        first_refused.is_some(),
+        "refused once the outage alone passed the bound"
+    );
+
+    // Relaxed fields go on being served within their class.
+    let (sent, reply) = read(relaxed(1)).await;
+    assert_eq!(reply.status, 200, "{sent:?} into the outage: {}", reply.body);
+    assert_eq!(field_of(&reply, "title")["tier"], "replica");
+    eprintln!(
+        "primary down: relaxed served from the replica at {sent:?}, age_ms {}",
+        field_of(&reply, "title")["age_ms"]
+    );
+
+    drop(down);
+    let writable = eventually(Duration::from_secs(15), || async {
+        Client::new()
+            .put(&a, &relaxed(2), json!({"title": "after"}))
+            .await
+            .status
+            .is_success()
+    })
+    .await;
+    assert!(writable, "writes work again once the primary is back");
+}

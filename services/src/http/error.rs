@@ -88,6 +88,7 @@ impl ApiError {
             ApiError::IdempotencyFull => "idempotency-store-full",
             ApiError::Session(SessionError::InvalidId) => "invalid-session-id",
             ApiError::Session(SessionError::TokenWithoutSession) => "token-without-session",
+            ApiError::Session(SessionError::UserIdTooLong { .. }) => "user-id-too-long",
             ApiError::Session(SessionError::Token(TokenError::Malformed)) => "token-malformed",
             ApiError::Session(SessionError::Token(TokenError::UnknownKey)) => "token-unknown-key",
             ApiError::Session(SessionError::Token(TokenError::Tampered)) => "token-tampered",

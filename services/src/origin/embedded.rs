@@ -247,6 +247,8 @@ impl Origin for EmbeddedOrigin {
         request: ReadRequest,
     ) -> BoxFuture<'static, Result<OriginRead, OriginError>> {
         let inner = Arc::clone(&self.inner);
+        // The snapshot is taken after this instant.
+        let as_of = tokio::time::Instant::now();
         Box::pin(async move {
             let (key, row) = inner
                 .with_reader(move |conn| {
@@ -255,7 +257,7 @@ impl Origin for EmbeddedOrigin {
                 })
                 .await?;
             warn_if_behind(&key, row.position, &request);
-            Ok(row.into_read())
+            Ok(row.into_read(as_of))
         })
     }
 
@@ -267,6 +269,7 @@ impl Origin for EmbeddedOrigin {
         request: ReadRequest,
     ) -> BoxFuture<'static, Result<Vec<OriginRead>, OriginError>> {
         let inner = Arc::clone(&self.inner);
+        let as_of = tokio::time::Instant::now();
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(Vec::new());
@@ -288,7 +291,7 @@ impl Origin for EmbeddedOrigin {
             if let (Some(key), Some(row)) = (keys.first(), rows.first()) {
                 warn_if_behind(key, row.position, &request);
             }
-            Ok(rows.into_iter().map(Row::into_read).collect())
+            Ok(rows.into_iter().map(|row| row.into_read(as_of)).collect())
         })
     }
 
@@ -399,7 +402,8 @@ struct Row {
 }
 
 impl Row {
-    fn into_read(self) -> OriginRead {
+    /// The read of this row, from a snapshot taken after `as_of`.
+    fn into_read(self, as_of: tokio::time::Instant) -> OriginRead {
         OriginRead {
             doc: Doc {
                 version: self.version,
@@ -407,7 +411,7 @@ impl Row {
                 fields: self.fields.map(Arc::new),
             },
             tier: OriginTier::Primary,
-            staleness: std::time::Duration::ZERO,
+            as_of,
             replica_wait: None,
         }
     }
@@ -829,6 +833,7 @@ mod tests {
         policy: TierPolicy::AtLeast,
         min_position: Position(0),
         wait_for_replica: false,
+        max_staleness: super::super::MaxStaleness::ANY,
     };
 
     fn key(collection: &str, id: &str) -> ItemKey {

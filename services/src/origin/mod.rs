@@ -1,8 +1,9 @@
 //! The origin: where data lives durably, behind one trait so the embedded store and
 //! PostgreSQL (a primary with streaming replicas) plug in alike.
 //!
-//! Reads say which tier they may use and the least position they need; every read
-//! returns the position it reflects. Writes are acknowledged only once committed, and
+//! Reads say which tier they may use, the least position they need and how far behind
+//! the primary a replica's answer may be; every read returns the position it reflects
+//! and the instant it shows the primary as of. Writes are acknowledged only once committed, and
 //! return the new version of the item and a position at or after the commit.
 
 mod embedded;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use edgecache_actors::{Doc, ItemKey, Position};
 use futures_util::future::BoxFuture;
+use tokio::time::Instant;
 
 pub use embedded::EmbeddedOrigin;
 pub use error::{OriginError, WriteError};
@@ -56,6 +58,8 @@ pub struct ReadRequest {
     /// Whether a replica behind `min_position` may be waited for (within the origin's
     /// replica-wait budget) before the primary is read instead.
     pub wait_for_replica: bool,
+    /// How far behind the primary a replica's answer may be.
+    pub max_staleness: MaxStaleness,
 }
 
 impl ReadRequest {
@@ -64,27 +68,57 @@ impl ReadRequest {
         policy: TierPolicy::Primary,
         min_position: Position(0),
         wait_for_replica: false,
+        max_staleness: MaxStaleness::NONE,
     };
 
-    /// A read from any tier at or past `min_position`.
-    pub fn at_least(min_position: Position, wait_for_replica: bool) -> Self {
+    /// A read from any tier at or past `min_position`, no further behind the primary
+    /// than `max_staleness`.
+    pub fn at_least(min_position: Position, wait_for_replica: bool, max_staleness: MaxStaleness) -> Self {
         Self {
             policy: TierPolicy::AtLeast,
             min_position,
             wait_for_replica,
+            max_staleness,
         }
     }
 }
 
+/// How old a replica's answer may be, from the freshness classes of the fields it
+/// serves. A replica's answer is as old as the replica is behind the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxStaleness {
+    /// A replica further behind than this is passed over for the primary.
+    pub fresh: Duration,
+    /// While the primary fails, a replica up to this far behind stands in for it
+    /// (stale-if-error); never less than `fresh`.
+    pub on_error: Duration,
+}
+
+impl MaxStaleness {
+    /// Only the primary will do.
+    pub const NONE: MaxStaleness = MaxStaleness {
+        fresh: Duration::ZERO,
+        on_error: Duration::ZERO,
+    };
+
+    /// Any replica in rotation will do, however far behind.
+    pub const ANY: MaxStaleness = MaxStaleness {
+        fresh: Duration::MAX,
+        on_error: Duration::MAX,
+    };
+}
+
 /// What an origin read returns for one item: the item (absent items come back with
-/// `fields: None` and their last version), the tier that served it, how far behind
-/// the primary that tier may be, and how long the read waited for a replica.
+/// `fields: None` and their last version), the tier that served it, the instant it
+/// shows the primary as of, and how long the read waited for a replica.
 #[derive(Debug, Clone)]
 pub struct OriginRead {
     pub doc: Doc,
     pub tier: OriginTier,
-    /// An upper bound of how old the served state may be (zero for the primary).
-    pub staleness: Duration,
+    /// The served state is the primary's as of this instant or later: when a primary
+    /// read started, or when the primary was last seen at a position the replica
+    /// has replayed. Its age never understates.
+    pub as_of: Instant,
     /// Set when the read waited for a replica to replay `min_position`; `fell_back`
     /// when it then read the primary because the wait ran out.
     pub replica_wait: Option<ReplicaWait>,

@@ -330,24 +330,34 @@ fn doc(position: Position, stored: Stored) -> Doc {
 
 async fn read_primary(inner: &Inner, def: &TableDef, id: &str) -> Result<OriginRead, OriginError> {
     let client = inner.primary.get().await.map_err(pool_error)?;
+    // The row's snapshot is taken after this instant.
+    let as_of = Instant::now();
     let (position, stored) = read_at(&client, PRIMARY_LSN, def, id).await?;
     Ok(OriginRead {
         doc: doc(position, stored),
         tier: OriginTier::Primary,
-        staleness: Duration::ZERO,
+        as_of,
         replica_wait: None,
     })
 }
 
-/// Reads from a replica that has replayed `request.min_position`, waiting for one
-/// within the budget if asked; `None` means: read the primary.
+/// How old a read's answer is now.
+fn age(read: &OriginRead) -> Duration {
+    Instant::now().saturating_duration_since(read.as_of)
+}
+
+/// Reads from a replica no further behind the primary than `max_staleness` that has
+/// replayed `request.min_position`, waiting for one within the budget if asked;
+/// `None` means: read the primary. The answer may have aged past `max_staleness`
+/// while it was read: the caller looks.
 async fn read_replica(
     inner: &Inner,
     def: &TableDef,
     id: &str,
     request: ReadRequest,
+    max_staleness: Duration,
 ) -> Result<Option<OriginRead>, ReplicaWait> {
-    let Some(replica) = inner.replicas.pick(request.min_position) else {
+    let Some(replica) = inner.replicas.pick(request.min_position, max_staleness) else {
         return Err(ReplicaWait {
             waited: Duration::ZERO,
             fell_back: false,
@@ -368,13 +378,18 @@ async fn read_replica(
     };
     let mut waited = None;
     loop {
+        // Taken before the read: the replica has replayed at least what it had when
+        // this was sampled, so the answer shows the primary as of then or later.
+        let Some(as_of) = replica.as_of() else {
+            return Ok(None);
+        };
         match read_at(&client, REPLAY_LSN, def, id).await {
             Ok((position, stored)) if position >= request.min_position => {
                 replica.saw(position);
                 return Ok(Some(OriginRead {
                     doc: doc(position, stored),
                     tier: OriginTier::Replica,
-                    staleness: replica.staleness(),
+                    as_of,
                     replica_wait: waited.map(|waited| ReplicaWait {
                         waited,
                         fell_back: false,
@@ -411,20 +426,45 @@ impl Origin for PostgresOrigin {
         let inner = self.inner.clone();
         let run = self.run(async move {
             let def = table(&inner, &key)?;
-            if request.policy == TierPolicy::AtLeast {
-                match read_replica(&inner, def, key.id(), request).await {
-                    Ok(Some(read)) => return Ok(read),
-                    Ok(None) => {}
-                    Err(wait) => {
-                        let mut read = read_primary(&inner, def, key.id()).await?;
-                        if wait.fell_back {
-                            read.replica_wait = Some(wait);
+            if request.policy == TierPolicy::Primary {
+                return read_primary(&inner, def, key.id()).await;
+            }
+            // A replica within the fresh bound serves; past it, the primary does.
+            let bound = request.max_staleness;
+            let mut late = None;
+            let mut wait = None;
+            match read_replica(&inner, def, key.id(), request, bound.fresh).await {
+                Ok(Some(read)) if age(&read) <= bound.fresh => return Ok(read),
+                Ok(Some(read)) => late = Some(read),
+                Ok(None) => {}
+                Err(w) => wait = Some(w).filter(|w| w.fell_back),
+            }
+            match read_primary(&inner, def, key.id()).await {
+                Ok(mut read) => {
+                    read.replica_wait = wait;
+                    Ok(read)
+                }
+                // The primary cannot answer: a replica within the on-error bound stands
+                // in (its answer is as old as the replica is behind, which grows while
+                // the primary is down).
+                Err(err @ OriginError::Unavailable { .. }) => {
+                    let stand_in = match late {
+                        Some(read) => Some(read),
+                        None => read_replica(&inner, def, key.id(), request, bound.on_error)
+                            .await
+                            .ok()
+                            .flatten(),
+                    };
+                    match stand_in.filter(|read| age(read) <= bound.on_error) {
+                        Some(read) => {
+                            tracing::debug!(cause = %err, item = %key, "primary unavailable; a replica stands in");
+                            Ok(read)
                         }
-                        return Ok(read);
+                        None => Err(err),
                     }
                 }
+                Err(err) => Err(err),
             }
-            read_primary(&inner, def, key.id()).await
         });
         Box::pin(async move { run.await? })
     }

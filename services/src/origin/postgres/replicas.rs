@@ -1,6 +1,12 @@
 //! The region's replicas: their replay positions, how far behind the primary each is,
 //! and a circuit breaker that takes a replica out of rotation while it is down or
 //! lags past the threshold, and puts it back once it has caught up.
+//!
+//! How far behind a replica is comes from samples of the primary's position: a
+//! replica that has replayed the position the primary was seen at, at instant `t`,
+//! shows the primary as of `t` at least. So its answers are as old as the time since
+//! the newest such `t` — a figure that keeps growing while the replica stands still,
+//! and while the primary cannot be seen at all.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,8 +24,10 @@ pub struct Replica {
     pub pool: Pool,
     /// The last replay position seen.
     replayed: AtomicU64,
-    /// How far behind the primary it was at the last sample, in microseconds.
-    staleness_micros: AtomicU64,
+    /// Microseconds after `epoch` of the newest instant the primary was seen at a
+    /// position the replica has replayed; 0 until there is one.
+    as_of_micros: AtomicU64,
+    epoch: Instant,
     in_rotation: AtomicBool,
 }
 
@@ -29,7 +37,8 @@ impl Replica {
             name,
             pool,
             replayed: AtomicU64::new(0),
-            staleness_micros: AtomicU64::new(u64::MAX),
+            as_of_micros: AtomicU64::new(0),
+            epoch: Instant::now(),
             in_rotation: AtomicBool::new(false),
         }
     }
@@ -43,9 +52,25 @@ impl Replica {
         self.replayed.fetch_max(position.0, Ordering::AcqRel);
     }
 
-    /// An upper bound of how far behind the primary the replica is.
-    pub fn staleness(&self) -> Duration {
-        Duration::from_micros(self.staleness_micros.load(Ordering::Acquire))
+    /// What a read started now shows at least: the primary as of this instant
+    /// (`None` while the replica has never been seen to replay a sampled position).
+    pub fn as_of(&self) -> Option<Instant> {
+        match self.as_of_micros.load(Ordering::Acquire) {
+            0 => None,
+            micros => Some(self.epoch + Duration::from_micros(micros)),
+        }
+    }
+
+    /// Records that the replica has replayed what the primary had at `at`.
+    fn caught_up_to(&self, at: Instant) {
+        let micros = at.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.as_of_micros.fetch_max(micros.max(1), Ordering::AcqRel);
+    }
+
+    /// How far behind the primary the replica is, at most, as of `now`.
+    pub fn staleness(&self, now: Instant) -> Duration {
+        self.as_of()
+            .map_or(Duration::MAX, |as_of| now.saturating_duration_since(as_of))
     }
 
     pub fn in_rotation(&self) -> bool {
@@ -75,9 +100,15 @@ impl Replicas {
         }
     }
 
-    /// A replica in rotation, preferring one known to have replayed `position`.
-    pub fn pick(&self, position: Position) -> Option<Arc<Replica>> {
-        let live: Vec<&Arc<Replica>> = self.all.iter().filter(|r| r.in_rotation()).collect();
+    /// A replica in rotation no further behind the primary than `max_staleness`,
+    /// preferring one known to have replayed `position`.
+    pub fn pick(&self, position: Position, max_staleness: Duration) -> Option<Arc<Replica>> {
+        let now = Instant::now();
+        let live: Vec<&Arc<Replica>> = self
+            .all
+            .iter()
+            .filter(|r| r.in_rotation() && r.staleness(now) <= max_staleness)
+            .collect();
         if live.is_empty() {
             return None;
         }
@@ -96,31 +127,45 @@ struct History {
 }
 
 impl History {
+    /// The primary was seen at `position` at `at` (or later).
     fn push(&mut self, at: Instant, position: u64) {
-        self.samples.push_back((at, position));
-        while self
-            .samples
-            .front()
-            .is_some_and(|(t, _)| at.duration_since(*t) > self.span)
+        match self.samples.back_mut() {
+            // An idle primary: the newer sighting of the same position is all we need.
+            Some(last) if last.1 == position => last.0 = at,
+            _ => self.samples.push_back((at, position)),
+        }
+        while self.samples.len() > 1
+            && self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| at.duration_since(*t) > self.span)
         {
             self.samples.pop_front();
         }
     }
 
-    /// How far behind the primary a server that replayed `replayed` is, as of `now`:
-    /// the time since the newest sample the replay covers; past the history's span
-    /// when it covers none.
-    fn staleness(&self, replayed: u64, now: Instant) -> Duration {
+    /// The newest instant the primary was seen at a position a server that replayed
+    /// `replayed` has: that server shows the primary as of then, at least.
+    fn covered(&self, replayed: u64) -> Option<Instant> {
         self.samples
             .iter()
             .rev()
             .find(|(_, p)| *p <= replayed)
-            .map(|(t, _)| now.duration_since(*t))
-            .unwrap_or(self.span + Duration::from_secs(1))
+            .map(|(t, _)| *t)
+    }
+
+    /// The primary's last known position.
+    fn last(&self) -> Option<u64> {
+        self.samples.back().map(|(_, p)| *p)
     }
 }
 
 /// Samples the primary's and every replica's position each `interval`, forever.
+///
+/// A replica further behind than `max_lag` leaves the rotation; so does one that does
+/// not answer. While the primary does not answer, a replica is judged against the
+/// primary's last known position instead: one that has replayed it holds everything
+/// the primary was last seen with, and stays (its answers still age with the outage).
 pub async fn sample(primary: Pool, replicas: Arc<Replicas>, interval: Duration, max_lag: Duration) {
     let mut history = History {
         samples: VecDeque::new(),
@@ -131,32 +176,37 @@ pub async fn sample(primary: Pool, replicas: Arc<Replicas>, interval: Duration, 
     loop {
         ticker.tick().await;
         let deadline = interval.max(Duration::from_millis(200));
+        // Taken before the question: the primary was at the answer then or later.
+        let asked = Instant::now();
         let primary_lsn = tokio::time::timeout(deadline, lsn(&primary, "SELECT pg_current_wal_lsn()")).await;
-        if let Ok(Some(p)) = primary_lsn {
-            history.push(Instant::now(), p);
-        }
+        let primary_seen = match primary_lsn {
+            Ok(Some(p)) => {
+                history.push(asked, p);
+                true
+            }
+            _ => false,
+        };
         for replica in &replicas.all {
             let replayed =
                 tokio::time::timeout(deadline, lsn(&replica.pool, "SELECT pg_last_wal_replay_lsn()")).await;
-            let now = Instant::now();
             match replayed {
                 Ok(Some(position)) => {
                     replica.saw(Position(position));
-                    let staleness = history.staleness(position, now);
-                    replica
-                        .staleness_micros
-                        .store(staleness.as_micros() as u64, Ordering::Release);
-                    let healthy = staleness <= max_lag;
+                    if let Some(at) = history.covered(position) {
+                        replica.caught_up_to(at);
+                    }
+                    let staleness = replica.staleness(Instant::now());
+                    let primary_last = (!primary_seen).then(|| history.last()).flatten();
+                    let healthy = keeps_rotation(staleness, max_lag, position, primary_last);
                     if replica.in_rotation.swap(healthy, Ordering::AcqRel) != healthy {
                         if healthy {
-                            tracing::info!(replica = %replica.name, ?staleness, "replica in rotation");
+                            tracing::info!(replica = %replica.name, ?staleness, primary_seen, "replica in rotation");
                         } else {
                             tracing::warn!(replica = %replica.name, ?staleness, "replica out of rotation: lagging");
                         }
                     }
                 }
                 _ => {
-                    replica.staleness_micros.store(u64::MAX, Ordering::Release);
                     if replica.in_rotation.swap(false, Ordering::AcqRel) {
                         tracing::warn!(replica = %replica.name, "replica out of rotation: not answering");
                     }
@@ -164,6 +214,14 @@ pub async fn sample(primary: Pool, replicas: Arc<Replicas>, interval: Duration, 
             }
         }
     }
+}
+
+/// Whether a replica answering at `replayed`, `staleness` behind, belongs in
+/// rotation. `primary_last` is the primary's last known position while the primary
+/// does not answer: a replica that has replayed it is current, however long ago the
+/// primary was last seen.
+fn keeps_rotation(staleness: Duration, max_lag: Duration, replayed: u64, primary_last: Option<u64>) -> bool {
+    staleness <= max_lag || primary_last.is_some_and(|last| replayed >= last)
 }
 
 /// An LSN from a one-value query, or `None` if the server does not answer.
@@ -177,22 +235,62 @@ async fn lsn(pool: &Pool, sql: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
     #[test]
-    fn staleness_is_the_age_of_the_newest_sample_the_replay_covers() {
+    fn a_replay_shows_the_primary_as_of_the_newest_sample_it_covers() {
         let start = Instant::now();
         let mut history = History {
             samples: VecDeque::new(),
-            span: Duration::from_secs(10),
+            span: S(10),
         };
         history.push(start, 100);
-        history.push(start + Duration::from_secs(1), 200);
-        history.push(start + Duration::from_secs(2), 300);
-        let now = start + Duration::from_secs(3);
-        assert_eq!(history.staleness(300, now), Duration::from_secs(1));
-        assert_eq!(history.staleness(250, now), Duration::from_secs(2));
+        history.push(start + S(1), 200);
+        history.push(start + S(2), 300);
+        assert_eq!(history.covered(300), Some(start + S(2)));
+        assert_eq!(history.covered(250), Some(start + S(1)));
+        assert_eq!(history.covered(50), None, "older than every sample");
+        // An idle primary: one sample, seen again and again.
+        history.push(start + S(3), 300);
+        history.push(start + S(4), 300);
+        assert_eq!(history.samples.len(), 3);
+        assert_eq!(history.covered(300), Some(start + S(4)));
+        // Past the span, old samples go; the newest always stays.
+        history.push(start + S(30), 400);
+        assert_eq!(history.samples.len(), 1);
+        assert_eq!(history.last(), Some(400));
+    }
+
+    #[test]
+    fn with_the_primary_unseen_a_replica_that_replayed_its_last_position_stays() {
+        let max_lag = S(5);
+        assert!(keeps_rotation(S(4), max_lag, 100, None));
+        assert!(!keeps_rotation(S(6), max_lag, 100, None), "lagging");
+        assert!(keeps_rotation(S(60), max_lag, 300, Some(300)), "current");
         assert!(
-            history.staleness(50, now) > Duration::from_secs(10),
-            "older than every sample"
+            !keeps_rotation(S(60), max_lag, 250, Some(300)),
+            "behind the primary's last known position"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replicas_staleness_grows_until_it_catches_up_and_only_moves_forward() {
+        let pool = deadpool_postgres::Config {
+            url: Some("postgres://nobody@127.0.0.1:1/none".into()),
+            ..Default::default()
+        }
+        .create_pool(Some(deadpool_postgres::Runtime::Tokio1), tokio_postgres::NoTls)
+        .unwrap();
+        let replica = Replica::new("r".into(), pool);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(replica.staleness(Instant::now()), Duration::MAX, "never seen");
+        let seen = Instant::now();
+        replica.caught_up_to(seen);
+        tokio::time::advance(S(2)).await;
+        assert_eq!(replica.staleness(Instant::now()), S(2));
+        replica.caught_up_to(seen - S(1));
+        assert_eq!(replica.as_of(), Some(seen), "never back");
+        replica.caught_up_to(seen + S(2));
+        assert_eq!(replica.staleness(Instant::now()), Duration::ZERO);
     }
 }

@@ -1,0 +1,116 @@
+//! What one request can make a node keep: every string a live session holds has a
+//! bound, and a request past it is refused before any session is opened.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{spawn_app, Client, Store};
+use crate::process;
+
+/// `api.max_user_id_bytes` in the base configuration.
+const MAX_USER_ID: usize = 256;
+
+async fn get_as(app: &crate::helpers::TestApp, user: &str) -> crate::helpers::Reply {
+    let response = app
+        .request(reqwest::Method::GET, "/v1/products/p1")
+        .header("x-user-id", user)
+        .send()
+        .await
+        .expect("the node answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    crate::helpers::Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[actix_web::test]
+async fn a_user_id_past_its_bound_is_a_400_problem_and_opens_no_session() {
+    let store = Store::new();
+    let app = spawn_app(&store, "");
+    let at_bound = "u".repeat(MAX_USER_ID);
+    let ok = get_as(&app, &at_bound).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let live = app.node.sessions().len();
+
+    for length in [MAX_USER_ID + 1, 100 * 1024] {
+        let reply = get_as(&app, &"u".repeat(length)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{length} bytes");
+        assert_eq!(reply.problem(), "user-id-too-long");
+        assert!(
+            reply.header("x-session-id").is_empty(),
+            "no session was minted for it"
+        );
+    }
+    assert_eq!(app.node.sessions().len(), live, "no session was opened");
+
+    // A session that names itself is refused the same way, and keeps working.
+    let mut user = Client::with_id("bounded-user");
+    assert_eq!(user.get(&app, "/v1/products/p1").await.status, 200);
+    let refused = app
+        .request(reqwest::Method::GET, "/v1/products/p1")
+        .header("x-session-id", "bounded-user")
+        .header("x-user-id", "u".repeat(MAX_USER_ID + 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(user.get(&app, "/v1/products/p1").await.status, 200);
+}
+
+/// The resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+#[tokio::test]
+async fn anonymous_requests_with_a_huge_user_id_do_not_grow_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, address) = process::start(dir.path());
+    let pid = node.0.id();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let huge = "u".repeat(100 * 1024);
+    let send = |user: String| {
+        client
+            .get(format!("{address}/v1/products/p1"))
+            .header("x-user-id", user)
+            .send()
+    };
+    // Warm up: the node's buffers and the item's cache entry exist before the baseline.
+    for i in 0..20 {
+        send(format!("warm-{i}")).await.unwrap();
+    }
+    send(huge.clone()).await.unwrap();
+    let before = rss(pid);
+
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..500 {
+        let status = send(huge.clone()).await.unwrap().status().as_u16();
+        *statuses.entry(status).or_default() += 1;
+    }
+    let grown = rss(pid).saturating_sub(before);
+    eprintln!(
+        "500 requests with a 100 KiB X-User-Id: {statuses:?}, RSS {:.1} → +{:.1} MiB",
+        before as f64 / (1 << 20) as f64,
+        grown as f64 / (1 << 20) as f64
+    );
+    assert_eq!(statuses.get(&400), Some(&500), "every one refused: {statuses:?}");
+    assert!(
+        grown < 8 << 20,
+        "the node grew by {grown} bytes for 500 refused requests"
+    );
+}
