@@ -51,6 +51,7 @@ fn write(key: &ItemKey, fields: &Arc<Fields>, seq: u64) -> Write<(), ()> {
                     key,
                     doc,
                     own_value: true,
+                    bytes: 64,
                     extra: (),
                 })
             }

@@ -10,8 +10,8 @@ mod watermarks;
 pub use model::{item_hash, Doc, Fields, ItemKey, KeyRef, Position, Version};
 pub use registry::{LiveSession, SessionHandle, SessionRegistry, SessionStart, MAX_SESSION_ID_BYTES};
 pub use session::{
-    Passivate, PendingWrite, Session, SessionActor, SessionLimits, SessionState, Write, WriteFuture,
-    WriteTicket, Written,
+    Passivate, PendingBudget, PendingWrite, Session, SessionActor, SessionLimits, SessionState, Write,
+    WriteFuture, WriteTicket, Written,
 };
 pub use token::{TokenError, TokenKeys, MAX_TOKEN_LEN};
 pub use watermarks::{Mark, Need, Watermarks};

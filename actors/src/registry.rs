@@ -9,7 +9,7 @@ use arrayvec::ArrayString;
 use quick_cache::sync::{Cache, GuardResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 
-use crate::session::{Session, SessionActor, SessionLimits};
+use crate::session::{PendingBudget, Session, SessionActor, SessionLimits};
 use crate::Watermarks;
 
 /// A live session: its shared state and its actor.
@@ -74,6 +74,7 @@ pub struct SessionRegistry {
     table: Arc<Table>,
     limits: SessionLimits,
     lease: Duration,
+    budget: Arc<PendingBudget>,
 }
 
 impl SessionRegistry {
@@ -94,7 +95,40 @@ impl SessionRegistry {
             table: Arc::new(table),
             limits,
             lease,
+            budget: PendingBudget::new(u64::MAX),
         }
+    }
+
+    /// Bounds the bytes of the written values all sessions keep (see
+    /// [`PendingBudget`]).
+    pub fn with_pending_budget(mut self, max_bytes: u64) -> Self {
+        self.budget = PendingBudget::new(max_bytes);
+        self
+    }
+
+    /// The bytes of written values kept now.
+    pub fn pending_bytes(&self) -> u64 {
+        self.budget.used()
+    }
+
+    /// A session for a request that named none: not live (no actor, not in the
+    /// table) until it writes ([`SessionRegistry::adopt`]), so anonymous reads pin
+    /// nothing.
+    pub fn detached(&self, id: &str) -> Arc<Session> {
+        self.session(id, Watermarks::default())
+    }
+
+    /// Makes a detached session live: starts its actor and enters it in the table.
+    pub fn adopt(&self, session: Arc<Session>) -> SessionHandle {
+        let handle = self.start(session);
+        if let Ok(key) = SessionKey::from(handle.session.id()) {
+            self.table.insert(key, handle.clone());
+        }
+        handle
+    }
+
+    fn session(&self, id: &str, watermarks: Watermarks) -> Arc<Session> {
+        Arc::new(Session::new(id.into(), watermarks, self.limits).with_budget(self.budget.clone()))
     }
 
     pub fn limits(&self) -> SessionLimits {
@@ -129,7 +163,7 @@ impl SessionRegistry {
         };
         let mut watermarks = token.cloned().unwrap_or_default();
         watermarks.compact(self.limits.max_items);
-        let session = || Arc::new(Session::new(id.into(), watermarks.clone(), self.limits));
+        let session = || self.session(id, watermarks.clone());
         // An id past the bound (callers validate ids) gets a session that is not kept:
         // its requests rebuild it from their tokens, which is slower, never wrong.
         let Ok(key) = SessionKey::from(id) else {
@@ -159,16 +193,8 @@ impl SessionRegistry {
     /// Starts a new actor for a session whose actor stopped while a request still
     /// held it (evicted or passivated mid-request), and makes it live again.
     pub fn revive(&self, session: Arc<Session>) -> SessionHandle {
-        let fresh = Arc::new(Session::new(
-            session.id().into(),
-            session.state().watermarks().clone(),
-            self.limits,
-        ));
-        let handle = self.start(fresh);
-        if let Ok(key) = SessionKey::from(handle.session.id()) {
-            self.table.insert(key, handle.clone());
-        }
-        handle
+        let watermarks = session.state().watermarks().clone();
+        self.adopt(self.session(session.id(), watermarks))
     }
 
     fn start(&self, session: Arc<Session>) -> SessionHandle {

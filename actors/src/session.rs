@@ -34,6 +34,44 @@ pub struct PendingWrite {
     pub doc: Doc,
     /// When the write was acknowledged (the age of this value).
     pub committed_at: Instant,
+    /// What the value weighs against the node's [`PendingBudget`].
+    bytes: u64,
+}
+
+/// The bytes of written values all sessions of a node keep to answer their own reads
+/// (`session.max_pending_bytes`). A value that does not fit is not kept: the write's
+/// watermark still is, so the session's next read of the item goes to the cache or the
+/// origin instead — an extra read, never a stale one.
+#[derive(Debug)]
+pub struct PendingBudget {
+    used: AtomicU64,
+    max: u64,
+}
+
+impl PendingBudget {
+    pub fn new(max: u64) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicU64::new(0),
+            max,
+        })
+    }
+
+    /// Bytes in use now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&next| next <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
 /// The state of one session, read by request handlers under a short per-session lock
@@ -54,6 +92,16 @@ pub struct SessionState {
     merged: Option<Arc<str>>,
     /// The session's strategies as last evaluated.
     strategies: Option<KeptStrategies>,
+    /// Where the bytes of `pending` are counted (none: unbounded, in unit tests).
+    budget: Option<Arc<PendingBudget>>,
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.pending.iter().map(|p| p.bytes).sum());
+        }
+    }
 }
 
 /// Strategies evaluated for a session, kept while the flag source's generation and
@@ -110,19 +158,30 @@ impl SessionState {
         {
             self.generation += 1;
         }
-        if !written.own_value {
-            return;
-        }
-        self.pending.retain(|p| p.key != *key);
-        if limits.max_pending > 0 {
-            if self.pending.len() == limits.max_pending {
-                self.pending.pop_front();
+        let mut freed = 0;
+        self.pending.retain(|p| {
+            let keep = p.key != *key;
+            if !keep {
+                freed += p.bytes;
             }
-            self.pending.push_back(PendingWrite {
-                key: key.clone(),
-                doc: doc.clone(),
-                committed_at: Instant::now(),
-            });
+            keep
+        });
+        if limits.max_pending > 0 && written.own_value {
+            if self.pending.len() == limits.max_pending {
+                freed += self.pending.pop_front().map_or(0, |p| p.bytes);
+            }
+            let bytes = written.bytes as u64;
+            if self.budget.as_ref().is_none_or(|b| b.take(bytes)) {
+                self.pending.push_back(PendingWrite {
+                    key: key.clone(),
+                    doc: doc.clone(),
+                    committed_at: Instant::now(),
+                    bytes,
+                });
+            }
+        }
+        if let Some(budget) = &self.budget {
+            budget.give(freed);
         }
     }
 
@@ -206,6 +265,7 @@ impl Session {
                 issued: None,
                 merged: None,
                 strategies: None,
+                budget: None,
             }),
             limits,
             last_seen: AtomicU64::new(0),
@@ -213,6 +273,12 @@ impl Session {
             retired: AtomicBool::new(false),
             counted_in: AtomicU32::new(0),
         }
+    }
+
+    /// Counts the session's kept values against `budget`.
+    pub fn with_budget(self, budget: Arc<PendingBudget>) -> Self {
+        self.state.lock().budget = Some(budget);
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -263,6 +329,8 @@ pub struct Written<T> {
     /// next reads. A replayed outcome of an earlier request (idempotency) only raises
     /// the watermarks: its value may be long superseded.
     pub own_value: bool,
+    /// The size of the value (its JSON), counted against the node's pending budget.
+    pub bytes: usize,
     /// Whatever else the caller wants back (e.g. whether the item was created).
     pub extra: T,
 }
@@ -426,6 +494,7 @@ mod tests {
                         key,
                         doc,
                         own_value: true,
+                        bytes: 100,
                         extra: (),
                     })
                 }

@@ -125,6 +125,10 @@ pub struct PostgresSettings {
     pub change_feed: bool,
 }
 
+fn default_max_pending_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
 fn default_true() -> bool {
     true
 }
@@ -183,6 +187,11 @@ pub struct SessionSettings {
     pub max_live: usize,
     /// Most written values a session keeps to answer its own reads.
     pub max_pending_writes: usize,
+    /// Most bytes of such values all sessions of the node keep together; a value
+    /// past it is not kept (the session's next read of the item goes to the cache or
+    /// the origin instead: never stale, a little slower).
+    #[serde(default = "default_max_pending_bytes")]
+    pub max_pending_bytes: u64,
     /// Most per-item watermarks a token carries before it compacts to a position
     /// floor (more conservative: an extra origin read, never a stale one).
     pub max_token_items: usize,

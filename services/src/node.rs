@@ -8,8 +8,8 @@ use std::time::Duration;
 use actix::MailboxError;
 use bytes::Bytes;
 use edgecache_actors::{
-    Doc, ItemKey, KeyRef, Position, SessionHandle, SessionLimits, SessionRegistry, SessionStart, TokenError,
-    TokenKeys, Write, WriteTicket, Written,
+    Doc, ItemKey, KeyRef, Position, Session, SessionHandle, SessionLimits, SessionRegistry, SessionStart,
+    TokenError, TokenKeys, Write, WriteTicket, Written,
 };
 use edgecache_config::{Freshness, IdempotencySettings, Settings};
 use edgecache_flags::{FlagContext, FlagSource, Strategies, Strategy};
@@ -58,9 +58,14 @@ pub struct ApiLimits {
     pub max_user_id_bytes: usize,
 }
 
-/// A request's session: the live session, its strategy arms, and how it was found.
+/// A request's session: its state, its actor when live, its strategy arms, and how it
+/// was found.
 pub struct SessionCtx {
-    pub handle: SessionHandle,
+    /// The state the request reads and records into, and whose token answers it.
+    pub session: Arc<Session>,
+    /// The session's actor and table entry; `None` for a session minted for a request
+    /// that named none, which becomes live only when it writes.
+    live: Option<SessionHandle>,
     pub strategies: Strategies,
     pub start: SessionStart,
     /// Where the request's reads are counted: the experiment cell of `strategies`.
@@ -69,7 +74,13 @@ pub struct SessionCtx {
 
 impl SessionCtx {
     pub fn id(&self) -> &str {
-        self.handle.session.id()
+        self.session.id()
+    }
+
+    /// Whether the session is in the node's table (a named one is; an anonymous
+    /// request's is not until it writes).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
     }
 }
 
@@ -201,7 +212,8 @@ impl Node {
             collections: Collections::new(&settings.collections),
             origin,
             cache,
-            sessions: SessionRegistry::new(session.max_live, session.idle_lease, limits),
+            sessions: SessionRegistry::new(session.max_live, session.idle_lease, limits)
+                .with_pending_budget(session.max_pending_bytes),
             keys,
             flags,
             metrics,
@@ -282,17 +294,63 @@ impl Node {
         if user_id.is_some_and(|user| user.len() > max) {
             return Err(SessionError::UserIdTooLong { max });
         }
-        let minted;
-        let id = match session_id {
-            Some(id) if valid_session_id(id) => id,
+        let (session, live, start) = match session_id {
+            Some(id) if valid_session_id(id) => {
+                let (handle, start) = self.open_named(id, token)?;
+                (handle.session.clone(), Some(handle), start)
+            }
             Some(_) => return Err(SessionError::InvalidId),
             None if token.is_some() => return Err(SessionError::TokenWithoutSession),
+            // Nothing to look up or keep: the session lives in this request (and in
+            // the token it answers with) until it writes.
             None => {
-                minted = uuid::Uuid::new_v4().simple().to_string();
-                minted.as_str()
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                (self.sessions.detached(&id), None, SessionStart::New)
             }
         };
-        let (handle, start) = match (self.sessions.get(id), token) {
+        match start {
+            SessionStart::Rebuilt => self.metrics.sessions_rebuilt.inc(),
+            SessionStart::New => self.metrics.sessions_new.inc(),
+            SessionStart::Live => {}
+        }
+        session.touch();
+        // Evaluated once per session while the flags and the user stay the same.
+        let generation = self.flags.generation();
+        let kept = session.state().strategies(generation, user_id);
+        let strategies = match kept {
+            Some(strategies) => strategies,
+            None => {
+                let strategies = self.flags.strategies(&FlagContext {
+                    session_id: session.id(),
+                    user_id: user_id.unwrap_or(session.id()),
+                    node: &self.node_id,
+                    region: &self.region,
+                });
+                session.state().keep_strategies(generation, user_id, strategies);
+                strategies
+            }
+        };
+        let experiment =
+            self.metrics
+                .experiments
+                .session_seen(session.id(), &strategies, session.counted_in());
+        Ok(SessionCtx {
+            session,
+            live,
+            strategies,
+            start,
+            experiment,
+        })
+    }
+
+    /// The named session `id`: the live one (taking in a newer token), else one
+    /// rebuilt from the token, else a new one, live in the table.
+    fn open_named(
+        &self,
+        id: &str,
+        token: Option<&str>,
+    ) -> Result<(SessionHandle, SessionStart), SessionError> {
+        Ok(match (self.sessions.get(id), token) {
             (Some(live), None) => (live, SessionStart::Live),
             (Some(live), Some(token)) => {
                 let mut state = live.session.state();
@@ -317,48 +375,12 @@ impl Node {
                 }
                 (handle, start)
             }
-        };
-        match start {
-            SessionStart::Rebuilt => self.metrics.sessions_rebuilt.inc(),
-            SessionStart::New => self.metrics.sessions_new.inc(),
-            SessionStart::Live => {}
-        }
-        handle.session.touch();
-        // Evaluated once per session while the flags and the user stay the same.
-        let generation = self.flags.generation();
-        let kept = handle.session.state().strategies(generation, user_id);
-        let strategies = match kept {
-            Some(strategies) => strategies,
-            None => {
-                let strategies = self.flags.strategies(&FlagContext {
-                    session_id: handle.session.id(),
-                    user_id: user_id.unwrap_or(handle.session.id()),
-                    node: &self.node_id,
-                    region: &self.region,
-                });
-                handle
-                    .session
-                    .state()
-                    .keep_strategies(generation, user_id, strategies);
-                strategies
-            }
-        };
-        let experiment = self.metrics.experiments.session_seen(
-            handle.session.id(),
-            &strategies,
-            handle.session.counted_in(),
-        );
-        Ok(SessionCtx {
-            handle,
-            strategies,
-            start,
-            experiment,
         })
     }
 
     /// The token to send back: the session's current watermarks, signed.
     pub fn token(&self, s: &SessionCtx) -> Bytes {
-        s.handle.session.state().token(s.id(), &self.keys)
+        s.session.state().token(s.id(), &self.keys)
     }
 
     /// Reads one item for the session, under its guarantees and the item's freshness
@@ -381,7 +403,7 @@ impl Node {
         let monotonic = arms.is_on(Strategy::MonotonicReads);
         let swr = arms.is_on(Strategy::StaleWhileRevalidate);
         let strict = arms.is_on(Strategy::StrictFields);
-        let session = &s.handle.session;
+        let session = &s.session;
         let now = Instant::now();
 
         let need = session.state().need(key.hash, ryw, monotonic);
@@ -758,14 +780,17 @@ impl Node {
                 // A replay is the outcome of an earlier write: its value is as old as
                 // that write, so it is neither cached as fresh nor kept as the
                 // session's own value; it only raises the watermarks.
+                let mut bytes = 0;
                 if !committed.replayed {
                     let entry = CacheEntry::new(&key, committed.doc.clone(), Instant::now());
+                    bytes = entry.body.len();
                     cache.offer(&key, entry);
                 }
                 Ok::<_, WriteError>(Written {
                     key,
                     doc: committed.doc,
                     own_value: !committed.replayed,
+                    bytes,
                     extra: (committed.created, committed.replayed),
                 })
             }
@@ -774,10 +799,11 @@ impl Node {
         // An actor that stopped since the look-up (evicted, passivated) is revived
         // first. Once sent, a write is never sent again: a lost answer could hide a
         // commit, and an increment must not apply twice.
-        let handle = if s.handle.addr.connected() && !s.handle.session.is_retired() {
-            s.handle.clone()
-        } else {
-            self.sessions.revive(s.handle.session.clone())
+        let handle = match &s.live {
+            Some(live) if live.addr.connected() && !live.session.is_retired() => live.clone(),
+            Some(stopped) => self.sessions.revive(stopped.session.clone()),
+            // An anonymous request's session becomes live with its first write.
+            None => self.sessions.adopt(s.session.clone()),
         };
         let ticket = WriteTicket::new();
         let sent = handle
@@ -807,19 +833,18 @@ impl Node {
                 return Err(WriteFailure::OutcomeUnknown);
             }
         };
-        if !Arc::ptr_eq(&handle.session, &s.handle.session) {
+        if !Arc::ptr_eq(&handle.session, &s.session) {
             // The write ran on a revived session; the answer's token is signed from
-            // the request's, which must hold the write too.
+            // the request's, which must hold the write too (its watermark; the value
+            // is kept by the revived session).
             let written = Written {
                 key,
                 doc: doc.clone(),
-                own_value: !replayed,
+                own_value: false,
+                bytes: 0,
                 extra: (),
             };
-            s.handle
-                .session
-                .state()
-                .record_write(&written, s.handle.session.limits());
+            s.session.state().record_write(&written, s.session.limits());
         }
         if replayed {
             self.metrics.writes_replayed.inc();
