@@ -415,6 +415,7 @@ mod tests {
             setup: Some(setup),
             ops,
             final_read: Some(final_read),
+            ..History::default()
         };
         (info(start), h)
     }

@@ -54,6 +54,10 @@ pub struct History {
     pub ops: Vec<OpRecord>,
     /// The counter read after the run.
     pub final_read: Option<OpRecord>,
+    /// The keys and the counter as the origin held them before the run.
+    pub origin_before: Vec<OpRecord>,
+    /// The keys and the counter as the origin held them once the run had settled.
+    pub origin_after: Vec<OpRecord>,
 }
 
 impl History {
@@ -70,9 +74,12 @@ impl History {
                 .with_context(|| format!("{}:{}: not a history line", path.display(), n + 1))?;
             match parsed {
                 Line::Run(info) => history.info = Some(info),
+                // With retries, the last attempt.
                 Line::Setup(op) => history.setup = Some(op),
                 Line::Op(op) => history.ops.push(op),
                 Line::Final(op) => history.final_read = Some(op),
+                Line::OriginBefore(op) => history.origin_before.push(op),
+                Line::OriginAfter(op) => history.origin_after.push(op),
             }
         }
         Ok(history)
