@@ -727,7 +727,8 @@ impl Summary {
         let resolved = tallies.clone().filter(|t| t.first_open && t.ok).count();
         let still_open = tallies.filter(|t| t.open && !t.ok).count();
         eprintln!(
-            "  requests of unknown outcome (no answer, 5xx): {}; writes left open by their first              attempt: {first_open}, settled by a retry: {resolved}, still unknown: {still_open};              replayed answers: {}",
+            "  requests of unknown outcome (no answer, 5xx): {}; writes left open by their first attempt: \
+             {first_open}, settled by a retry: {resolved}, still unknown: {still_open}; replayed answers: {}",
             self.unknown, self.replayed
         );
         if let Some(busy) = busy {
