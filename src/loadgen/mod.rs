@@ -9,12 +9,28 @@
 //!
 //! ```text
 //! edgecache loadgen --targets http://127.0.0.1:8080,http://127.0.0.1:8081 \
-//!     --sessions 20 --ops 200 --keys 16 --out history.jsonl
+//!     --sessions 20 --ops 200 --keys 16 --out history.jsonl \
+//!     [--retry-unknown 3] [--pg-url postgres://… [--busy-rows 0.3 --busy-hold 0.8]]
 //! ```
 //!
-//! The run is bounded: N × M operations, a timeout on every request, and
-//! `--duration-limit` after which sessions issue nothing more. A transport error is
-//! recorded (its outcome is unknown) and the session goes on with its last token.
+//! Every write carries an `Idempotency-Key` of its own (`<run>-s<session>-<seq>`). A
+//! write whose outcome is unknown — no answer, 503 `write-outcome-unknown`, 409
+//! `idempotency-key-in-flight`, a gateway's 502/504 — is sent again with the same key,
+//! to the next target, up to `--retry-unknown` times after pauses that double from
+//! `--retry-delay`, until an attempt is acknowledged (a replay, if an earlier one
+//! applied) or retries run out; every attempt is a line of the history.
+//!
+//! After the sessions, loadgen records the origin's state of every key and of the
+//! counter: straight from the PostgreSQL primary with `--pg-url` (and then also
+//! before the sessions start), else through a node with a fresh session — after
+//! `--settle` seconds when a write's outcome is still unknown, so that writes still
+//! running in a node have ended. With `--pg-url`, `--busy-rows` holds rows locked
+//! while the sessions run (see [`busy`]).
+//!
+//! The run is bounded: N × M operations and their retries, a timeout on every
+//! request, and `--duration-limit` after which sessions issue nothing more. A
+//! transport error is recorded (its outcome is unknown) and the session goes on with
+//! its last token.
 
 pub mod busy;
 pub mod client;
@@ -120,7 +136,8 @@ pub struct LoadgenArgs {
     pub retry_delay: f64,
     /// The nodes' PostgreSQL primary: the state of the keys and the counter is then
     /// read from it before and after the run (else after the run only, through a node
-    /// with a fresh session), and --busy-rows can hold its rows.
+    /// with a fresh session), and --busy-rows can hold its rows. The tables must be
+    /// named and laid out as `edgecache migrate` does by default.
     #[arg(long, value_name = "URL")]
     pub pg_url: Option<String>,
     /// With --pg-url: every --busy-every, with probability P, lock a random key's row
