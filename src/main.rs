@@ -50,10 +50,13 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run N sessions × M operations against nodes or a load balancer and record the
-    /// history (one JSON line per operation).
+    /// history (one JSON line per request; writes keyed, retried while their outcome
+    /// is unknown) and the origin's state after it.
     Loadgen(Box<loadgen::LoadgenArgs>),
-    /// Check a history recorded by `loadgen`: the four session guarantees per session
-    /// and the strict counter. Exits 1 on any violation.
+    /// Check a history recorded by `loadgen`: the four session guarantees per session,
+    /// the strict counter, and the writes' outcomes against the origin's state (not
+    /// applied stays absent, acknowledged applies once, replays match). Exits 1 on any
+    /// violation.
     Check(check::CheckArgs),
 }
 

@@ -19,9 +19,18 @@
 //! - **real-time order**: an operation that started after another ended observes a
 //!   version at least as high (higher, for a decrement). Strict fields are read from
 //!   the primary, so this is linearizability of the counter's reads and writes.
+//!
+//! A decrement is an operation: its attempts, sent with one `Idempotency-Key`, taken
+//! together (see [`super::operations`]). It is acknowledged when one attempt was —
+//! a first attempt of unknown outcome settled by a retry counts once — unknown when
+//! none was but one left the outcome open, and not applied when every attempt was
+//! refused; a replayed answer counts as having taken effect from the operation's
+//! first attempt on. The final value is the origin's state after the run when loadgen
+//! recorded it (`origin_after`), else the fresh session's read.
 
 use std::collections::BTreeMap;
 
+use super::operations::{operations, Operation};
 use super::{Check, History, Report};
 use crate::loadgen::history::{CounterInfo, OpKind, OpRecord, Outcome};
 
@@ -30,18 +39,30 @@ struct CounterOps<'a> {
     info: &'a CounterInfo,
     /// The setup PUT, when it succeeded: version `v0`.
     setup: Option<&'a OpRecord>,
-    /// Every decrement, whatever its outcome.
-    incrs: Vec<&'a OpRecord>,
-    /// Successful reads, the final one included.
+    /// Every decrement with its attempts, whatever its outcome.
+    incrs: Vec<Operation<'a>>,
+    /// Successful reads, the final ones included.
     reads: Vec<&'a OpRecord>,
+    /// The counter once the run had settled: the origin's state when recorded, else
+    /// the fresh session's read.
     final_read: Option<&'a OpRecord>,
+}
+
+/// An observation of a version and a value, with the earliest time the operation
+/// behind it may have taken effect: a replayed answer reports a write made during
+/// an earlier attempt.
+#[derive(Clone, Copy)]
+struct Observed<'a> {
+    op: &'a OpRecord,
+    start_ns: u64,
 }
 
 impl<'a> CounterOps<'a> {
     fn new(info: &'a CounterInfo, history: &'a History) -> Self {
         let on_counter = |op: &&OpRecord| op.collection == info.collection && op.key == info.key;
         let ok = |op: &&OpRecord| op.outcome() == Outcome::Ok;
-        let final_read = history.final_read.as_ref().filter(on_counter).filter(ok);
+        let settled_read = history.final_read.as_ref().filter(on_counter).filter(ok);
+        let origin_after = history.origin_after.iter().filter(on_counter).find(ok);
         let mut reads: Vec<&OpRecord> = history
             .ops
             .iter()
@@ -49,18 +70,17 @@ impl<'a> CounterOps<'a> {
             .filter(|op| op.op == OpKind::Read)
             .filter(ok)
             .collect();
-        reads.extend(final_read);
+        reads.extend(settled_read);
+        reads.extend(origin_after);
         CounterOps {
             info,
             setup: history.setup.as_ref().filter(on_counter).filter(ok),
-            incrs: history
-                .ops
-                .iter()
-                .filter(on_counter)
-                .filter(|op| op.op == OpKind::Incr)
+            incrs: operations(&history.ops)
+                .into_iter()
+                .filter(|op| on_counter(&op.first()) && op.kind() == OpKind::Incr)
                 .collect(),
             reads,
-            final_read,
+            final_read: origin_after.or(settled_read),
         }
     }
 
@@ -84,26 +104,38 @@ impl<'a> CounterOps<'a> {
         op.int_field(&self.info.field)
     }
 
-    fn with_outcome(&self, outcome: Outcome) -> impl Iterator<Item = &'a OpRecord> + '_ {
-        self.incrs
-            .iter()
-            .copied()
-            .filter(move |op| op.outcome() == outcome)
+    /// The decrements whose operation (all its attempts together) had `outcome`.
+    fn with_outcome(&self, outcome: Outcome) -> impl Iterator<Item = &Operation<'a>> + '_ {
+        self.incrs.iter().filter(move |op| op.outcome() == outcome)
     }
 
-    /// Every operation that observed a version and a value: the setup, successful
-    /// decrements, successful reads.
-    fn observations(&self) -> Vec<&'a OpRecord> {
-        let mut all: Vec<&OpRecord> = self.setup.into_iter().collect();
-        all.extend(self.with_outcome(Outcome::Ok));
-        all.extend(self.reads.iter().copied());
-        all.retain(|op| op.version.is_some());
+    /// Every attempt of every decrement.
+    fn attempts(&self) -> impl Iterator<Item = &'a OpRecord> + '_ {
+        self.incrs.iter().flat_map(|op| op.attempts.iter().copied())
+    }
+
+    /// Every answer that showed a version and a value: the setup, acknowledged
+    /// decrement attempts (replays included), successful reads.
+    fn observations(&self) -> Vec<Observed<'a>> {
+        let at = |op: &'a OpRecord| Observed {
+            op,
+            start_ns: op.start_ns,
+        };
+        let mut all: Vec<Observed> = self.setup.into_iter().map(at).collect();
+        for incr in &self.incrs {
+            all.extend(incr.acks().map(|op| Observed {
+                op,
+                start_ns: incr.start_ns(),
+            }));
+        }
+        all.extend(self.reads.iter().copied().map(at));
+        all.retain(|o| o.op.version.is_some());
         all
     }
 
     /// The `by` all decrements share, if they do.
     fn uniform_by(&self) -> Option<i64> {
-        let mut bys = self.incrs.iter().map(|op| self.by(op));
+        let mut bys = self.incrs.iter().map(|op| self.by(op.first()));
         let first = bys.next().unwrap_or(-1);
         bys.all(|b| b == first).then_some(first)
     }
@@ -114,20 +146,18 @@ pub fn check_counter(info: &CounterInfo, history: &History, report: &mut Report)
     let c = CounterOps::new(info, history);
     let acked = c.with_outcome(Outcome::Ok).count() as i64;
     let unknown = c.with_outcome(Outcome::Unknown).count() as i64;
+    let settled = c
+        .with_outcome(Outcome::Ok)
+        .filter(|op| op.first_unsettled())
+        .count();
     let conflicts = c
-        .incrs
-        .iter()
+        .attempts()
         .filter(|op| op.problem.as_deref() == Some("bound-crossed"))
         .count();
     report.notes.push(format!(
-        "counter {}/{}: start {}, bound {}; {} decrements acknowledged, {} bound-crossed, {} of unknown outcome",
-        info.collection,
-        info.key,
-        info.start,
-        info.min,
-        acked,
-        conflicts,
-        unknown
+        "counter {}/{}: start {}, bound {}; {} decrements acknowledged ({settled} of them after a first \
+         attempt of unknown outcome), {} bound-crossed answers, {} of unknown outcome",
+        info.collection, info.key, info.start, info.min, acked, conflicts, unknown
     ));
 
     duplicate_versions(&c, report);
@@ -139,12 +169,14 @@ pub fn check_counter(info: &CounterInfo, history: &History, report: &mut Report)
 }
 
 /// Two acknowledged decrements with the same version: one application acknowledged
-/// twice, or two applied as one.
+/// twice, or two applied as one. (The attempts of one decrement are one operation:
+/// a replay of its version is not a second decrement.)
 fn duplicate_versions(c: &CounterOps, report: &mut Report) {
     let mut by_version: BTreeMap<u64, Vec<&OpRecord>> = BTreeMap::new();
     for op in c.with_outcome(Outcome::Ok) {
-        if let Some(v) = op.version {
-            by_version.entry(v).or_default().push(op);
+        let ack = op.acked().expect("an acknowledged operation");
+        if let Some(v) = ack.version {
+            by_version.entry(v).or_default().push(ack);
         }
     }
     for (version, ops) in by_version.into_iter().filter(|(_, ops)| ops.len() > 1) {
@@ -166,7 +198,7 @@ fn values_per_version(c: &CounterOps, report: &mut Report) {
         return;
     };
     let Some(v0) = setup.version else { return };
-    for op in c.observations() {
+    for Observed { op, .. } in c.observations() {
         let (Some(version), Some(value)) = (op.version, c.value(op)) else {
             continue;
         };
@@ -186,7 +218,8 @@ fn values_per_version(c: &CounterOps, report: &mut Report) {
 }
 
 /// The decrements the final value shows applied: at least every acknowledged one, at
-/// most those plus the unknown ones.
+/// most those plus the unknown ones. A decrement is one operation, however many
+/// attempts it took: an unknown first attempt settled by a retry counts once.
 fn final_accounting(c: &CounterOps, acked: i64, unknown: i64, report: &mut Report) {
     let Some(last) = c.final_read else {
         report
@@ -211,8 +244,9 @@ fn final_accounting(c: &CounterOps, acked: i64, unknown: i64, report: &mut Repor
             }
             let applied = delta / by;
             report.notes.push(format!(
-                "  final {value} (version {}): {applied} decrements applied = {acked} acknowledged + {} of the {unknown} unknown",
+                "  final {value} (version {}, read from {}): {applied} decrements applied = {acked} acknowledged + {} of the {unknown} unknown",
                 last.version.unwrap_or(0),
+                last.served_by,
                 applied - acked
             ));
             if applied < acked {
@@ -229,7 +263,8 @@ fn final_accounting(c: &CounterOps, acked: i64, unknown: i64, report: &mut Repor
                     Check::CounterLost,
                     format!(
                         "the counter went from {start} to {value}, {applied} decrements, but only {acked} were \
-                         acknowledged and {unknown} unknown: some applied twice"
+                         acknowledged and {unknown} unknown: some applied twice, or applied though answered \
+                         \"not applied\""
                     ),
                     vec![last],
                 );
@@ -238,8 +273,11 @@ fn final_accounting(c: &CounterOps, acked: i64, unknown: i64, report: &mut Repor
         _ => {
             // Different sizes: the change must lie within what the acknowledged ones
             // make plus any subset of the unknown ones.
-            let known: i64 = c.with_outcome(Outcome::Ok).map(|op| c.by(op)).sum();
-            let bys: Vec<i64> = c.with_outcome(Outcome::Unknown).map(|op| c.by(op)).collect();
+            let known: i64 = c.with_outcome(Outcome::Ok).map(|op| c.by(op.first())).sum();
+            let bys: Vec<i64> = c
+                .with_outcome(Outcome::Unknown)
+                .map(|op| c.by(op.first()))
+                .collect();
             let low = known + bys.iter().filter(|b| **b < 0).sum::<i64>();
             let high = known + bys.iter().filter(|b| **b > 0).sum::<i64>();
             let delta = value - start;
@@ -259,7 +297,7 @@ fn final_accounting(c: &CounterOps, acked: i64, unknown: i64, report: &mut Repor
 
 /// No observed value below the bound.
 fn bound(c: &CounterOps, report: &mut Report) {
-    for op in c.observations() {
+    for Observed { op, .. } in c.observations() {
         if let Some(value) = c.value(op).filter(|v| *v < c.info.min) {
             report.add(
                 Check::CounterBound,
@@ -276,13 +314,13 @@ fn bound(c: &CounterOps, report: &mut Report) {
 /// A `bound-crossed` decrement is possible only if enough decrements could have
 /// applied by the time it was answered.
 fn spurious_conflicts(c: &CounterOps, report: &mut Report) {
-    // Decrements that may have applied (acknowledged or unknown), by start time,
-    // with running sums of their (negative) amounts.
+    // Decrements that may have applied (acknowledged or unknown), by the start of
+    // their first attempt, with running sums of their (negative) amounts.
     let mut applied: Vec<(u64, i64)> = c
         .incrs
         .iter()
         .filter(|op| op.outcome() != Outcome::Failed)
-        .map(|op| (op.start_ns, c.by(op).min(0)))
+        .map(|op| (op.start_ns(), c.by(op.first()).min(0)))
         .collect();
     applied.sort_unstable();
     let mut running = Vec::with_capacity(applied.len());
@@ -292,8 +330,7 @@ fn spurious_conflicts(c: &CounterOps, report: &mut Report) {
         running.push(sum);
     }
     for op in c
-        .incrs
-        .iter()
+        .attempts()
         .filter(|op| op.problem.as_deref() == Some("bound-crossed"))
     {
         let (by, min) = (c.by(op), c.min(op));
@@ -324,17 +361,17 @@ fn spurious_conflicts(c: &CounterOps, report: &mut Report) {
 /// `a`'s version, and more if `b` is a write.
 fn real_time_order(c: &CounterOps, report: &mut Report) {
     let ops = c.observations();
-    let mut by_end: Vec<&OpRecord> = ops.clone();
-    by_end.sort_by_key(|op| op.end_ns);
+    let mut by_end: Vec<Observed> = ops.clone();
+    by_end.sort_by_key(|o| o.op.end_ns);
     let mut by_start = ops;
-    by_start.sort_by_key(|op| op.start_ns);
+    by_start.sort_by_key(|o| o.start_ns);
     let mut newest: Option<(u64, &OpRecord)> = None;
     let mut ended = by_end.iter().peekable();
-    for b in by_start {
-        while let Some(a) = ended.next_if(|a| a.end_ns < b.start_ns) {
-            let v = a.version.unwrap_or(0);
+    for Observed { op: b, start_ns } in by_start {
+        while let Some(a) = ended.next_if(|a| a.op.end_ns < start_ns) {
+            let v = a.op.version.unwrap_or(0);
             if newest.is_none_or(|(n, _)| v > n) {
-                newest = Some((v, a));
+                newest = Some((v, a.op));
             }
         }
         let (Some((v, a)), Some(vb)) = (newest, b.version) else {
@@ -415,6 +452,7 @@ mod tests {
             setup: Some(setup),
             ops,
             final_read: Some(final_read),
+            ..History::default()
         };
         (info(start), h)
     }
@@ -539,5 +577,50 @@ mod tests {
             (2, 4),
         );
         assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    }
+
+    #[test]
+    fn a_decrement_settled_by_its_retry_counts_once() {
+        // Attempt 0 gets no answer; attempt 1 is answered from its record: version 2,
+        // applied while attempt 0 ran. A read in between already saw it.
+        let first = keyed(at(lost(decr("a", 0, Some((0, 0)))), 10, 20), "a-0", 0);
+        let retry = keyed(at(replayed(decr("a", 1, Some((2, 4)))), 40, 50), "a-0", 1);
+        let seen = at(stock_read("b", 0, 2, 4), 25, 30);
+        let ops = vec![first.clone(), seen.clone(), retry.clone()];
+        let report = run(5, ops.clone(), (2, 4));
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
+        // Counted as two (one acknowledged, one unknown), a final 3 would pass; as the
+        // one operation it is, it was applied twice.
+        let report = run(5, ops, (3, 3));
+        only(&report, Check::CounterLost);
+    }
+
+    #[test]
+    fn a_decrement_refused_on_every_attempt_is_not_counted() {
+        let busy = |index, attempt| {
+            let mut d = decr("a", index, None);
+            d.status = Some(503);
+            d.problem = Some("session-busy".into());
+            keyed(at(d, 10 + 100 * index, 20 + 100 * index), "a-0", attempt)
+        };
+        let report = run(5, vec![busy(0, 0)], (1, 5));
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
+        let report = run(5, vec![busy(0, 0)], (2, 4));
+        only(&report, Check::CounterLost);
+        // After an attempt of unknown outcome, a refused retry settles nothing.
+        let open = keyed(at(lost(decr("a", 0, Some((0, 0)))), 10, 20), "a-0", 0);
+        let report = run(5, vec![open, busy(1, 1)], (2, 4));
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    }
+
+    #[test]
+    fn the_origins_final_state_is_the_final_value() {
+        let (info, mut h) = history(5, vec![at(decr("a", 0, Some((2, 4))), 10, 20)], (2, 4));
+        let mut origin = at(stock_read("origin", 0, 1, 5), 2_000_000, 2_000_010);
+        origin.target = crate::loadgen::history::POSTGRES_TARGET.into();
+        h.origin_after.push(origin);
+        let mut report = Report::default();
+        check_counter(&info, &h, &mut report);
+        assert!(report.count(Check::CounterLost) >= 1, "{:#?}", report.violations);
     }
 }

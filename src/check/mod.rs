@@ -7,17 +7,25 @@
 //! Per session, Terry et al.'s four session guarantees over item versions (see
 //! [`session`]); for the shared strict counter, that every acknowledged decrement was
 //! applied exactly once, none was lost, the bound held and every `bound-crossed` was
-//! possible (see [`counter`]); and for every item, that one version always has one
-//! value (see [`integrity`]). Each violation is printed with the operations involved,
-//! then a summary. The exit status is 1 when there is a violation, 0 otherwise
-//! (2 when the history cannot be read).
+//! possible (see [`counter`]); for every item, that one version always has one value
+//! (see [`integrity`]); and for the writes' outcomes, that a write answered "not
+//! applied" never shows, an acknowledged one applied once, and a replayed answer is
+//! its operation's own (see [`outcomes`]). Each violation is printed with the
+//! operations involved, then a summary. The exit status is 1 when there is a
+//! violation, 0 otherwise (2 when the history cannot be read).
 //!
-//! Operations whose outcome is unknown (no answer, a gateway error) are neither
-//! counted as applied nor as lost: they give the counter its slack, and the summary
-//! says how much of it was used.
+//! A write is an operation of one or more attempts — retries with its
+//! `Idempotency-Key` (see [`operations`]). An operation whose outcome stayed unknown
+//! (no answer, `write-outcome-unknown`, a gateway error, on every attempt that was
+//! not refused) is neither counted as applied nor as lost: it gives the accounting
+//! its slack, and the summary says how much of it was used. The origin's state
+//! after the run (and before it, with `loadgen --pg-url`) anchors the accounting;
+//! histories without it, or without keys, are checked with what they hold.
 
 pub mod counter;
 pub mod integrity;
+pub mod operations;
+pub mod outcomes;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -54,6 +62,10 @@ pub struct History {
     pub ops: Vec<OpRecord>,
     /// The counter read after the run.
     pub final_read: Option<OpRecord>,
+    /// The keys and the counter as the origin held them before the run.
+    pub origin_before: Vec<OpRecord>,
+    /// The keys and the counter as the origin held them once the run had settled.
+    pub origin_after: Vec<OpRecord>,
 }
 
 impl History {
@@ -70,9 +82,12 @@ impl History {
                 .with_context(|| format!("{}:{}: not a history line", path.display(), n + 1))?;
             match parsed {
                 Line::Run(info) => history.info = Some(info),
+                // With retries, the last attempt.
                 Line::Setup(op) => history.setup = Some(op),
                 Line::Op(op) => history.ops.push(op),
                 Line::Final(op) => history.final_read = Some(op),
+                Line::OriginBefore(op) => history.origin_before.push(op),
+                Line::OriginAfter(op) => history.origin_after.push(op),
             }
         }
         Ok(history)
@@ -105,10 +120,21 @@ pub enum Check {
     CounterOrder,
     /// One item version, one value; and no value of the run that nobody wrote.
     Integrity,
+    /// A write answered "not applied" on every attempt is never observed: no read
+    /// shows its value, nor does the origin's final state.
+    NotAppliedObserved,
+    /// Every acknowledged write of a key applied once: one version each, the final
+    /// value that of the write acknowledged at the final version, and the versions
+    /// the origin gained within the acknowledged writes plus the unknown ones.
+    ItemExactlyOnce,
+    /// A replayed answer (`Idempotent-Replayed`) is the operation's own outcome: its
+    /// value, a version not older than writes acknowledged before the operation
+    /// began, and the same version as any other acknowledgement of the operation.
+    ReplayMismatch,
 }
 
 impl Check {
-    pub const ALL: [Check; 10] = [
+    pub const ALL: [Check; 13] = [
         Check::ReadYourWrites,
         Check::MonotonicReads,
         Check::MonotonicWrites,
@@ -119,6 +145,9 @@ impl Check {
         Check::CounterSpuriousConflict,
         Check::CounterOrder,
         Check::Integrity,
+        Check::NotAppliedObserved,
+        Check::ItemExactlyOnce,
+        Check::ReplayMismatch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -133,6 +162,9 @@ impl Check {
             Check::CounterSpuriousConflict => "counter-spurious-conflict",
             Check::CounterOrder => "counter-real-time-order",
             Check::Integrity => "integrity",
+            Check::NotAppliedObserved => "not-applied-observed",
+            Check::ItemExactlyOnce => "item-exactly-once",
+            Check::ReplayMismatch => "replay-mismatch",
         }
     }
 }
@@ -234,6 +266,8 @@ pub fn check(history: &History, options: &Options) -> Report {
         counter::check_counter(&counter, history, &mut report);
     }
     integrity::check_integrity(history, &mut report);
+    let operations = operations::operations(&history.ops);
+    outcomes::check_outcomes(history, &operations, &mut report);
     report
 }
 
@@ -271,23 +305,52 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
 
 fn print_summary(history: &History, report: &Report) {
     let ops = &history.ops;
+    let operations = operations::operations(ops);
     let sessions: std::collections::HashSet<&str> = ops.iter().map(|o| o.session.as_str()).collect();
-    let kinds: BTreeMap<OpKind, usize> = ops.iter().fold(BTreeMap::new(), |mut m, o| {
-        *m.entry(o.op).or_default() += 1;
+    let kinds: BTreeMap<OpKind, usize> = operations.iter().fold(BTreeMap::new(), |mut m, o| {
+        *m.entry(o.kind()).or_default() += 1;
         m
     });
-    let unknown = ops.iter().filter(|o| o.outcome() == Outcome::Unknown).count();
     let errors = ops.iter().filter(|o| o.error.is_some()).count();
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {}", k.as_str())).collect();
+    let writes: Vec<&operations::Operation> = operations.iter().filter(|o| o.kind().is_write()).collect();
+    let count = |f: &dyn Fn(&operations::Operation) -> bool| writes.iter().filter(|o| f(o)).count();
+    let first_open = count(&|o| o.first_unsettled());
     println!();
     println!(
-        "checked {} operations ({}) in {} sessions; {} without an answer, {} writes of unknown outcome",
-        ops.len(),
+        "checked {} operations ({}) in {} sessions: {} requests, {} of them retries, {} without an answer",
+        operations.len(),
         kinds.join(", "),
         sessions.len(),
+        ops.len(),
+        ops.iter().filter(|o| o.attempt > 0).count(),
         errors,
-        unknown
     );
+    println!(
+        "writes: {} acknowledged, {} not applied, {} of unknown outcome; {first_open} left open by their \
+         first attempt: {} settled by a retry, {} still unknown; {} replayed answers",
+        count(&|o| o.outcome() == Outcome::Ok),
+        count(&|o| o.outcome() == Outcome::Failed),
+        count(&|o| o.outcome() == Outcome::Unknown),
+        count(&|o| o.first_unsettled() && o.outcome() == Outcome::Ok),
+        count(&|o| o.first_unsettled() && o.outcome() == Outcome::Unknown),
+        ops.iter().filter(|o| o.replayed).count(),
+    );
+    match (history.origin_before.first(), history.origin_after.first()) {
+        (_, None) => println!(
+            "the origin's final state was not recorded: not-applied writes checked against reads only"
+        ),
+        (before, Some(after)) => println!(
+            "the origin's state: {} items after the run (from {}){}",
+            history.origin_after.len(),
+            after.target,
+            if before.is_some() && after.target == crate::loadgen::history::POSTGRES_TARGET {
+                ", and before it: versions accounted"
+            } else {
+                ""
+            }
+        ),
+    }
     for note in &report.notes {
         println!("{note}");
     }
@@ -359,6 +422,28 @@ pub(crate) mod testing {
         op.version = None;
         op.value = None;
         op.error = Some("operation timed out".into());
+        op
+    }
+
+    /// The same operation answered with `status` and problem `slug`.
+    pub fn refused(mut op: OpRecord, status: u16, slug: &str) -> OpRecord {
+        op.status = Some(status);
+        op.version = None;
+        op.value = None;
+        op.problem = Some(slug.into());
+        op
+    }
+
+    /// The same operation as attempt `attempt` of the write with `key`.
+    pub fn keyed(mut op: OpRecord, key: &str, attempt: u32) -> OpRecord {
+        op.idempotency_key = Some(key.into());
+        op.attempt = attempt;
+        op
+    }
+
+    /// The same answer marked `Idempotent-Replayed`.
+    pub fn replayed(mut op: OpRecord) -> OpRecord {
+        op.replayed = true;
         op
     }
 }

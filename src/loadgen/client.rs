@@ -11,6 +11,8 @@ use super::workload::Request;
 const SESSION_ID: &str = "x-session-id";
 const SESSION_TOKEN: &str = "x-session-token";
 const NODE: &str = "x-edgecache-node";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// An HTTP client that turns a [`Request`] into an [`OpRecord`].
 #[derive(Clone)]
@@ -54,9 +56,16 @@ impl Client {
     }
 
     /// Sends `request` to `target` (a base URL such as `http://127.0.0.1:8080`) in
-    /// `session`, carrying its last token and keeping the one the answer carries.
-    /// Never fails: a transport error is recorded in the operation's `error`.
-    pub async fn send(&self, target: &str, session: &mut SessionState, request: Request) -> OpRecord {
+    /// `session`, carrying its last token and keeping the one the answer carries, and
+    /// `idempotency_key` as the `Idempotency-Key` header when given. Never fails: a
+    /// transport error is recorded in the operation's `error`.
+    pub async fn send(
+        &self,
+        target: &str,
+        session: &mut SessionState,
+        request: Request,
+        idempotency_key: Option<&str>,
+    ) -> OpRecord {
         let base = target.trim_end_matches('/');
         let mut url = format!("{base}/v1/{}/{}", request.collection, request.key);
         let http = &self.http;
@@ -76,6 +85,9 @@ impl Client {
         if let Some(token) = &session.token {
             builder = builder.header(SESSION_TOKEN, token);
         }
+        if let Some(key) = idempotency_key {
+            builder = builder.header(IDEMPOTENCY_KEY, key);
+        }
 
         let mut record = OpRecord {
             session: session.id.clone(),
@@ -87,6 +99,7 @@ impl Client {
             key: request.key,
             body: request.body,
             token_in: session.token.as_deref().map(token_hash),
+            idempotency_key: idempotency_key.map(str::to_owned),
             ..OpRecord::default()
         };
         session.next_index += 1;
@@ -113,10 +126,12 @@ impl Client {
     }
 }
 
-/// The version, the serving node and the new token of a response.
+/// The version, the serving node, whether it is a replay, and the new token of a
+/// response.
 fn read_headers(headers: &HeaderMap, record: &mut OpRecord, token: &mut Option<String>) {
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     record.version = text(ETAG.as_str()).and_then(parse_etag);
+    record.replayed = text(IDEMPOTENT_REPLAYED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     if let Some(node) = text(NODE) {
         record.served_by = node.to_owned();
     }

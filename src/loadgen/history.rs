@@ -8,8 +8,17 @@
 //!  "counter":{"collection":"products","key":"loadgen-stock","field":"stock","start":200,"min":0}}
 //! {"kind":"setup", <an operation>}      the PUT that creates the counter
 //! {"kind":"op", <an operation>}         one per operation of a session, in completion order
+//! {"kind":"origin_before", <a read>}    each key and the counter as the origin holds them
+//!                                       before the sessions start (with `--pg-url` only)
+//! {"kind":"origin_after", <a read>}     each key and the counter once the run has settled
 //! {"kind":"final", <an operation>}      the counter read by a fresh session after the run
 //! ```
+//!
+//! The `origin_*` reads come straight from PostgreSQL (`"target":"postgres"`, their
+//! `value` holding only the written field) when loadgen was given `--pg-url`, else
+//! through a node with a fresh session (which may serve a bounded field from its
+//! cache: not exact, and `check` only uses such a state where staleness cannot make up
+//! a violation).
 //!
 //! An operation:
 //!
@@ -22,12 +31,19 @@
 //!  "problem":"bound-crossed",                         the problem slug of an error response
 //!  "token_in":"1f0a…", "token_out":"77c2…",           16 hex digits of SHA-256 of each token
 //!  "start_ns":1200345, "end_ns":1904562,              monotonic, from the start of the run
-//!  "error":"operation timed out"}                     no answer: the outcome is unknown
+//!  "error":"operation timed out",                    no answer: the outcome is unknown
+//!  "idempotency_key":"9f2c41d7-s3-17",                sent with every write
+//!  "attempt":1,                                       0 for the first send, 1… for retries
+//!  "replayed":true}                                   the answer had Idempotent-Replayed: true
 //! ```
 //!
-//! Absent fields are left out. `index` counts a session's operations from 0 in the
-//! order it issued them; a session never has two requests in flight, so that is also
-//! their real-time order.
+//! Absent fields are left out. `index` counts a session's requests from 0 in the order
+//! it issued them; a session never has two requests in flight, so that is also their
+//! real-time order. A write whose outcome was unknown is sent again with the same
+//! `idempotency_key` (`edgecache loadgen --retry-unknown`): each attempt is a line of
+//! its own with the next `index`, and the key links the attempts of one logical
+//! operation. Histories written before keys and attempts existed read as operations of
+//! one attempt each.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -39,6 +55,10 @@ pub const PROBLEM_PREFIX: &str = "urn:problem:edgecache:";
 /// The prefix of the `error` of a request whose connection could not be opened: it
 /// was never sent, so it did nothing.
 pub const CONNECT_ERROR: &str = "connect: ";
+
+/// The `target` of a read made straight on the PostgreSQL primary rather than through
+/// a node.
+pub const POSTGRES_TARGET: &str = "postgres";
 
 /// One line of a history file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -52,6 +72,10 @@ pub enum Line {
     Op(OpRecord),
     /// The counter, read by a fresh session once every session was done.
     Final(OpRecord),
+    /// One key (or the counter) as the origin held it before the sessions started.
+    OriginBefore(OpRecord),
+    /// One key (or the counter) as the origin held it once the run had settled.
+    OriginAfter(OpRecord),
 }
 
 /// How a run was set up.
@@ -151,6 +175,21 @@ pub struct OpRecord {
     /// may or may not have taken effect — unless it starts with [`CONNECT_ERROR`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The `Idempotency-Key` of a write: every attempt of one operation carries the
+    /// same one, and no other operation of the run does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// 0 for an operation's first attempt, then 1, 2, … for its retries.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// The answer carried `Idempotent-Replayed: true`: the recorded outcome of an
+    /// earlier attempt, nothing written now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What an operation is known to have done.
@@ -159,8 +198,9 @@ pub enum Outcome {
     /// It took effect (a write) or observed the item (a read; a 404 observes its
     /// absence, version 0).
     Ok,
-    /// It was rejected and wrote nothing, could not connect, or a read that observed
-    /// nothing.
+    /// It was rejected and wrote nothing (a 4xx, or a 503 `session-busy`,
+    /// `origin-unavailable` or `idempotency-store-full`), could not connect, or a read
+    /// that observed nothing.
     Failed,
     /// A write whose effect is unknown: no response, a 5xx without a problem saying
     /// nothing was written (a gateway error, `internal`), or `write-outcome-unknown`.
@@ -190,13 +230,22 @@ impl OpRecord {
             (Some(_), true)
                 if matches!(
                     self.problem.as_deref(),
-                    Some("origin-unavailable" | "session-busy")
+                    Some("origin-unavailable" | "session-busy" | "idempotency-store-full")
                 ) =>
             {
                 Outcome::Failed
             }
             _ => Outcome::Unknown,
         }
+    }
+
+    /// Whether this answer leaves the operation's outcome open, so that sending the
+    /// write again with its key may settle it: an unknown outcome, or a 409
+    /// `idempotency-key-in-flight` (an earlier attempt is still running).
+    pub fn unsettled(&self) -> bool {
+        self.op.is_write()
+            && (self.outcome() == Outcome::Unknown
+                || self.problem.as_deref() == Some("idempotency-key-in-flight"))
     }
 
     /// The version the operation observed or wrote, when it is `Ok`: the ETag, or 0
@@ -248,6 +297,28 @@ mod tests {
     }
 
     #[test]
+    fn a_line_without_key_or_attempt_still_reads() {
+        // As written before writes carried keys.
+        let old = r#"{"kind":"op","session":"r-s1","index":4,"target":"t","served_by":"t","op":"put","collection":"profiles","key":"k","status":200,"version":2,"start_ns":1,"end_ns":2}"#;
+        let Line::Op(op) = serde_json::from_str::<Line>(old).unwrap() else {
+            panic!("an op line")
+        };
+        assert_eq!((op.idempotency_key, op.attempt, op.replayed), (None, 0, false));
+        let retry = OpRecord {
+            idempotency_key: Some("r-s1-4".into()),
+            attempt: 2,
+            replayed: true,
+            ..OpRecord::default()
+        };
+        let text = serde_json::to_string(&Line::OriginAfter(retry.clone())).unwrap();
+        assert!(text.starts_with(r#"{"kind":"origin_after""#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<Line>(&text).unwrap(),
+            Line::OriginAfter(retry)
+        );
+    }
+
+    #[test]
     fn outcomes() {
         let rec = |op, status, problem: Option<&str>, error: Option<&str>| OpRecord {
             op,
@@ -282,6 +353,16 @@ mod tests {
         );
         let refused = format!("{CONNECT_ERROR}tcp connect error: Connection refused");
         assert_eq!(rec(Incr, None, None, Some(&refused)).outcome(), Outcome::Failed);
+        assert_eq!(
+            rec(Put, Some(503), Some("idempotency-store-full"), None).outcome(),
+            Outcome::Failed
+        );
+        let in_flight = rec(Patch, Some(409), Some("idempotency-key-in-flight"), None);
+        assert_eq!(in_flight.outcome(), Outcome::Failed, "this attempt wrote nothing");
+        assert!(in_flight.unsettled(), "but an earlier one may still be running");
+        assert!(rec(Put, Some(504), None, None).unsettled());
+        assert!(!rec(Put, Some(503), Some("session-busy"), None).unsettled());
+        assert!(!rec(Read, None, None, Some("timeout")).unsettled());
         assert_eq!(token_hash("abc").len(), 16);
     }
 }

@@ -9,21 +9,40 @@
 //!
 //! ```text
 //! edgecache loadgen --targets http://127.0.0.1:8080,http://127.0.0.1:8081 \
-//!     --sessions 20 --ops 200 --keys 16 --out history.jsonl
+//!     --sessions 20 --ops 200 --keys 16 --out history.jsonl \
+//!     [--retry-unknown 3] [--pg-url postgres://… [--busy-rows 0.3 --busy-hold 0.8]]
 //! ```
 //!
-//! The run is bounded: N × M operations, a timeout on every request, and
-//! `--duration-limit` after which sessions issue nothing more. A transport error is
-//! recorded (its outcome is unknown) and the session goes on with its last token.
+//! Every write carries an `Idempotency-Key` of its own (`<run>-s<session>-<seq>`). A
+//! write whose outcome is unknown — no answer, 503 `write-outcome-unknown`, 409
+//! `idempotency-key-in-flight`, a gateway's 502/504 — is sent again with the same key,
+//! to the next target, up to `--retry-unknown` times after pauses that double from
+//! `--retry-delay`, until an attempt is acknowledged (a replay, if an earlier one
+//! applied) or retries run out; every attempt is a line of the history.
+//!
+//! After the sessions, loadgen records the origin's state of every key and of the
+//! counter: straight from the PostgreSQL primary with `--pg-url` (and then also
+//! before the sessions start), else through a node with a fresh session — after
+//! `--settle` seconds when a write's outcome is still unknown, so that writes still
+//! running in a node have ended. With `--pg-url`, `--busy-rows` holds rows locked
+//! while the sessions run (see [`busy`]).
+//!
+//! The run is bounded: N × M operations and their retries, a timeout on every
+//! request, and `--duration-limit` after which sessions issue nothing more. A
+//! transport error is recorded (its outcome is unknown) and the session goes on with
+//! its last token.
 
+pub mod busy;
 pub mod client;
 pub mod history;
+pub mod postgres;
 pub mod workload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +51,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use busy::{BusyPlan, BusyRows, BusyStats};
 use client::{Client, SessionState};
 use history::{CounterInfo, Line, OpKind, OpRecord, Outcome, RunInfo, CONNECT_ERROR};
 use workload::{Mix, Request, Rng, Workload};
@@ -106,6 +126,36 @@ pub struct LoadgenArgs {
     /// Timeout of each request, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub timeout: f64,
+    /// Send a write whose outcome is unknown (no answer, 503 write-outcome-unknown,
+    /// 409 idempotency-key-in-flight, a gateway's 502/504) again with the same
+    /// Idempotency-Key, at most this many times.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retry_unknown: u32,
+    /// The pause before the first retry, in seconds; doubled before each next one.
+    #[arg(long, value_name = "SECS", default_value_t = 0.1)]
+    pub retry_delay: f64,
+    /// The nodes' PostgreSQL primary: the state of the keys and the counter is then
+    /// read from it before and after the run (else after the run only, through a node
+    /// with a fresh session), and --busy-rows can hold its rows. The tables must be
+    /// named and laid out as `edgecache migrate` does by default.
+    #[arg(long, value_name = "URL")]
+    pub pg_url: Option<String>,
+    /// With --pg-url: every --busy-every, with probability P, lock a random key's row
+    /// and the counter's row FOR UPDATE for --busy-hold (set it above the nodes'
+    /// session.write_timeout, so that writes are given up after they started).
+    #[arg(long, value_name = "P", requires = "pg_url")]
+    pub busy_rows: Option<f64>,
+    /// The pause between --busy-rows episodes, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 0.3)]
+    pub busy_every: f64,
+    /// How long a --busy-rows episode holds its locks, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub busy_hold: f64,
+    /// When a write's outcome is still unknown after its retries (or rows were held
+    /// busy), wait this long after the sessions end before reading the final state, so
+    /// that writes still running in the nodes end first.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub settle: f64,
 }
 
 /// What every session task shares.
@@ -116,20 +166,43 @@ struct Shared {
     pick: Pick,
     seed: u64,
     ops: usize,
+    retry: Retry,
     deadline: Option<Instant>,
     in_flight: Semaphore,
     lines: mpsc::Sender<Line>,
+    /// Writes whose every attempt left the outcome open.
+    unsettled: AtomicU64,
+}
+
+/// How a write of unknown outcome is sent again.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// Retries after the first attempt.
+    max: u32,
+    /// The pause before the first retry; doubled before each next one.
+    delay: Duration,
 }
 
 /// Runs the workload and writes the history. Fails only when the run cannot start:
 /// bad arguments, an output file that cannot be created, a counter that cannot be
-/// created.
+/// created, a `--pg-url` that cannot be reached.
 pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     if args.sessions == 0 || args.keys == 0 || args.targets.iter().all(|t| t.trim().is_empty()) {
         bail!("--sessions, --keys and --targets must not be empty");
     }
-    if args.timeout.is_nan() || args.timeout <= 0.0 {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(args.timeout) {
         bail!("--timeout must be positive");
+    }
+    if !(args.retry_delay.is_finite() && args.retry_delay >= 0.0)
+        || !(args.settle.is_finite() && args.settle >= 0.0)
+    {
+        bail!("--retry-delay and --settle must be 0 or more");
+    }
+    if let Some(p) = args.busy_rows {
+        if !(0.0..=1.0).contains(&p) || !positive(args.busy_every) || !positive(args.busy_hold) {
+            bail!("--busy-rows must lie in [0, 1], --busy-every and --busy-hold be positive");
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run_async(args))
@@ -168,6 +241,18 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         field: args.field.clone(),
         counter: counter.clone(),
     };
+    let keys: Vec<String> = (0..args.keys)
+        .map(|i| format!("{}{i}", args.key_prefix))
+        .collect();
+    let retry = Retry {
+        max: args.retry_unknown,
+        delay: Duration::from_secs_f64(args.retry_delay),
+    };
+    // Connect before anything is written: a bad URL stops the run at once.
+    let pg = match &args.pg_url {
+        Some(url) => Some(postgres::connect(url).await?),
+        None => None,
+    };
 
     let file = File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let (lines, received) = mpsc::channel();
@@ -176,40 +261,73 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
 
     let client = Client::new(Duration::from_secs_f64(args.timeout), epoch)?;
     if let Some(counter) = &counter {
-        let mut setup = SessionState::new(format!("{run}-setup"));
         let request = Request {
             op: OpKind::Put,
             collection: counter.collection.clone(),
             key: counter.key.clone(),
             body: Some(json!({ counter.field.clone(): counter.start })),
         };
-        let record = send_to_first_reachable(&client, &targets, &mut setup, request).await;
-        let created = record.outcome() == Outcome::Ok;
-        let failure = format!(
-            "status {:?}, problem {:?}, error {:?}",
-            record.status, record.problem, record.error
-        );
-        lines.send(Line::Setup(record)).ok();
-        if !created {
+        let record = create_counter(&client, &targets, &run, request, retry, &lines).await;
+        if record.outcome() != Outcome::Ok {
             drop(lines);
             writer.join().ok();
             bail!(
-                "could not create the counter {}/{} on {}: {failure}",
+                "could not create the counter {}/{} on {}: status {:?}, problem {:?}, error {:?}",
                 counter.collection,
                 counter.key,
-                targets.join(", ")
+                targets.join(", "),
+                record.status,
+                record.problem,
+                record.error
             );
         }
     }
+    let state = StateReader {
+        client: &client,
+        pg: pg.as_ref(),
+        targets: &targets,
+        collection: &args.collection,
+        field: &args.field,
+        keys: &keys,
+        counter: counter.as_ref(),
+        epoch,
+    };
+    if pg.is_some() {
+        for record in state.read(&format!("{run}-before")).await? {
+            lines.send(Line::OriginBefore(record)).ok();
+        }
+    }
+    let busy = match (args.busy_rows, &args.pg_url) {
+        (Some(probability), Some(url)) if probability > 0.0 => {
+            let plan = BusyPlan {
+                probability,
+                every: Duration::from_secs_f64(args.busy_every),
+                hold: Duration::from_secs_f64(args.busy_hold),
+                collection: args.collection.clone(),
+                keys: keys.clone(),
+                counter: counter.as_ref().map(|c| (c.collection.clone(), c.key.clone())),
+                seed,
+            };
+            Some(BusyRows::start(postgres::connect(url).await?, plan))
+        }
+        _ => None,
+    };
 
     eprintln!(
-        "loadgen: run {run}, seed {seed}: {} sessions × {} ops over {} keys of {}, mix {}, against {}",
+        "loadgen: run {run}, seed {seed}: {} sessions × {} ops over {} keys of {}, mix {}, against {}{}",
         args.sessions,
         args.ops,
         args.keys,
         args.collection,
         args.mix,
-        targets.join(", ")
+        targets.join(", "),
+        match (&busy, args.busy_rows) {
+            (Some(_), Some(p)) => format!(
+                "; rows held busy for {} s with probability {p} every {} s",
+                args.busy_hold, args.busy_every
+            ),
+            _ => String::new(),
+        }
     );
     let shared = Arc::new(Shared {
         client: client.clone(),
@@ -226,11 +344,13 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         pick: args.pick,
         seed,
         ops: args.ops,
+        retry,
         deadline: args
             .duration_limit
             .map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0))),
         in_flight: Semaphore::new(args.concurrency.unwrap_or(args.sessions).max(1)),
         lines: lines.clone(),
+        unsettled: AtomicU64::new(0),
     });
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.sessions)
@@ -241,6 +361,16 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         cut_short |= task.await.unwrap_or(true);
     }
     let elapsed = started.elapsed();
+    let busy = match busy {
+        Some(busy) => Some(busy.stop().await),
+        None => None,
+    };
+    // A write given up while it ran goes on in its node until it commits or fails:
+    // give those time to end before the final state is read.
+    let unsettled = shared.unsettled.load(Ordering::Relaxed);
+    if unsettled > 0 || busy.is_some() {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    }
 
     // The counter as a fresh session sees it, once every session is done.
     if let Some(counter) = &counter {
@@ -253,7 +383,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         };
         let mut record = None;
         for target in &targets {
-            let read = client.send(target, &mut last, request.clone()).await;
+            let read = client.send(target, &mut last, request.clone(), None).await;
             let done = read.outcome() == Outcome::Ok;
             record = Some(read);
             if done {
@@ -262,61 +392,222 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         }
         lines.send(Line::Final(record.expect("there is a target"))).ok();
     }
+    match state.read(&format!("{run}-after")).await {
+        Ok(records) => {
+            for record in records {
+                lines.send(Line::OriginAfter(record)).ok();
+            }
+        }
+        Err(e) => eprintln!("loadgen: the final state could not be read: {e:#}"),
+    }
     drop(shared);
     drop(lines);
     let summary = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the history writer panicked"))??;
-    summary.print(&args, elapsed, cut_short);
+    summary.print(&args, elapsed, cut_short, busy.as_ref());
     Ok(())
 }
 
-/// Sends `request` to the first target that accepts a connection: a refused
-/// connection carried no request, so trying the next one cannot apply it twice.
-async fn send_to_first_reachable(
+/// Creates the counter with a keyed PUT: sent to the first target that accepts a
+/// connection (a refused connection carried no request, so trying the next one cannot
+/// apply it twice), and sent again with its key while its outcome is unknown. Every
+/// attempt is a setup line; returns the last.
+async fn create_counter(
     client: &Client,
     targets: &[String],
-    session: &mut SessionState,
+    run: &str,
     request: Request,
+    retry: Retry,
+    lines: &mpsc::Sender<Line>,
 ) -> OpRecord {
-    let mut record = client.send(&targets[0], session, request.clone()).await;
-    for target in &targets[1..] {
-        if !record
+    let mut session = SessionState::new(format!("{run}-setup"));
+    let key = format!("{run}-setup");
+    let mut last = None;
+    for target in targets {
+        let attempts = send_keyed(
+            client,
+            &mut session,
+            &request,
+            &key,
+            retry,
+            |_| target.as_str(),
+            |r| lines.send(Line::Setup(r)).is_ok(),
+        )
+        .await;
+        let refused = attempts
+            .last
             .error
             .as_deref()
-            .is_some_and(|e| e.starts_with(CONNECT_ERROR))
-        {
+            .is_some_and(|e| e.starts_with(CONNECT_ERROR));
+        last = Some(attempts.last);
+        if !refused {
             break;
         }
-        session.next_index = 0;
-        record = client.send(target, session, request.clone()).await;
     }
-    record
+    last.expect("there is a target")
 }
 
-/// One session: its operations one after another, each recorded. Returns whether the
-/// duration limit cut it short.
+/// What the attempts of one write came to.
+struct Attempts {
+    /// The last attempt's record.
+    last: OpRecord,
+    /// Some attempt left the outcome open, and none was acknowledged.
+    unsettled: bool,
+}
+
+/// Sends a write with `Idempotency-Key: key`, and again with the same key while its
+/// outcome is open (see [`OpRecord::unsettled`]) and retries remain, after a pause
+/// that doubles each time; attempt `n` goes to `target(n)`. Each attempt is handed to
+/// `record` as it ends; it returns false when the history is closed, which ends the
+/// retries.
+async fn send_keyed<'t>(
+    client: &Client,
+    session: &mut SessionState,
+    request: &Request,
+    key: &str,
+    retry: Retry,
+    mut target: impl FnMut(u32) -> &'t str,
+    mut record: impl FnMut(OpRecord) -> bool,
+) -> Attempts {
+    let mut open = false;
+    let mut delay = retry.delay;
+    let mut attempt = 0;
+    loop {
+        let mut sent = client
+            .send(target(attempt), session, request.clone(), Some(key))
+            .await;
+        sent.attempt = attempt;
+        let ok = sent.outcome() == Outcome::Ok;
+        open |= sent.unsettled();
+        let more = !ok && open && attempt < retry.max;
+        let kept = record(sent.clone());
+        if !more || !kept {
+            return Attempts {
+                last: sent,
+                unsettled: open && !ok,
+            };
+        }
+        tokio::time::sleep(delay).await;
+        delay = delay.saturating_mul(2);
+        attempt += 1;
+    }
+}
+
+/// Reads the run's keys and its counter as the origin holds them: straight from the
+/// primary when loadgen has a PostgreSQL connection, else through the first target
+/// that answers, in a fresh session.
+struct StateReader<'a> {
+    client: &'a Client,
+    pg: Option<&'a tokio_postgres::Client>,
+    targets: &'a [String],
+    collection: &'a str,
+    field: &'a str,
+    keys: &'a [String],
+    counter: Option<&'a CounterInfo>,
+    epoch: Instant,
+}
+
+impl StateReader<'_> {
+    async fn read(&self, session: &str) -> anyhow::Result<Vec<OpRecord>> {
+        let mut items = vec![postgres::Items {
+            collection: self.collection,
+            field: self.field,
+            ids: self.keys.to_vec(),
+        }];
+        if let Some(c) = self.counter {
+            items.push(postgres::Items {
+                collection: &c.collection,
+                field: &c.field,
+                ids: vec![c.key.clone()],
+            });
+        }
+        let mut records = Vec::new();
+        if let Some(pg) = self.pg {
+            for items in &items {
+                let mut read = postgres::read_items(pg, items, session, self.epoch).await?;
+                // One index per record across collections.
+                for r in &mut read {
+                    r.index += records.len() as u64;
+                }
+                records.extend(read);
+            }
+            return Ok(records);
+        }
+        let mut fresh = SessionState::new(session.to_owned());
+        for items in &items {
+            for id in &items.ids {
+                let request = Request {
+                    op: OpKind::Read,
+                    collection: items.collection.to_owned(),
+                    key: id.clone(),
+                    body: None,
+                };
+                let mut record = None;
+                for target in self.targets {
+                    let read = self.client.send(target, &mut fresh, request.clone(), None).await;
+                    let done = read.outcome() == Outcome::Ok;
+                    record = Some(read);
+                    if done {
+                        break;
+                    }
+                }
+                records.extend(record);
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// One session: its operations one after another, each recorded — a write with its
+/// own `Idempotency-Key` and its retries. Returns whether the duration limit cut it
+/// short.
 async fn run_session(shared: Arc<Shared>, index: usize) -> bool {
     let mut rng = Rng::new(shared.seed ^ (index as u64).wrapping_mul(0xA076_1D64_78BD_642F));
     let mut session = SessionState::new(format!("{}-s{index}", shared.workload.run));
+    let targets = &shared.targets;
     for seq in 0..shared.ops {
         if shared.deadline.is_some_and(|d| Instant::now() >= d) {
             return true;
         }
         let request = shared.workload.next(&mut rng, index, seq);
-        let target = match shared.pick {
-            Pick::RoundRobin => &shared.targets[(index + seq) % shared.targets.len()],
-            Pick::Random => &shared.targets[rng.below(shared.targets.len() as u64) as usize],
+        // Attempt n of this operation goes to the target after the one of attempt 0.
+        let first = match shared.pick {
+            Pick::RoundRobin => index + seq,
+            Pick::Random => rng.below(targets.len() as u64) as usize,
         };
-        let record = {
-            let _permit = shared
-                .in_flight
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            shared.client.send(target, &mut session, request).await
-        };
-        if shared.lines.send(Line::Op(record)).is_err() {
+        let target = |attempt: u32| targets[(first + attempt as usize) % targets.len()].as_str();
+        let _permit = shared
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        if !request.op.is_write() {
+            let record = shared.client.send(target(0), &mut session, request, None).await;
+            if shared.lines.send(Line::Op(record)).is_err() {
+                return true;
+            }
+            continue;
+        }
+        let key = format!("{}-{seq}", session.id);
+        let mut closed = false;
+        let attempts = send_keyed(
+            &shared.client,
+            &mut session,
+            &request,
+            &key,
+            shared.retry,
+            target,
+            |record| {
+                closed = shared.lines.send(Line::Op(record)).is_err();
+                !closed
+            },
+        )
+        .await;
+        if attempts.unsettled {
+            shared.unsettled.fetch_add(1, Ordering::Relaxed);
+        }
+        if closed {
             return true;
         }
     }
@@ -335,16 +626,35 @@ fn write_history(mut out: BufWriter<File>, lines: mpsc::Receiver<Line>) -> anyho
     Ok(summary)
 }
 
-/// Operation counts by kind and status, and latencies by kind.
+/// Requests by kind and answer, latencies by kind, and how the writes' outcomes
+/// settled.
 #[derive(Default)]
 struct Summary {
-    /// (kind, status or "error") → count.
+    /// (kind, status and problem, or "error") → count.
     counts: BTreeMap<(OpKind, String), u64>,
     latencies: BTreeMap<OpKind, Vec<u64>>,
+    /// Requests sent: first attempts and retries.
+    requests: u64,
+    /// Operations: first attempts.
     ops: u64,
+    retries: u64,
+    replayed: u64,
+    /// Attempts whose outcome was unknown.
     unknown: u64,
+    /// Each write's attempts so far, by idempotency key.
+    writes: HashMap<String, WriteTally>,
     counter: Option<(i64, i64)>,
     counter_final: Option<String>,
+    /// Where the final state was read, and how many items.
+    state: Option<(String, usize)>,
+}
+
+/// How one write's attempts went.
+#[derive(Default, Clone, Copy)]
+struct WriteTally {
+    first_open: bool,
+    open: bool,
+    ok: bool,
 }
 
 impl Summary {
@@ -352,9 +662,16 @@ impl Summary {
         match line {
             Line::Run(info) => self.counter = info.counter.as_ref().map(|c| (c.start, c.min)),
             Line::Op(op) => {
-                self.ops += 1;
-                let status = match (op.status, &op.error) {
-                    (Some(s), None) => s.to_string(),
+                self.requests += 1;
+                if op.attempt == 0 {
+                    self.ops += 1;
+                } else {
+                    self.retries += 1;
+                }
+                self.replayed += u64::from(op.replayed);
+                let status = match (op.status, &op.error, &op.problem) {
+                    (Some(s), None, Some(p)) if s >= 500 || s == 409 => format!("{s} {p}"),
+                    (Some(s), None, _) => s.to_string(),
                     _ => "error".into(),
                 };
                 *self.counts.entry((op.op, status)).or_default() += 1;
@@ -365,6 +682,14 @@ impl Summary {
                 if op.outcome() == Outcome::Unknown {
                     self.unknown += 1;
                 }
+                if let Some(key) = &op.idempotency_key {
+                    let tally = self.writes.entry(key.clone()).or_default();
+                    if op.attempt == 0 {
+                        tally.first_open = op.unsettled();
+                    }
+                    tally.open |= op.unsettled();
+                    tally.ok |= op.outcome() == Outcome::Ok;
+                }
             }
             Line::Final(op) => {
                 self.counter_final = Some(match (op.value.as_ref(), op.version) {
@@ -372,15 +697,21 @@ impl Summary {
                     _ => format!("unread (status {:?}, error {:?})", op.status, op.error),
                 })
             }
-            Line::Setup(_) => {}
+            Line::OriginAfter(op) => {
+                let state = self.state.get_or_insert_with(|| (op.target.clone(), 0));
+                state.1 += 1;
+            }
+            Line::Setup(_) | Line::OriginBefore(_) => {}
         }
     }
 
-    fn print(&self, args: &LoadgenArgs, elapsed: Duration, cut_short: bool) {
+    fn print(&self, args: &LoadgenArgs, elapsed: Duration, cut_short: bool, busy: Option<&BusyStats>) {
         let secs = elapsed.as_secs_f64().max(1e-9);
         eprintln!(
-            "loadgen: {} ops in {:.2} s ({:.0} ops/s){}; history in {}",
+            "loadgen: {} ops ({} requests, {} of them retries) in {:.2} s ({:.0} ops/s){}; history in {}",
             self.ops,
+            self.requests,
+            self.retries,
             secs,
             self.ops as f64 / secs,
             if cut_short {
@@ -400,7 +731,7 @@ impl Summary {
             let mut sorted = latencies.clone();
             sorted.sort_unstable();
             eprintln!(
-                "  {:<6} {:>6}   {:<40} p50 {:.2} ms, p99 {:.2} ms",
+                "  {:<6} {:>6}   {:<48} p50 {:.2} ms, p99 {:.2} ms",
                 kind.as_str(),
                 latencies.len(),
                 statuses.join(", "),
@@ -408,9 +739,31 @@ impl Summary {
                 percentile(&sorted, 0.99) as f64 / 1e6,
             );
         }
-        eprintln!("  outcome unknown (no answer, 5xx): {}", self.unknown);
+        let tallies = self.writes.values();
+        let first_open = tallies.clone().filter(|t| t.first_open).count();
+        let resolved = tallies.clone().filter(|t| t.first_open && t.ok).count();
+        let still_open = tallies.filter(|t| t.open && !t.ok).count();
+        eprintln!(
+            "  requests of unknown outcome (no answer, 5xx): {}; writes left open by their first attempt: \
+             {first_open}, settled by a retry: {resolved}, still unknown: {still_open}; replayed answers: {}",
+            self.unknown, self.replayed
+        );
+        if let Some(busy) = busy {
+            eprintln!(
+                "  busy rows: {} episodes held, {} missed{}",
+                busy.episodes,
+                busy.missed,
+                busy.error
+                    .as_deref()
+                    .map(|e| format!("; stopped early: {e}"))
+                    .unwrap_or_default()
+            );
+        }
         if let (Some((start, min)), Some(last)) = (self.counter, &self.counter_final) {
             eprintln!("  counter: start {start}, bound {min}; final {last}");
+        }
+        if let Some((source, n)) = &self.state {
+            eprintln!("  final state: {n} items read from {source}");
         }
     }
 }

@@ -492,7 +492,7 @@ async fn postgres_rows_locked_past_the_write_timeout_nothing_answered_not_applie
 }
 
 #[actix_web::test]
-async fn the_shipped_nginx_never_sends_a_write_twice_and_a_keyed_retry_answers_the_recorded_result() {
+async fn the_shipped_nginx_sends_a_write_once_and_the_clients_keyed_retry_answers_the_recorded_result() {
     let pg = pg::cluster();
     let table = unique("lb").replace('-', "_");
     let config = format!(
@@ -552,22 +552,21 @@ async fn the_shipped_nginx_never_sends_a_write_twice_and_a_keyed_retry_answers_t
         "one client PUT raised the version by one, not by a retry"
     );
 
+    // With a key, nginx still sends the write once; the client retries with the key
+    // and is answered from the record.
     db.batch_execute(&lock).await.unwrap();
     let key = unique("lb-key");
     let headers = [("idempotency-key", key.as_str())];
-    let put = user.send_with(
-        http.put(&url),
-        Some(("application/json", json!({"title": "v3"}))),
-        &headers,
-    );
-    let (keyed, ()) = futures_util::join!(put, release());
-    assert_eq!(keyed.status, StatusCode::OK, "{}", keyed.body);
-    assert_eq!(
-        keyed.header("idempotent-replayed"),
-        "true",
-        "nginx retried on the other node, which answered the first one's recorded result"
-    );
-    assert_eq!(keyed.version(), 3);
+    let body = json!({"title": "v3"});
+    let put = user.send_with(http.put(&url), Some(("application/json", body.clone())), &headers);
+    let (first, ()) = futures_util::join!(put, release());
+    assert_eq!(first.problem(), "write-outcome-unknown", "{}", first.body);
+    let retried = user
+        .send_with(http.put(&url), Some(("application/json", body)), &headers)
+        .await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
+    assert_eq!(retried.header("idempotent-replayed"), "true");
+    assert_eq!(retried.version(), 3);
     assert_eq!(stored(&settings, &item).await.version(), 3, "applied once");
 }
 
@@ -656,4 +655,22 @@ async fn a_write_forwarded_to_an_owner_that_never_answers_is_applied_here_only_w
     .await;
     assert_eq!(with_key.status, StatusCode::CREATED, "{}", with_key.body);
     assert_eq!(with_key.version(), 1);
+
+    // Refused here, but the owner's attempt may still commit: unknown, not "not
+    // applied".
+    let refused_here = keyed(
+        &mut user,
+        &app,
+        Method::POST,
+        "/v1/shop/f/increment",
+        Some(json!({"field": "stock", "by": -5})),
+        &unique("fwd-inc"),
+    )
+    .await;
+    assert_eq!(
+        refused_here.problem(),
+        "write-outcome-unknown",
+        "{}",
+        refused_here.body
+    );
 }

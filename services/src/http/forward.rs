@@ -129,17 +129,28 @@ where
             cluster.failed(owner);
             cluster.forward_failures.fetch_add(1, Ordering::Relaxed);
             let reached = !e.is_connect();
-            let idempotent = matches!(*request.method(), Method::GET | Method::HEAD)
-                || request.path().ends_with("/batch-get")
-                || request
-                    .headers()
-                    .contains_key(super::idempotency::IDEMPOTENCY_KEY);
+            let read = matches!(*request.method(), Method::GET | Method::HEAD)
+                || request.path().ends_with("/batch-get");
+            let keyed = request
+                .headers()
+                .contains_key(super::idempotency::IDEMPOTENCY_KEY);
             tracing::warn!(peer = %owner.id, cause = %e, reached, "forward failed");
-            if reached && !idempotent {
+            if reached && !read && !keyed {
                 return Ok(request.into_response(ApiError::OutcomeUnknown.error_response()));
             }
             request.set_payload(actix_web::dev::Payload::from(body));
-            local.call(request).await
+            let response = local.call(request).await?;
+            if reached && !read && !response.status().is_success() {
+                // The owner's attempt may still commit: "not applied" here says
+                // nothing about it. Only a success (or a replay of the owner's
+                // record) settles the write.
+                let (request, _) = response.into_parts();
+                return Ok(ServiceResponse::new(
+                    request,
+                    ApiError::OutcomeUnknown.error_response(),
+                ));
+            }
+            Ok(response)
         }
     }
 }
