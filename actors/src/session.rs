@@ -166,22 +166,21 @@ impl SessionState {
             }
             keep
         });
-        if limits.max_pending > 0 && written.own_value {
-            if self.pending.len() == limits.max_pending {
-                freed += self.pending.pop_front().map_or(0, |p| p.bytes);
-            }
-            let bytes = written.bytes as u64;
-            if self.budget.as_ref().is_none_or(|b| b.take(bytes)) {
-                self.pending.push_back(PendingWrite {
-                    key: key.clone(),
-                    doc: doc.clone(),
-                    committed_at: Instant::now(),
-                    bytes,
-                });
-            }
+        let keep = limits.max_pending > 0 && written.own_value;
+        if keep && self.pending.len() == limits.max_pending {
+            freed += self.pending.pop_front().map_or(0, |p| p.bytes);
         }
         if let Some(budget) = &self.budget {
             budget.give(freed);
+        }
+        let bytes = written.bytes as u64;
+        if keep && self.budget.as_ref().is_none_or(|b| b.take(bytes)) {
+            self.pending.push_back(PendingWrite {
+                key: key.clone(),
+                doc: doc.clone(),
+                committed_at: Instant::now(),
+                bytes,
+            });
         }
     }
 
@@ -612,6 +611,45 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert!(log.lock().unwrap().contains(&"running end".to_owned()));
         assert_eq!(session.state().need(key.hash(), true, false).version, Version(3));
+    }
+
+    #[test]
+    fn kept_values_stay_within_the_node_budget_and_their_watermarks_are_kept_regardless() {
+        let limits = SessionLimits {
+            max_items: 8,
+            max_pending: 4,
+        };
+        let budget = PendingBudget::new(250);
+        let written = |id: &str, version: u64| Written {
+            key: ItemKey::new("c".into(), id),
+            doc: Doc {
+                version: Version(version),
+                position: Position(version),
+                fields: None,
+            },
+            own_value: true,
+            bytes: 100,
+            extra: (),
+        };
+        let a = Session::new("a".into(), Watermarks::default(), limits).with_budget(budget.clone());
+        let b = Session::new("b".into(), Watermarks::default(), limits).with_budget(budget.clone());
+        a.state().record_write(&written("x", 1), limits);
+        a.state().record_write(&written("y", 2), limits);
+        assert_eq!(budget.used(), 200);
+        // Past the budget: the value is not kept, the watermark is.
+        b.state().record_write(&written("z", 3), limits);
+        let z = ItemKey::new("c".into(), "z");
+        assert!(b.state().pending(z.as_ref()).is_none());
+        assert_eq!(b.state().need(z.hash(), true, false).version, Version(3));
+        assert_eq!(budget.used(), 200);
+        // A newer write of a kept item replaces its value; a dropped session frees all.
+        a.state().record_write(&written("x", 4), limits);
+        assert_eq!(budget.used(), 200);
+        drop(a);
+        assert_eq!(budget.used(), 0);
+        b.state().record_write(&written("z", 5), limits);
+        assert!(b.state().pending(z.as_ref()).is_some());
+        assert_eq!(budget.used(), 100);
     }
 
     #[actix_rt::test]

@@ -79,15 +79,21 @@ type Logs = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
 
 /// Starts the node on a free port and returns it with its address, once it listens.
 pub(crate) fn start(dir: &std::path::Path) -> (Node, String) {
-    let (node, address, _) = start_logged(dir, "5s");
+    start_with(dir, &[])
+}
+
+/// Like [`start`], with `EDGECACHE__…` settings in the environment.
+pub(crate) fn start_with(dir: &std::path::Path, env: &[(&str, &str)]) -> (Node, String) {
+    let (node, address, _) = start_logged(dir, "5s", env);
     (node, address)
 }
 
-/// Like [`start`], with the store's busy timeout and the node's log lines.
-fn start_logged(dir: &std::path::Path, busy_timeout: &str) -> (Node, String, Logs) {
+/// Like [`start_with`], with the store's busy timeout and the node's log lines.
+fn start_logged(dir: &std::path::Path, busy_timeout: &str, env: &[(&str, &str)]) -> (Node, String, Logs) {
     let mut child = edgecache(dir)
         .env("EDGECACHE__SERVER__LISTEN", "127.0.0.1:0")
         .env("EDGECACHE__ORIGIN__BUSY_TIMEOUT", busy_timeout)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -117,7 +123,7 @@ fn start_logged(dir: &std::path::Path, busy_timeout: &str) -> (Node, String, Log
 #[tokio::test]
 async fn a_failed_request_is_logged_once_with_its_request_id() {
     let dir = tempfile::tempdir().unwrap();
-    let (_node, address, logs) = start_logged(dir.path(), "100ms");
+    let (_node, address, logs) = start_logged(dir.path(), "100ms", &[]);
     let client = reqwest::Client::new();
     let ok = client
         .get(format!("{address}/v1/products/p1"))

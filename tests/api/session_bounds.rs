@@ -114,3 +114,84 @@ async fn anonymous_requests_with_a_huge_user_id_do_not_grow_the_node() {
         "the node grew by {grown} bytes for 500 refused requests"
     );
 }
+
+/// `edgecache_live_sessions` from a node's `/metrics`.
+async fn live_sessions(client: &reqwest::Client, address: &str) -> u64 {
+    let metrics = client
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edgecache_live_sessions "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no live-session gauge in {metrics}"))
+}
+
+#[tokio::test]
+async fn a_flood_of_anonymous_reads_pins_no_session_and_a_real_session_keeps_its_guarantees() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let small = [("EDGECACHE__SESSION__MAX_LIVE", "1000")];
+    let (a, address_a) = process::start_with(dir.path(), &small);
+    let (_b, address_b) = process::start_with(dir.path(), &small);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let get = |address: &str| client.get(format!("{address}/v1/products/p1")).send();
+    for _ in 0..200 {
+        get(&address_a).await.unwrap();
+    }
+    let before = rss(a.0.id());
+
+    // 50,000 anonymous reads, 32 at a time; beside them one real session writes
+    // through A and reads through B, with its token.
+    let flood = futures_util::stream::iter(0..50_000)
+        .map(|_| get(&address_a))
+        .buffer_unordered(32)
+        .fold(0usize, |ok, r| async move {
+            ok + usize::from(r.is_ok_and(|r| r.status() == 200))
+        });
+    let real = async {
+        let (mut session, mut stale) = (Client::with_id("real-user"), 0);
+        for n in 0..100 {
+            let reply = session
+                .send_with(
+                    client.put(format!("{address_a}/v1/profiles/real")),
+                    Some((
+                        "application/json",
+                        serde_json::json!({"display_name": format!("t{n}")}),
+                    )),
+                    &[],
+                )
+                .await;
+            assert!(reply.status.is_success(), "{}", reply.body);
+            let read = session
+                .send_with(client.get(format!("{address_b}/v1/profiles/real")), None, &[])
+                .await;
+            if read.body["display_name"] != format!("t{n}") {
+                stale += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stale
+    };
+    let (served, stale) = futures_util::join!(flood, real);
+    let live = live_sessions(&client, &address_a).await;
+    let grown = rss(a.0.id()).saturating_sub(before);
+    eprintln!(
+        "50,000 anonymous reads: {served} answered 200, {live} live sessions after, RSS +{:.1} MiB; \
+         the real session: {stale} stale own reads in 100",
+        grown as f64 / (1 << 20) as f64
+    );
+    assert_eq!(served, 50_000);
+    assert!(live <= 5, "{live} live sessions: anonymous reads pinned sessions");
+    assert!(grown < 10 << 20, "the node grew by {grown} bytes");
+    assert_eq!(stale, 0, "the real session read its own writes stale");
+}
