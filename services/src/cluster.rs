@@ -21,11 +21,20 @@ pub struct Peer {
     pub base: String,
     in_rotation: AtomicBool,
     failures: AtomicU32,
+    /// Raised each time the peer announces it is leaving: a check or forward that
+    /// was sent before the announcement and succeeds after it does not bring the
+    /// peer back.
+    leaves: AtomicU64,
 }
 
 impl Peer {
     pub fn in_rotation(&self) -> bool {
         self.in_rotation.load(Ordering::Acquire)
+    }
+
+    /// Take this before contacting the peer; hand it to [`Cluster::succeeded`].
+    pub fn epoch(&self) -> u64 {
+        self.leaves.load(Ordering::Acquire)
     }
 }
 
@@ -63,6 +72,7 @@ impl Cluster {
                 base: format!("http://{address}"),
                 in_rotation: AtomicBool::new(true),
                 failures: AtomicU32::new(0),
+                leaves: AtomicU64::new(0),
             })
             .collect();
         let client = reqwest::Client::builder()
@@ -118,8 +128,12 @@ impl Cluster {
         }
     }
 
-    /// Counts a success of `peer`; it is (back) in rotation.
-    pub fn succeeded(&self, peer: &Peer) {
+    /// Counts a success of `peer` contacted at `epoch` ([`Peer::epoch`]); it is
+    /// (back) in rotation — unless it announced leaving since.
+    pub fn succeeded(&self, peer: &Peer, epoch: u64) {
+        if peer.epoch() != epoch {
+            return;
+        }
         peer.failures.store(0, Ordering::Release);
         if !peer.in_rotation.swap(true, Ordering::AcqRel) {
             tracing::info!(peer = %peer.id, "peer in rotation");
@@ -130,6 +144,7 @@ impl Cluster {
     /// back when it serves again).
     pub fn left(&self, id: &str) {
         if let Some(peer) = self.peers.iter().find(|p| p.id == id) {
+            peer.leaves.fetch_add(1, Ordering::AcqRel);
             peer.failures
                 .store(self.settings.failure_threshold, Ordering::Release);
             peer.in_rotation.store(false, Ordering::Release);
@@ -145,6 +160,7 @@ impl Cluster {
         loop {
             ticker.tick().await;
             let checks = this.peers.iter().map(|peer| async move {
+                let epoch = peer.epoch();
                 let check = this
                     .client
                     .get(format!("{}/healthz", peer.base))
@@ -152,7 +168,7 @@ impl Cluster {
                     .send()
                     .await;
                 match check {
-                    Ok(response) if response.status().is_success() => this.succeeded(peer),
+                    Ok(response) if response.status().is_success() => this.succeeded(peer, epoch),
                     _ => this.failed(peer),
                 }
             });
@@ -231,7 +247,19 @@ mod tests {
                 assert_eq!(&now, owner, "a session not owned by n3 stays where it was");
             }
         }
-        c.succeeded(&c.peers[1]);
+        c.succeeded(&c.peers[1], c.peers[1].epoch());
         assert!(c.peers[1].in_rotation());
+    }
+
+    #[test]
+    fn a_check_sent_before_a_peer_left_does_not_bring_it_back() {
+        let c = cluster("n1", &["n2"]);
+        let peer = &c.peers[0];
+        let sent = peer.epoch();
+        c.left("n2");
+        c.succeeded(peer, sent);
+        assert!(!peer.in_rotation(), "a success from before the leave");
+        c.succeeded(peer, peer.epoch());
+        assert!(peer.in_rotation(), "a check sent after it");
     }
 }

@@ -104,6 +104,7 @@ where
     forward = forward
         .header(FORWARDED.as_str(), cluster.node_id())
         .body(body.clone());
+    let epoch = owner.epoch();
     let sent = async {
         let response = forward.send().await?;
         let status = response.status().as_u16();
@@ -114,7 +115,7 @@ where
     .await;
     match sent {
         Ok((status, headers, bytes)) => {
-            cluster.succeeded(owner);
+            cluster.succeeded(owner, epoch);
             cluster.forwarded.fetch_add(1, Ordering::Relaxed);
             let mut relay =
                 HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
