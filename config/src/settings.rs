@@ -298,6 +298,14 @@ pub struct ApiSettings {
     /// were evaluated for, so the header is bounded like every string a session holds
     /// (a longer one is answered 400 `user-id-too-long`, and no session is opened).
     pub max_user_id_bytes: usize,
+    /// Most bytes of a request's headers (names and values together); more is
+    /// answered 431 `headers-too-large` before anything reads them.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+fn default_max_header_bytes() -> usize {
+    16 * 1024
 }
 
 /// Strategy flags.

@@ -242,7 +242,8 @@ fn idempotency(i: &IdempotencySettings) -> Check {
 fn api(a: &ApiSettings) -> Check {
     in_range("api.max_id_bytes", a.max_id_bytes, 1..=512)?;
     in_range("api.max_batch", a.max_batch, 1..=1000)?;
-    in_range("api.max_user_id_bytes", a.max_user_id_bytes, 1..=4 * KIB)
+    in_range("api.max_user_id_bytes", a.max_user_id_bytes, 1..=4 * KIB)?;
+    in_range("api.max_header_bytes", a.max_header_bytes, 4 * KIB..=64 * KIB)
 }
 
 /// The admin token, when set, must be long enough not to be guessed and fit an

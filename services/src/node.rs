@@ -56,6 +56,8 @@ pub struct ApiLimits {
     pub max_body_bytes: usize,
     /// Longest `X-User-Id` a session is opened with.
     pub max_user_id_bytes: usize,
+    /// Most bytes of request headers (names and values).
+    pub max_header_bytes: usize,
 }
 
 /// A request's session: its state, its actor when live, its strategy arms, and how it
@@ -232,6 +234,7 @@ impl Node {
                 max_batch: settings.api.max_batch,
                 max_body_bytes: settings.server.max_body_bytes,
                 max_user_id_bytes: settings.api.max_user_id_bytes,
+                max_header_bytes: settings.api.max_header_bytes,
             },
         }
     }

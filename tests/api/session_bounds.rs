@@ -195,3 +195,22 @@ async fn a_flood_of_anonymous_reads_pins_no_session_and_a_real_session_keeps_its
     assert!(grown < 10 << 20, "the node grew by {grown} bytes");
     assert_eq!(stale, 0, "the real session read its own writes stale");
 }
+
+#[actix_web::test]
+async fn request_headers_past_their_bound_are_refused_431_before_anything_is_opened() {
+    let store = Store::new();
+    let app = spawn_app(&store, "");
+    let live = app.node.sessions().len();
+    let reply = app
+        .request(reqwest::Method::GET, "/v1/products/p1")
+        .header("x-padding", "p".repeat(64 * 1024))
+        .send()
+        .await;
+    match reply {
+        Ok(reply) => assert_eq!(reply.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        // A server may also close the connection on a head it will not read.
+        Err(e) => assert!(e.is_request() || e.is_body() || e.is_connect(), "{e}"),
+    }
+    assert_eq!(app.node.sessions().len(), live);
+    assert_eq!(Client::new().get(&app, "/v1/products/p1").await.status, 200);
+}

@@ -15,11 +15,11 @@ use std::time::Instant;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::Error;
+use actix_web::{Error, ResponseError};
 use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
-use super::{forward, v1};
+use super::{forward, v1, ApiError};
 use crate::cluster::Cluster;
 use crate::telemetry::{self, REQUEST_ID};
 use crate::Node;
@@ -42,16 +42,20 @@ struct Shared {
     node: Arc<Node>,
     cluster: Arc<Cluster>,
     node_header: HeaderValue,
+    /// `server.max_header_bytes`.
+    max_header_bytes: usize,
 }
 
 impl Envelope {
     pub fn new(node: Arc<Node>, cluster: Arc<Cluster>) -> Self {
         let node_header = HeaderValue::from_str(node.node_id()).expect("node ids are validated at start-up");
+        let max_header_bytes = node.limits().max_header_bytes;
         Self {
             inner: Rc::new(Shared {
                 node,
                 cluster,
                 node_header,
+                max_header_bytes,
             }),
         }
     }
@@ -124,8 +128,19 @@ where
         let id = telemetry::request_id(request.headers());
         let span = telemetry::request_span(request.method(), request.path(), &id);
         let method = request.method().clone();
+        let header_bytes: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
         let handled = async move {
+            let limit = shared.max_header_bytes;
             let result = match forward::owner(&request, &shared.node, &shared.cluster) {
+                // Refused before anything reads them (a session would keep some).
+                _ if header_bytes > limit => {
+                    let refused = ApiError::HeadersTooLarge { limit }.error_response();
+                    Ok(request.into_response(refused))
+                }
                 None => service.call(request).await,
                 Some(owner) => {
                     // The owner logs under the same id.

@@ -27,6 +27,8 @@ pub enum ApiError {
     UnsupportedMediaType(&'static str),
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("the request's headers are larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     #[error("the id must be 1 to {max} bytes of A-Z, a-z, 0-9, '_', '.', ':' and '-'")]
     InvalidId { max: usize },
     #[error("the If-Match header must be \"*\" or one ETag this node issued")]
@@ -80,6 +82,7 @@ impl ApiError {
             ApiError::NotAnObject => "not-an-object",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::BodyTooLarge { .. } => "body-too-large",
+            ApiError::HeadersTooLarge { .. } => "headers-too-large",
             ApiError::InvalidId { .. } => "invalid-id",
             ApiError::InvalidIfMatch => "invalid-if-match",
             ApiError::InvalidIdempotencyKey { .. } => "invalid-idempotency-key",
@@ -120,6 +123,7 @@ impl ApiError {
             412 => "Precondition failed",
             413 => "Content too large",
             415 => "Unsupported media type",
+            431 => "Request header fields too large",
             422 => "Unprocessable content",
             503 => "Service unavailable",
             _ => "Internal server error",
@@ -183,6 +187,7 @@ impl ResponseError for ApiError {
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::BodyTooLarge { .. } | ApiError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Invalid(_) | ApiError::NotAnInteger(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::OriginUnavailable(_)
             | ApiError::SessionBusy
