@@ -321,6 +321,7 @@ mod tests {
             targets: vec![],
             sessions: 1,
             ops: 1,
+            parallel: 1,
             keys: 1,
             collection: "profiles".into(),
             field: "display_name".into(),

@@ -3,7 +3,7 @@
 //! One JSON object per line, told apart by `kind`:
 //!
 //! ```text
-//! {"kind":"run", "run":"9f2c41d7", "seed":1, "targets":[…], "sessions":20, "ops":200, "keys":16,
+//! {"kind":"run", "run":"9f2c41d7", "seed":1, "targets":[…], "sessions":20, "ops":200, "parallel":2, "keys":16,
 //!  "collection":"profiles", "field":"display_name",
 //!  "counter":{"collection":"products","key":"loadgen-stock","field":"stock","start":200,"min":0}}
 //! {"kind":"setup", <an operation>}      the PUT that creates the counter
@@ -38,11 +38,14 @@
 //! ```
 //!
 //! Absent fields are left out. `index` counts a session's requests from 0 in the order
-//! it issued them; a session never has two requests in flight, so that is also their
-//! real-time order. A write whose outcome was unknown is sent again with the same
+//! it sent them. With `loadgen --parallel 1` (the default) a session never has two
+//! requests in flight, so that is also their real-time order; with `--parallel N` up
+//! to N overlap, and only `start_ns`/`end_ns` order them: one request precedes another
+//! when it ended before the other started (`edgecache check` orders them so, in both
+//! cases). A write whose outcome was unknown is sent again with the same
 //! `idempotency_key` (`edgecache loadgen --retry-unknown`): each attempt is a line of
-//! its own with the next `index`, and the key links the attempts of one logical
-//! operation. Histories written before keys and attempts existed read as operations of
+//! its own with the index of its sending, and the key links the attempts of one
+//! logical operation. Histories written before keys and attempts existed read as operations of
 //! one attempt each.
 
 use serde::{Deserialize, Serialize};
@@ -87,6 +90,10 @@ pub struct RunInfo {
     pub targets: Vec<String>,
     pub sessions: usize,
     pub ops: usize,
+    /// Operations of one session in flight at once (`--parallel`); 1 in histories
+    /// written before it existed.
+    #[serde(default = "one")]
+    pub parallel: usize,
     pub keys: usize,
     /// The collection of the keys that are read, put and patched.
     pub collection: String,
@@ -186,6 +193,10 @@ pub struct OpRecord {
     /// earlier attempt, nothing written now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -1,7 +1,9 @@
 //! `edgecache loadgen`: a workload generator that records a history.
 //!
 //! N sessions run concurrently, each a task with its own session id and token chain,
-//! issuing M operations strictly one after another over K keys of one collection:
+//! issuing M operations over K keys of one collection — one after another, or up to
+//! `--parallel` of them at once (see [`session`] and, for the tokens of parallel
+//! requests, [`client::SessionState`]):
 //! reads, PUTs and merge PATCHes that write values unique in the run, plus reads and
 //! bounded decrements of one shared strict counter that loadgen creates first. Each
 //! operation goes to a target picked per operation (round-robin or at random), and
@@ -9,7 +11,7 @@
 //!
 //! ```text
 //! edgecache loadgen --targets http://127.0.0.1:8080,http://127.0.0.1:8081 \
-//!     --sessions 20 --ops 200 --keys 16 --out history.jsonl \
+//!     --sessions 20 --ops 200 --keys 16 --out history.jsonl [--parallel 2] \
 //!     [--retry-unknown 3] [--pg-url postgres://… [--busy-rows 0.3 --busy-hold 0.8]]
 //! ```
 //!
@@ -36,6 +38,7 @@ pub mod busy;
 pub mod client;
 pub mod history;
 pub mod postgres;
+pub mod session;
 pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,7 +57,8 @@ use tokio::sync::Semaphore;
 use busy::{BusyPlan, BusyRows, BusyStats};
 use client::{Client, SessionState};
 use history::{CounterInfo, Line, OpKind, OpRecord, Outcome, RunInfo, CONNECT_ERROR};
-use workload::{Mix, Request, Rng, Workload};
+use session::{run_session, send_keyed, Retry, Shared};
+use workload::{Mix, Request, Workload};
 
 /// How a session picks the target of each operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -114,7 +118,14 @@ pub struct LoadgenArgs {
     /// Seed of the workload's choices (default: from the clock; printed).
     #[arg(long, value_name = "X")]
     pub seed: Option<u64>,
-    /// At most this many requests in flight across sessions (default: one per session).
+    /// Operations each session has in flight at once: a session starts its next
+    /// operation as soon as one of its N ends. Each request carries the token the
+    /// session holds when it is sent; each answer's token replaces it as it arrives
+    /// (the last to arrive wins, as in a browser tab).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub parallel: usize,
+    /// At most this many requests in flight across sessions (default: --parallel per
+    /// session).
     #[arg(long, value_name = "C")]
     pub concurrency: Option<usize>,
     /// The history file.
@@ -158,37 +169,16 @@ pub struct LoadgenArgs {
     pub settle: f64,
 }
 
-/// What every session task shares.
-struct Shared {
-    client: Client,
-    workload: Workload,
-    targets: Vec<String>,
-    pick: Pick,
-    seed: u64,
-    ops: usize,
-    retry: Retry,
-    deadline: Option<Instant>,
-    in_flight: Semaphore,
-    lines: mpsc::Sender<Line>,
-    /// Writes whose every attempt left the outcome open.
-    unsettled: AtomicU64,
-}
-
-/// How a write of unknown outcome is sent again.
-#[derive(Debug, Clone, Copy)]
-struct Retry {
-    /// Retries after the first attempt.
-    max: u32,
-    /// The pause before the first retry; doubled before each next one.
-    delay: Duration,
-}
-
 /// Runs the workload and writes the history. Fails only when the run cannot start:
 /// bad arguments, an output file that cannot be created, a counter that cannot be
 /// created, a `--pg-url` that cannot be reached.
 pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
-    if args.sessions == 0 || args.keys == 0 || args.targets.iter().all(|t| t.trim().is_empty()) {
-        bail!("--sessions, --keys and --targets must not be empty");
+    if args.sessions == 0
+        || args.keys == 0
+        || args.parallel == 0
+        || args.targets.iter().all(|t| t.trim().is_empty())
+    {
+        bail!("--sessions, --keys, --parallel and --targets must not be empty");
     }
     let positive = |x: f64| x.is_finite() && x > 0.0;
     if !positive(args.timeout) {
@@ -236,6 +226,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         targets: targets.clone(),
         sessions: args.sessions,
         ops: args.ops,
+        parallel: args.parallel,
         keys: args.keys,
         collection: args.collection.clone(),
         field: args.field.clone(),
@@ -348,7 +339,8 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         deadline: args
             .duration_limit
             .map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0))),
-        in_flight: Semaphore::new(args.concurrency.unwrap_or(args.sessions).max(1)),
+        parallel: args.parallel,
+        in_flight: Semaphore::new(args.concurrency.unwrap_or(args.sessions * args.parallel).max(1)),
         lines: lines.clone(),
         unsettled: AtomicU64::new(0),
     });
@@ -374,7 +366,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
 
     // The counter as a fresh session sees it, once every session is done.
     if let Some(counter) = &counter {
-        let mut last = SessionState::new(format!("{run}-final"));
+        let last = SessionState::new(format!("{run}-final"));
         let request = Request {
             op: OpKind::Read,
             collection: counter.collection.clone(),
@@ -383,7 +375,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         };
         let mut record = None;
         for target in &targets {
-            let read = client.send(target, &mut last, request.clone(), None).await;
+            let read = client.send(target, &last, request.clone(), None).await;
             let done = read.outcome() == Outcome::Ok;
             record = Some(read);
             if done {
@@ -421,13 +413,13 @@ async fn create_counter(
     retry: Retry,
     lines: &mpsc::Sender<Line>,
 ) -> OpRecord {
-    let mut session = SessionState::new(format!("{run}-setup"));
+    let session = SessionState::new(format!("{run}-setup"));
     let key = format!("{run}-setup");
     let mut last = None;
     for target in targets {
         let attempts = send_keyed(
             client,
-            &mut session,
+            &session,
             &request,
             &key,
             retry,
@@ -446,52 +438,6 @@ async fn create_counter(
         }
     }
     last.expect("there is a target")
-}
-
-/// What the attempts of one write came to.
-struct Attempts {
-    /// The last attempt's record.
-    last: OpRecord,
-    /// Some attempt left the outcome open, and none was acknowledged.
-    unsettled: bool,
-}
-
-/// Sends a write with `Idempotency-Key: key`, and again with the same key while its
-/// outcome is open (see [`OpRecord::unsettled`]) and retries remain, after a pause
-/// that doubles each time; attempt `n` goes to `target(n)`. Each attempt is handed to
-/// `record` as it ends; it returns false when the history is closed, which ends the
-/// retries.
-async fn send_keyed<'t>(
-    client: &Client,
-    session: &mut SessionState,
-    request: &Request,
-    key: &str,
-    retry: Retry,
-    mut target: impl FnMut(u32) -> &'t str,
-    mut record: impl FnMut(OpRecord) -> bool,
-) -> Attempts {
-    let mut open = false;
-    let mut delay = retry.delay;
-    let mut attempt = 0;
-    loop {
-        let mut sent = client
-            .send(target(attempt), session, request.clone(), Some(key))
-            .await;
-        sent.attempt = attempt;
-        let ok = sent.outcome() == Outcome::Ok;
-        open |= sent.unsettled();
-        let more = !ok && open && attempt < retry.max;
-        let kept = record(sent.clone());
-        if !more || !kept {
-            return Attempts {
-                last: sent,
-                unsettled: open && !ok,
-            };
-        }
-        tokio::time::sleep(delay).await;
-        delay = delay.saturating_mul(2);
-        attempt += 1;
-    }
 }
 
 /// Reads the run's keys and its counter as the origin holds them: straight from the
@@ -534,7 +480,7 @@ impl StateReader<'_> {
             }
             return Ok(records);
         }
-        let mut fresh = SessionState::new(session.to_owned());
+        let fresh = SessionState::new(session.to_owned());
         for items in &items {
             for id in &items.ids {
                 let request = Request {
@@ -545,7 +491,7 @@ impl StateReader<'_> {
                 };
                 let mut record = None;
                 for target in self.targets {
-                    let read = self.client.send(target, &mut fresh, request.clone(), None).await;
+                    let read = self.client.send(target, &fresh, request.clone(), None).await;
                     let done = read.outcome() == Outcome::Ok;
                     record = Some(read);
                     if done {
@@ -557,61 +503,6 @@ impl StateReader<'_> {
         }
         Ok(records)
     }
-}
-
-/// One session: its operations one after another, each recorded — a write with its
-/// own `Idempotency-Key` and its retries. Returns whether the duration limit cut it
-/// short.
-async fn run_session(shared: Arc<Shared>, index: usize) -> bool {
-    let mut rng = Rng::new(shared.seed ^ (index as u64).wrapping_mul(0xA076_1D64_78BD_642F));
-    let mut session = SessionState::new(format!("{}-s{index}", shared.workload.run));
-    let targets = &shared.targets;
-    for seq in 0..shared.ops {
-        if shared.deadline.is_some_and(|d| Instant::now() >= d) {
-            return true;
-        }
-        let request = shared.workload.next(&mut rng, index, seq);
-        // Attempt n of this operation goes to the target after the one of attempt 0.
-        let first = match shared.pick {
-            Pick::RoundRobin => index + seq,
-            Pick::Random => rng.below(targets.len() as u64) as usize,
-        };
-        let target = |attempt: u32| targets[(first + attempt as usize) % targets.len()].as_str();
-        let _permit = shared
-            .in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        if !request.op.is_write() {
-            let record = shared.client.send(target(0), &mut session, request, None).await;
-            if shared.lines.send(Line::Op(record)).is_err() {
-                return true;
-            }
-            continue;
-        }
-        let key = format!("{}-{seq}", session.id);
-        let mut closed = false;
-        let attempts = send_keyed(
-            &shared.client,
-            &mut session,
-            &request,
-            &key,
-            shared.retry,
-            target,
-            |record| {
-                closed = shared.lines.send(Line::Op(record)).is_err();
-                !closed
-            },
-        )
-        .await;
-        if attempts.unsettled {
-            shared.unsettled.fetch_add(1, Ordering::Relaxed);
-        }
-        if closed {
-            return true;
-        }
-    }
-    false
 }
 
 /// Writes every line as it arrives and counts the operations.
