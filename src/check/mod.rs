@@ -36,7 +36,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::loadgen::history::{Line, OpKind, OpRecord, Outcome, RunInfo};
+use crate::loadgen::history::{FloodStats, Line, OpKind, OpRecord, Outcome, RunInfo};
 
 /// `edgecache check`.
 #[derive(clap::Args, Debug, Clone)]
@@ -66,6 +66,8 @@ pub struct History {
     pub origin_before: Vec<OpRecord>,
     /// The keys and the counter as the origin held them once the run had settled.
     pub origin_after: Vec<OpRecord>,
+    /// The anonymous flood beside the sessions, if there was one.
+    pub flood: Option<FloodStats>,
 }
 
 impl History {
@@ -88,6 +90,7 @@ impl History {
                 Line::Final(op) => history.final_read = Some(op),
                 Line::OriginBefore(op) => history.origin_before.push(op),
                 Line::OriginAfter(op) => history.origin_after.push(op),
+                Line::Flood(stats) => history.flood = Some(stats),
             }
         }
         Ok(history)
@@ -350,6 +353,9 @@ fn print_summary(history: &History, report: &Report) {
                 ""
             }
         ),
+    }
+    if let Some(flood) = &history.flood {
+        println!("beside the sessions, an {}", crate::loadgen::flood_summary(flood));
     }
     for note in &report.notes {
         println!("{note}");

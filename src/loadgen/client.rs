@@ -170,6 +170,26 @@ impl Client {
         }
         record
     }
+
+    /// A GET of `collection/key` that names no session, or names `session_id` without
+    /// a token (a client's first request): the status, or the transport error.
+    pub async fn get_anonymous(
+        &self,
+        target: &str,
+        collection: &str,
+        key: &str,
+        session_id: Option<&str>,
+    ) -> Result<u16, reqwest::Error> {
+        let url = format!("{}/v1/{collection}/{key}", target.trim_end_matches('/'));
+        let mut builder = self.http.get(&url);
+        if let Some(id) = session_id {
+            builder = builder.header(SESSION_ID, id);
+        }
+        let response = builder.send().await?;
+        let status = response.status().as_u16();
+        response.bytes().await?;
+        Ok(status)
+    }
 }
 
 /// The version, the serving node and whether it is a replay, of a response; returns

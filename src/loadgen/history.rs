@@ -12,6 +12,10 @@
 //!                                       before the sessions start (with `--pg-url` only)
 //! {"kind":"origin_after", <a read>}     each key and the counter once the run has settled
 //! {"kind":"final", <an operation>}      the counter read by a fresh session after the run
+//! {"kind":"flood", "rate":100.0, "named_share":0.25, "secs":41.2, "sent":4120, "named":1012,
+//!  "skipped":0, "statuses":{"200":3050,"404":1070}}
+//!                                       the anonymous flood beside the workload (`--flood`):
+//!                                       counts only, its requests are not operations
 //! ```
 //!
 //! The `origin_*` reads come straight from PostgreSQL (`"target":"postgres"`, their
@@ -48,6 +52,8 @@
 //! logical operation. Histories written before keys and attempts existed read as operations of
 //! one attempt each.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -79,6 +85,28 @@ pub enum Line {
     OriginBefore(OpRecord),
     /// One key (or the counter) as the origin held it once the run had settled.
     OriginAfter(OpRecord),
+    /// The anonymous flood that ran beside the sessions, in counts.
+    Flood(FloodStats),
+}
+
+/// What the anonymous flood (`loadgen --flood`) sent and got back. Its requests are
+/// not operations of any session: they only load the nodes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FloodStats {
+    /// The requests per second asked for.
+    pub rate: f64,
+    /// The share of requests that named a fresh session id of their own.
+    pub named_share: f64,
+    /// How long the flood ran.
+    pub secs: f64,
+    /// Requests sent.
+    pub sent: u64,
+    /// Of them, with a fresh `X-Session-Id`.
+    pub named: u64,
+    /// Ticks with no request sent because too many were still in flight.
+    pub skipped: u64,
+    /// Answers by status code, and `"error"` for no answer.
+    pub statuses: BTreeMap<String, u64>,
 }
 
 /// How a run was set up.

@@ -29,6 +29,9 @@
 //! running in a node have ended. With `--pg-url`, `--busy-rows` holds rows locked
 //! while the sessions run (see [`busy`]).
 //!
+//! With `--flood R`, R anonymous GETs a second run beside the sessions, recorded only
+//! as counts (see [`flood`]).
+//!
 //! The run is bounded: N × M operations and their retries, a timeout on every
 //! request, and `--duration-limit` after which sessions issue nothing more. A
 //! transport error is recorded (its outcome is unknown) and the session goes on with
@@ -36,6 +39,7 @@
 
 pub mod busy;
 pub mod client;
+pub mod flood;
 pub mod history;
 pub mod postgres;
 pub mod session;
@@ -56,7 +60,8 @@ use tokio::sync::Semaphore;
 
 use busy::{BusyPlan, BusyRows, BusyStats};
 use client::{Client, SessionState};
-use history::{CounterInfo, Line, OpKind, OpRecord, Outcome, RunInfo, CONNECT_ERROR};
+use flood::{Flood, FloodPlan};
+use history::{CounterInfo, FloodStats, Line, OpKind, OpRecord, Outcome, RunInfo, CONNECT_ERROR};
 use session::{run_session, send_keyed, Retry, Shared};
 use workload::{Mix, Request, Workload};
 
@@ -124,6 +129,15 @@ pub struct LoadgenArgs {
     /// (the last to arrive wins, as in a browser tab).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub parallel: usize,
+    /// Beside the sessions, R anonymous GETs a second of the keys and of missing ids,
+    /// spread over the targets, without X-Session-Id (see --flood-named); recorded
+    /// only as counts.
+    #[arg(long, value_name = "R")]
+    pub flood: Option<f64>,
+    /// The share of --flood requests that name a fresh session id of their own (each
+    /// takes a place in a node's session table).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.25, requires = "flood")]
+    pub flood_named: f64,
     /// At most this many requests in flight across sessions (default: --parallel per
     /// session).
     #[arg(long, value_name = "C")]
@@ -188,6 +202,9 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         || !(args.settle.is_finite() && args.settle >= 0.0)
     {
         bail!("--retry-delay and --settle must be 0 or more");
+    }
+    if args.flood.is_some_and(|r| !positive(r)) || !(0.0..=1.0).contains(&args.flood_named) {
+        bail!("--flood must be positive, --flood-named lie in [0, 1]");
     }
     if let Some(p) = args.busy_rows {
         if !(0.0..=1.0).contains(&p) || !positive(args.busy_every) || !positive(args.busy_hold) {
@@ -305,13 +322,21 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
     };
 
     eprintln!(
-        "loadgen: run {run}, seed {seed}: {} sessions × {} ops over {} keys of {}, mix {}, against {}{}",
+        "loadgen: run {run}, seed {seed}: {} sessions × {} ops over {} keys of {}, mix {}, against {}{}{}",
         args.sessions,
         args.ops,
         args.keys,
         args.collection,
         args.mix,
         targets.join(", "),
+        match args.flood {
+            Some(rate) => format!(
+                "; {} per session in flight; an anonymous flood of {rate} GETs/s ({:.0} % with fresh session ids)",
+                args.parallel,
+                args.flood_named * 100.0
+            ),
+            None => format!("; {} per session in flight", args.parallel),
+        },
         match (&busy, args.busy_rows) {
             (Some(_), Some(p)) => format!(
                 "; rows held busy for {} s with probability {p} every {} s",
@@ -344,6 +369,20 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         lines: lines.clone(),
         unsettled: AtomicU64::new(0),
     });
+    let flood = args.flood.map(|rate| {
+        Flood::start(
+            client.clone(),
+            FloodPlan {
+                rate,
+                named: args.flood_named,
+                targets: targets.clone(),
+                collection: args.collection.clone(),
+                keys: keys.clone(),
+                run: run.clone(),
+                seed,
+            },
+        )
+    });
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.sessions)
         .map(|i| tokio::spawn(run_session(shared.clone(), i)))
@@ -353,6 +392,9 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         cut_short |= task.await.unwrap_or(true);
     }
     let elapsed = started.elapsed();
+    if let Some(flood) = flood {
+        lines.send(Line::Flood(flood.stop().await)).ok();
+    }
     let busy = match busy {
         Some(busy) => Some(busy.stop().await),
         None => None,
@@ -538,6 +580,7 @@ struct Summary {
     counter_final: Option<String>,
     /// Where the final state was read, and how many items.
     state: Option<(String, usize)>,
+    flood: Option<FloodStats>,
 }
 
 /// How one write's attempts went.
@@ -592,6 +635,7 @@ impl Summary {
                 let state = self.state.get_or_insert_with(|| (op.target.clone(), 0));
                 state.1 += 1;
             }
+            Line::Flood(stats) => self.flood = Some(stats.clone()),
             Line::Setup(_) | Line::OriginBefore(_) => {}
         }
     }
@@ -639,6 +683,9 @@ impl Summary {
              {first_open}, settled by a retry: {resolved}, still unknown: {still_open}; replayed answers: {}",
             self.unknown, self.replayed
         );
+        if let Some(flood) = &self.flood {
+            eprintln!("  {}", flood_summary(flood));
+        }
         if let Some(busy) = busy {
             eprintln!(
                 "  busy rows: {} episodes held, {} missed{}",
@@ -657,6 +704,22 @@ impl Summary {
             eprintln!("  final state: {n} items read from {source}");
         }
     }
+}
+
+/// One line on what the flood sent and got back.
+pub fn flood_summary(flood: &FloodStats) -> String {
+    let statuses: Vec<String> = flood.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+    format!(
+        "anonymous flood: {} GETs in {:.1} s ({:.0}/s of {}/s asked), {} with fresh session ids, {} ticks \
+         skipped; {}",
+        flood.sent,
+        flood.secs,
+        flood.sent as f64 / flood.secs.max(1e-9),
+        flood.rate,
+        flood.named,
+        flood.skipped,
+        statuses.join(", ")
+    )
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
