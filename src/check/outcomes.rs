@@ -325,6 +325,7 @@ mod tests {
             keys: 1,
             collection: "profiles".into(),
             field: "display_name".into(),
+            max_staleness_ms: None,
             counter: None,
         }
     }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! {"kind":"run", "run":"9f2c41d7", "seed":1, "targets":[…], "sessions":20, "ops":200, "parallel":2, "keys":16,
-//!  "collection":"profiles", "field":"display_name",
+//!  "collection":"profiles", "field":"display_name", "max_staleness_ms":10000,
 //!  "counter":{"collection":"products","key":"loadgen-stock","field":"stock","start":200,"min":0}}
 //! {"kind":"setup", <an operation>}      the PUT that creates the counter
 //! {"kind":"op", <an operation>}         one per operation of a session, in completion order
@@ -127,6 +127,10 @@ pub struct RunInfo {
     pub collection: String,
     /// The string field that carries the unique value of each write.
     pub field: String,
+    /// The bound of `field`'s freshness class (`max_staleness`) when it is bounded
+    /// (`loadgen --bound`), in ms: `edgecache check` holds the reads to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness_ms: Option<u64>,
     /// The shared counter, when the workload has increments or counter reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counter: Option<CounterInfo>,

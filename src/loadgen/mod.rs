@@ -95,6 +95,13 @@ pub struct LoadgenArgs {
     /// The string field each write sets to a value unique in the run.
     #[arg(long, value_name = "FIELD", default_value = "display_name")]
     pub field: String,
+    /// The bound of the field's freshness class when it is bounded (`max_staleness`
+    /// in the nodes' configuration; `profiles` is bounded to 10 s by default), in
+    /// seconds: recorded in the run line, and `edgecache check` then reports a read
+    /// that began more than this after a write of its item was acknowledged and does
+    /// not reflect it.
+    #[arg(long, value_name = "SECS")]
+    pub bound: Option<f64>,
     /// Key names are this prefix followed by 0..K.
     #[arg(long, value_name = "PREFIX", default_value = "lg-")]
     pub key_prefix: String,
@@ -203,6 +210,9 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     {
         bail!("--retry-delay and --settle must be 0 or more");
     }
+    if args.bound.is_some_and(|b| !(b.is_finite() && b >= 0.0)) {
+        bail!("--bound must be 0 or more");
+    }
     if args.flood.is_some_and(|r| !positive(r)) || !(0.0..=1.0).contains(&args.flood_named) {
         bail!("--flood must be positive, --flood-named lie in [0, 1]");
     }
@@ -247,6 +257,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         keys: args.keys,
         collection: args.collection.clone(),
         field: args.field.clone(),
+        max_staleness_ms: args.bound.map(|secs| (secs * 1000.0).round() as u64),
         counter: counter.clone(),
     };
     let keys: Vec<String> = (0..args.keys)
