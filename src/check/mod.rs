@@ -41,7 +41,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::loadgen::history::{FloodStats, Line, OpKind, OpRecord, Outcome, RunInfo};
+use crate::loadgen::history::{FloodStats, Line, OpKind, OpRecord, OutageRecord, Outcome, RunInfo};
 
 /// `edgecache check`.
 #[derive(clap::Args, Debug, Clone)]
@@ -73,6 +73,8 @@ pub struct History {
     pub origin_after: Vec<OpRecord>,
     /// The anonymous flood beside the sessions, if there was one.
     pub flood: Option<FloodStats>,
+    /// When loadgen had the primary stopped, if it did.
+    pub outage: Option<OutageRecord>,
 }
 
 impl History {
@@ -96,6 +98,7 @@ impl History {
                 Line::OriginBefore(op) => history.origin_before.push(op),
                 Line::OriginAfter(op) => history.origin_after.push(op),
                 Line::Flood(stats) => history.flood = Some(stats),
+                Line::Outage(record) => history.outage = Some(record),
             }
         }
         Ok(history)
@@ -374,6 +377,24 @@ fn print_summary(history: &History, report: &Report) {
     }
     if let Some(flood) = &history.flood {
         println!("beside the sessions, an {}", crate::loadgen::flood_summary(flood));
+    }
+    if let Some(outage) = &history.outage {
+        // Failures while the primary was down are expected, and excused (no check
+        // counts a failure); what was served meanwhile is held to every check.
+        let during: Vec<&OpRecord> = ops
+            .iter()
+            .filter(|o| outage.overlaps(o.start_ns, o.end_ns))
+            .collect();
+        let failed = during.iter().filter(|o| o.outcome() != Outcome::Ok).count();
+        let reads = during
+            .iter()
+            .filter(|o| o.op == OpKind::Read && o.outcome() == Outcome::Ok)
+            .count();
+        println!(
+            "{}: {} requests overlapped it — {failed} failed (excused), {reads} reads served (checked like the rest)",
+            crate::loadgen::outage_summary(outage),
+            during.len()
+        );
     }
     for note in &report.notes {
         println!("{note}");

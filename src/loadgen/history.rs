@@ -16,6 +16,9 @@
 //!  "skipped":0, "statuses":{"200":3050,"404":1070}}
 //!                                       the anonymous flood beside the workload (`--flood`):
 //!                                       counts only, its requests are not operations
+//! {"kind":"outage", "stop_ns":…, "stopped_ns":…, "start_ns":…, "started_ns":…}
+//!                                       the primary stopped and started by loadgen
+//!                                       (`--stop-primary-after`), on the operations' clock
 //! ```
 //!
 //! The `origin_*` reads come straight from PostgreSQL (`"target":"postgres"`, their
@@ -87,6 +90,34 @@ pub enum Line {
     OriginAfter(OpRecord),
     /// The anonymous flood that ran beside the sessions, in counts.
     Flood(FloodStats),
+    /// The primary stopped and started again while the sessions ran.
+    Outage(OutageRecord),
+}
+
+/// When loadgen stopped the PostgreSQL primary and started it again
+/// (`--stop-primary-after`), on the operations' clock: the primary was down from
+/// some time in `[stop_ns, stopped_ns]` to some time in `[start_ns, started_ns]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct OutageRecord {
+    /// `pg_ctl stop` began.
+    pub stop_ns: u64,
+    /// `pg_ctl stop` returned: the primary was down.
+    pub stopped_ns: u64,
+    /// `pg_ctl start` began.
+    pub start_ns: u64,
+    /// `pg_ctl start` returned: the primary accepted connections again.
+    pub started_ns: u64,
+    /// What failed, if a `pg_ctl` did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl OutageRecord {
+    /// Whether `[start, end]` overlaps the outage at all, counting the time the stop
+    /// and the start took.
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        start <= self.started_ns && end >= self.stop_ns
+    }
 }
 
 /// What the anonymous flood (`loadgen --flood`) sent and got back. Its requests are
@@ -359,6 +390,25 @@ mod tests {
             serde_json::from_str::<Line>(&text).unwrap(),
             Line::OriginAfter(retry)
         );
+    }
+
+    #[test]
+    fn an_outage_overlaps_what_ran_while_the_primary_stopped_was_down_or_started() {
+        let outage = OutageRecord {
+            stop_ns: 100,
+            stopped_ns: 150,
+            start_ns: 900,
+            started_ns: 1000,
+            error: None,
+        };
+        assert!(!outage.overlaps(10, 99));
+        assert!(outage.overlaps(10, 100));
+        assert!(outage.overlaps(400, 500));
+        assert!(outage.overlaps(1000, 1100));
+        assert!(!outage.overlaps(1001, 1100));
+        let line = serde_json::to_string(&Line::Outage(outage.clone())).unwrap();
+        assert!(line.starts_with(r#"{"kind":"outage","stop_ns":100"#), "{line}");
+        assert_eq!(serde_json::from_str::<Line>(&line).unwrap(), Line::Outage(outage));
     }
 
     #[test]

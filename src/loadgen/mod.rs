@@ -41,6 +41,7 @@ pub mod busy;
 pub mod client;
 pub mod flood;
 pub mod history;
+pub mod outage;
 pub mod postgres;
 pub mod session;
 pub mod workload;
@@ -61,7 +62,10 @@ use tokio::sync::Semaphore;
 use busy::{BusyPlan, BusyRows, BusyStats};
 use client::{Client, SessionState};
 use flood::{Flood, FloodPlan};
-use history::{CounterInfo, FloodStats, Line, OpKind, OpRecord, Outcome, RunInfo, CONNECT_ERROR};
+use history::{
+    CounterInfo, FloodStats, Line, OpKind, OpRecord, OutageRecord, Outcome, RunInfo, CONNECT_ERROR,
+};
+use outage::{Outage, OutagePlan};
 use session::{run_session, send_keyed, Retry, Shared};
 use workload::{Mix, Request, Workload};
 
@@ -183,6 +187,21 @@ pub struct LoadgenArgs {
     /// How long a --busy-rows episode holds its locks, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub busy_hold: f64,
+    /// The nodes' PostgreSQL primary's data directory, for --stop-primary-after.
+    #[arg(long, value_name = "DIR")]
+    pub pg_data: Option<PathBuf>,
+    /// Where `pg_ctl` is.
+    #[arg(long, value_name = "DIR", default_value = "/usr/lib/postgresql/15/bin")]
+    pub pg_bin: PathBuf,
+    /// Stop the primary (`pg_ctl stop -m fast` on --pg-data, as the postgres user when
+    /// run as root) this many seconds after the sessions start ...
+    #[arg(long, value_name = "SECS", requires_all = ["pg_data", "stop_primary_for"])]
+    pub stop_primary_after: Option<f64>,
+    /// ... and start it again this many seconds later (at once if the sessions end
+    /// first). Recorded in the history: `edgecache check` excuses the requests that
+    /// failed meanwhile, and holds every served read to every guarantee.
+    #[arg(long, value_name = "SECS", requires = "stop_primary_after")]
+    pub stop_primary_for: Option<f64>,
     /// When a write's outcome is still unknown after its retries (or rows were held
     /// busy), wait this long after the sessions end before reading the final state, so
     /// that writes still running in the nodes end first.
@@ -209,6 +228,10 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         || !(args.settle.is_finite() && args.settle >= 0.0)
     {
         bail!("--retry-delay and --settle must be 0 or more");
+    }
+    let non_negative = |x: Option<f64>| x.is_none_or(|x| x.is_finite() && x >= 0.0);
+    if !non_negative(args.stop_primary_after) || !non_negative(args.stop_primary_for) {
+        bail!("--stop-primary-after and --stop-primary-for must be 0 or more");
     }
     if args.bound.is_some_and(|b| !(b.is_finite() && b >= 0.0)) {
         bail!("--bound must be 0 or more");
@@ -268,10 +291,9 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         delay: Duration::from_secs_f64(args.retry_delay),
     };
     // Connect before anything is written: a bad URL stops the run at once.
-    let pg = match &args.pg_url {
-        Some(url) => Some(postgres::connect(url).await?),
-        None => None,
-    };
+    if let Some(url) = &args.pg_url {
+        drop(postgres::connect(url).await?);
+    }
 
     let file = File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let (lines, received) = mpsc::channel();
@@ -303,7 +325,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
     }
     let state = StateReader {
         client: &client,
-        pg: pg.as_ref(),
+        pg_url: args.pg_url.as_deref(),
         targets: &targets,
         collection: &args.collection,
         field: &args.field,
@@ -311,7 +333,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         counter: counter.as_ref(),
         epoch,
     };
-    if pg.is_some() {
+    if args.pg_url.is_some() {
         for record in state.read(&format!("{run}-before")).await? {
             lines.send(Line::OriginBefore(record)).ok();
         }
@@ -327,7 +349,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
                 counter: counter.as_ref().map(|c| (c.collection.clone(), c.key.clone())),
                 seed,
             };
-            Some(BusyRows::start(postgres::connect(url).await?, plan))
+            Some(BusyRows::start(postgres::connect(url).await?, url.clone(), plan))
         }
         _ => None,
     };
@@ -394,6 +416,18 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
             },
         )
     });
+    let outage = match (&args.pg_data, args.stop_primary_after, args.stop_primary_for) {
+        (Some(data), Some(after), Some(length)) => Some(Outage::start(
+            OutagePlan {
+                pg_ctl: args.pg_bin.join("pg_ctl"),
+                data: data.clone(),
+                after: Duration::from_secs_f64(after),
+                length: Duration::from_secs_f64(length),
+            },
+            epoch,
+        )),
+        _ => None,
+    };
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.sessions)
         .map(|i| tokio::spawn(run_session(shared.clone(), i)))
@@ -403,6 +437,11 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         cut_short |= task.await.unwrap_or(true);
     }
     let elapsed = started.elapsed();
+    if let Some(outage) = outage {
+        if let Some(record) = outage.stop().await {
+            lines.send(Line::Outage(record)).ok();
+        }
+    }
     if let Some(flood) = flood {
         lines.send(Line::Flood(flood.stop().await)).ok();
     }
@@ -498,7 +537,8 @@ async fn create_counter(
 /// that answers, in a fresh session.
 struct StateReader<'a> {
     client: &'a Client,
-    pg: Option<&'a tokio_postgres::Client>,
+    /// The primary, connected to afresh for each read (it may have restarted).
+    pg_url: Option<&'a str>,
     targets: &'a [String],
     collection: &'a str,
     field: &'a str,
@@ -522,9 +562,10 @@ impl StateReader<'_> {
             });
         }
         let mut records = Vec::new();
-        if let Some(pg) = self.pg {
+        if let Some(url) = self.pg_url {
+            let pg = postgres::connect(url).await?;
             for items in &items {
-                let mut read = postgres::read_items(pg, items, session, self.epoch).await?;
+                let mut read = postgres::read_items(&pg, items, session, self.epoch).await?;
                 // One index per record across collections.
                 for r in &mut read {
                     r.index += records.len() as u64;
@@ -592,6 +633,7 @@ struct Summary {
     /// Where the final state was read, and how many items.
     state: Option<(String, usize)>,
     flood: Option<FloodStats>,
+    outage: Option<OutageRecord>,
 }
 
 /// How one write's attempts went.
@@ -647,6 +689,7 @@ impl Summary {
                 state.1 += 1;
             }
             Line::Flood(stats) => self.flood = Some(stats.clone()),
+            Line::Outage(record) => self.outage = Some(record.clone()),
             Line::Setup(_) | Line::OriginBefore(_) => {}
         }
     }
@@ -697,14 +740,18 @@ impl Summary {
         if let Some(flood) = &self.flood {
             eprintln!("  {}", flood_summary(flood));
         }
+        if let Some(outage) = &self.outage {
+            eprintln!("  {}", outage_summary(outage));
+        }
         if let Some(busy) = busy {
             eprintln!(
-                "  busy rows: {} episodes held, {} missed{}",
+                "  busy rows: {} episodes held, {} missed, {} connections opened again{}",
                 busy.episodes,
                 busy.missed,
+                busy.reconnects,
                 busy.error
                     .as_deref()
-                    .map(|e| format!("; stopped early: {e}"))
+                    .map(|e| format!("; without a connection at the end: {e}"))
                     .unwrap_or_default()
             );
         }
@@ -730,6 +777,23 @@ pub fn flood_summary(flood: &FloodStats) -> String {
         flood.named,
         flood.skipped,
         statuses.join(", ")
+    )
+}
+
+/// One line on when the primary was down.
+pub fn outage_summary(outage: &OutageRecord) -> String {
+    let s = |ns: u64| ns as f64 / 1e9;
+    format!(
+        "the primary stopped: pg_ctl stop {:.2}–{:.2} s, start {:.2}–{:.2} s into the run{}",
+        s(outage.stop_ns),
+        s(outage.stopped_ns),
+        s(outage.start_ns),
+        s(outage.started_ns),
+        outage
+            .error
+            .as_deref()
+            .map(|e| format!("; {e}"))
+            .unwrap_or_default()
     )
 }
 
