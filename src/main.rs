@@ -51,12 +51,13 @@ enum Command {
     },
     /// Run N sessions × M operations against nodes or a load balancer and record the
     /// history (one JSON line per request; writes keyed, retried while their outcome
-    /// is unknown) and the origin's state after it.
+    /// is unknown) and the origin's state after it; optionally with adversity: several
+    /// operations of a session at once, an anonymous flood, the primary stopped.
     Loadgen(Box<loadgen::LoadgenArgs>),
-    /// Check a history recorded by `loadgen`: the four session guarantees per session,
-    /// the strict counter, and the writes' outcomes against the origin's state (not
-    /// applied stays absent, acknowledged applies once, replays match). Exits 1 on any
-    /// violation.
+    /// Check a history recorded by `loadgen`: the four session guarantees per session
+    /// (in real-time order), the strict counter, the writes' outcomes against the
+    /// origin's state (not applied stays absent, acknowledged applies once, replays
+    /// match) and the written field's staleness bound. Exits 1 on any violation.
     Check(check::CheckArgs),
 }
 

@@ -10,7 +10,11 @@
 //! possible (see [`counter`]); for every item, that one version always has one value
 //! (see [`integrity`]); and for the writes' outcomes, that a write answered "not
 //! applied" never shows, an acknowledged one applied once, and a replayed answer is
-//! its operation's own (see [`outcomes`]). Each violation is printed with the
+//! its operation's own (see [`outcomes`]); and, when the run line carries the bound
+//! of the written field's class, that every read served more than the bound after a
+//! write was acknowledged reflects it, whichever session wrote (see [`staleness`]).
+//! A session's operations are ordered by real time, so sessions that ran operations
+//! in parallel (`loadgen --parallel`) are checked too. Each violation is printed with the
 //! operations involved, then a summary. The exit status is 1 when there is a
 //! violation, 0 otherwise (2 when the history cannot be read).
 //!
@@ -27,6 +31,7 @@ pub mod integrity;
 pub mod operations;
 pub mod outcomes;
 pub mod session;
+pub mod staleness;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,7 +41,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::loadgen::history::{Line, OpKind, OpRecord, Outcome, RunInfo};
+use crate::loadgen::history::{FloodStats, Line, OpKind, OpRecord, OutageRecord, Outcome, RunInfo};
 
 /// `edgecache check`.
 #[derive(clap::Args, Debug, Clone)]
@@ -66,6 +71,10 @@ pub struct History {
     pub origin_before: Vec<OpRecord>,
     /// The keys and the counter as the origin held them once the run had settled.
     pub origin_after: Vec<OpRecord>,
+    /// The anonymous flood beside the sessions, if there was one.
+    pub flood: Option<FloodStats>,
+    /// When loadgen had the primary stopped, if it did.
+    pub outage: Option<OutageRecord>,
 }
 
 impl History {
@@ -88,6 +97,8 @@ impl History {
                 Line::Final(op) => history.final_read = Some(op),
                 Line::OriginBefore(op) => history.origin_before.push(op),
                 Line::OriginAfter(op) => history.origin_after.push(op),
+                Line::Flood(stats) => history.flood = Some(stats),
+                Line::Outage(record) => history.outage = Some(record),
             }
         }
         Ok(history)
@@ -131,10 +142,14 @@ pub enum Check {
     /// value, a version not older than writes acknowledged before the operation
     /// began, and the same version as any other acknowledgement of the operation.
     ReplayMismatch,
+    /// A read of the workload's field (of a bounded class) that began more than the
+    /// bound after a write of its item was acknowledged, by any session, returns that
+    /// write's version or a newer one.
+    BoundedStaleness,
 }
 
 impl Check {
-    pub const ALL: [Check; 13] = [
+    pub const ALL: [Check; 14] = [
         Check::ReadYourWrites,
         Check::MonotonicReads,
         Check::MonotonicWrites,
@@ -148,6 +163,7 @@ impl Check {
         Check::NotAppliedObserved,
         Check::ItemExactlyOnce,
         Check::ReplayMismatch,
+        Check::BoundedStaleness,
     ];
 
     pub fn name(self) -> &'static str {
@@ -165,6 +181,7 @@ impl Check {
             Check::NotAppliedObserved => "not-applied-observed",
             Check::ItemExactlyOnce => "item-exactly-once",
             Check::ReplayMismatch => "replay-mismatch",
+            Check::BoundedStaleness => "bounded-staleness",
         }
     }
 }
@@ -268,6 +285,7 @@ pub fn check(history: &History, options: &Options) -> Report {
     integrity::check_integrity(history, &mut report);
     let operations = operations::operations(&history.ops);
     outcomes::check_outcomes(history, &operations, &mut report);
+    staleness::check_staleness(history, &operations, &mut report);
     report
 }
 
@@ -317,11 +335,17 @@ fn print_summary(history: &History, report: &Report) {
     let count = |f: &dyn Fn(&operations::Operation) -> bool| writes.iter().filter(|o| f(o)).count();
     let first_open = count(&|o| o.first_unsettled());
     println!();
+    let parallel = history.info.as_ref().map_or(1, |i| i.parallel);
     println!(
-        "checked {} operations ({}) in {} sessions: {} requests, {} of them retries, {} without an answer",
+        "checked {} operations ({}) in {} sessions{}: {} requests, {} of them retries, {} without an answer",
         operations.len(),
         kinds.join(", "),
         sessions.len(),
+        if parallel > 1 {
+            format!(" (up to {parallel} operations of a session at once)")
+        } else {
+            String::new()
+        },
         ops.len(),
         ops.iter().filter(|o| o.attempt > 0).count(),
         errors,
@@ -350,6 +374,27 @@ fn print_summary(history: &History, report: &Report) {
                 ""
             }
         ),
+    }
+    if let Some(flood) = &history.flood {
+        println!("beside the sessions, an {}", crate::loadgen::flood_summary(flood));
+    }
+    if let Some(outage) = &history.outage {
+        // Failures while the primary was down are expected, and excused (no check
+        // counts a failure); what was served meanwhile is held to every check.
+        let during: Vec<&OpRecord> = ops
+            .iter()
+            .filter(|o| outage.overlaps(o.start_ns, o.end_ns))
+            .collect();
+        let failed = during.iter().filter(|o| o.outcome() != Outcome::Ok).count();
+        let reads = during
+            .iter()
+            .filter(|o| o.op == OpKind::Read && o.outcome() == Outcome::Ok)
+            .count();
+        println!(
+            "{}: {} requests overlapped it — {failed} failed (excused), {reads} reads served (checked like the rest)",
+            crate::loadgen::outage_summary(outage),
+            during.len()
+        );
     }
     for note in &report.notes {
         println!("{note}");

@@ -321,9 +321,11 @@ mod tests {
             targets: vec![],
             sessions: 1,
             ops: 1,
+            parallel: 1,
             keys: 1,
             collection: "profiles".into(),
             field: "display_name".into(),
+            max_staleness_ms: None,
             counter: None,
         }
     }

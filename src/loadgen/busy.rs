@@ -7,6 +7,9 @@
 //! `edgecache check` are there to settle. The session's next writes queue behind the
 //! one that waits and are refused before they start (`session-busy`).
 //!
+//! The connection lost (the primary stopped, `--stop-primary-after`), the task opens
+//! a new one at its next tick, and goes on once the primary answers again.
+//!
 //! Bounded: one lock at a time, the hold never longer than asked, the server ends the
 //! transaction itself if loadgen stops answering (`idle_in_transaction_session_timeout`),
 //! and [`BusyRows::stop`] ends it at once and waits for the task.
@@ -43,7 +46,9 @@ pub struct BusyStats {
     pub episodes: u64,
     /// Episodes that could not take a lock in time (a node's write held it).
     pub missed: u64,
-    /// Why the task stopped early, if it did.
+    /// Connections lost and opened again.
+    pub reconnects: u64,
+    /// Why the task had no connection when it stopped (or could not start), if so.
     pub error: Option<String>,
 }
 
@@ -55,11 +60,11 @@ pub struct BusyRows {
 }
 
 impl BusyRows {
-    /// Starts holding rows busy on `client`, a connection of its own.
-    pub fn start(client: tokio_postgres::Client, plan: BusyPlan) -> Self {
+    /// Starts holding rows busy on `client`, a connection of its own to `url`.
+    pub fn start(client: tokio_postgres::Client, url: String, plan: BusyPlan) -> Self {
         let (stop, stopped) = watch::channel(false);
         let hold = plan.hold;
-        let task = tokio::spawn(run(client, plan, stopped));
+        let task = tokio::spawn(run(client, url, plan, stopped));
         BusyRows { stop, task, hold }
     }
 
@@ -82,8 +87,15 @@ impl BusyRows {
     }
 }
 
+/// Why an episode ended early.
+enum Broken {
+    /// The connection is gone: open another.
+    Connection(String),
+}
+
 async fn run(
-    mut client: tokio_postgres::Client,
+    client: tokio_postgres::Client,
+    url: String,
     plan: BusyPlan,
     mut stopped: watch::Receiver<bool>,
 ) -> BusyStats {
@@ -99,6 +111,7 @@ async fn run(
         stats.error = Some(format!("setting up the busy-rows connection: {e}"));
         return stats;
     }
+    let mut client = Some(client);
     let lock = |collection: &str| format!("SELECT 1 FROM {} WHERE id = $1 FOR UPDATE", quote(collection));
     let key_lock = lock(&plan.collection);
     let counter_lock = plan.counter.as_ref().map(|(c, key)| (lock(c), key.clone()));
@@ -116,42 +129,77 @@ async fn run(
             continue;
         }
         let key = &plan.keys[rng.below(plan.keys.len() as u64) as usize];
-        let tx = match client.transaction().await {
-            Ok(tx) => tx,
-            Err(e) => {
-                stats.error = Some(format!("busy rows: {e}"));
-                break;
-            }
+        let connection = match client.as_mut() {
+            Some(c) => c,
+            None => match connect(&url, &limits).await {
+                Ok(c) => {
+                    stats.reconnects += 1;
+                    client.insert(c)
+                }
+                Err(_) => continue, // still down: try again next tick
+            },
         };
-        let mut locked = tx.query(&key_lock, &[key]).await.map(drop);
-        if let (Ok(()), Some((sql, counter))) = (&locked, &counter_lock) {
+        let episode = Episode {
+            key,
+            key_lock: &key_lock,
+            counter_lock: counter_lock.as_ref(),
+            hold: plan.hold,
+        };
+        if let Err(Broken::Connection(e)) = episode.run(connection, &mut stats, &mut stopped).await {
+            // Reported only if the task ends without a connection.
+            stats.error = Some(e);
+            client = None;
+        } else {
+            stats.error = None;
+        }
+    }
+    stats
+}
+
+/// A new connection with the episode limits set.
+async fn connect(url: &str, limits: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let client = super::postgres::connect(url).await?;
+    client.batch_execute(limits).await?;
+    Ok(client)
+}
+
+/// One episode: lock the key's row and the counter's, hold them, commit.
+struct Episode<'a> {
+    key: &'a str,
+    key_lock: &'a str,
+    counter_lock: Option<&'a (String, String)>,
+    hold: Duration,
+}
+
+impl Episode<'_> {
+    async fn run(
+        &self,
+        client: &mut tokio_postgres::Client,
+        stats: &mut BusyStats,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> Result<(), Broken> {
+        let broken =
+            |what: &str, e: tokio_postgres::Error| Broken::Connection(format!("busy rows: {what}{e}"));
+        let tx = client.transaction().await.map_err(|e| broken("", e))?;
+        let mut locked = tx.query(self.key_lock, &[&self.key]).await.map(drop);
+        if let (Ok(()), Some((sql, counter))) = (&locked, self.counter_lock) {
             locked = tx.query(sql, &[counter]).await.map(drop);
         }
         match locked {
             Ok(()) => {
                 stats.episodes += 1;
                 tokio::select! {
-                    _ = tokio::time::sleep(plan.hold) => {}
+                    _ = tokio::time::sleep(self.hold) => {}
                     _ = stopped.changed() => {}
                 }
-                if let Err(e) = tx.commit().await {
-                    stats.error = Some(format!("busy rows: commit: {e}"));
-                    break;
-                }
+                tx.commit().await.map_err(|e| broken("commit: ", e))
             }
             Err(e) if e.code().is_some() => {
                 // Lock timeout (or the like): the transaction is aborted; end it.
                 stats.missed += 1;
-                if let Err(e) = tx.rollback().await {
-                    stats.error = Some(format!("busy rows: rollback: {e}"));
-                    break;
-                }
+                tx.rollback().await.map_err(|e| broken("rollback: ", e))
             }
-            Err(e) => {
-                stats.error = Some(format!("busy rows: {e}"));
-                break;
-            }
+            Err(e) => Err(broken("", e)),
         }
     }
-    stats
 }

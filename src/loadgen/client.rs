@@ -1,5 +1,6 @@
 //! Sending one request of a session and recording what came back.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, CONTENT_TYPE, ETAG};
@@ -22,21 +23,59 @@ pub struct Client {
     epoch: Instant,
 }
 
-/// A session as the client sees it: its id and the last token it received.
+/// A session as the client sees it: its id, the token it holds and the index of its
+/// next request. Its operations may run in parallel (`loadgen --parallel`), so the
+/// token and the index sit behind a lock, held only between two awaits.
+///
+/// **Tokens of parallel requests.** Each request carries the token the session holds
+/// when it is sent, and every answer's token replaces the held one as it arrives: the
+/// answer that arrived last wins. That is what a browser tab does — a cookie or a
+/// variable set by each `fetch`'s handler, overwritten in arrival order — and the
+/// client cannot do better without reading the token: it is opaque and signed, and a
+/// request carries one. The node makes it sound: a live session takes in every token
+/// it is sent and answers with all of its watermarks, so an answer covers the
+/// session's earlier answers from that node. A token that arrived last but was issued
+/// before another answer's (or by another node, or by a copy of the session evicted
+/// while the request ran) may lack what that answer added; the next request carries
+/// it to the node, which then holds the rest only if the session is still live there.
 pub struct SessionState {
     pub id: String,
-    pub token: Option<String>,
-    /// The index of the session's next operation.
-    pub next_index: u64,
+    chain: Mutex<Chain>,
+}
+
+struct Chain {
+    /// The token of the answer that arrived last.
+    token: Option<String>,
+    /// The index of the session's next request.
+    next_index: u64,
 }
 
 impl SessionState {
     pub fn new(id: String) -> Self {
         SessionState {
             id,
-            token: None,
-            next_index: 0,
+            chain: Mutex::new(Chain {
+                token: None,
+                next_index: 0,
+            }),
         }
+    }
+
+    fn chain(&self) -> std::sync::MutexGuard<'_, Chain> {
+        // The lock is never held across a panic that matters: take the data anyway.
+        self.chain.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The index of a request about to be sent, and the token it carries.
+    fn begin(&self) -> (u64, Option<String>) {
+        let mut chain = self.chain();
+        chain.next_index += 1;
+        (chain.next_index - 1, chain.token.clone())
+    }
+
+    /// An answer's token arrived: the session holds it from now on.
+    fn answered(&self, token: &str) {
+        self.chain().token = Some(token.to_owned());
     }
 }
 
@@ -56,13 +95,18 @@ impl Client {
     }
 
     /// Sends `request` to `target` (a base URL such as `http://127.0.0.1:8080`) in
-    /// `session`, carrying its last token and keeping the one the answer carries, and
-    /// `idempotency_key` as the `Idempotency-Key` header when given. Never fails: a
-    /// transport error is recorded in the operation's `error`.
+    /// `session`, carrying the token the session holds now and handing it the one the
+    /// answer carries, and `idempotency_key` as the `Idempotency-Key` header when
+    /// given. Never fails: a transport error is recorded in the operation's `error`.
+    ///
+    /// The token is taken and `start_ns` read with no await between them, and the
+    /// answer's token handed over before `end_ns` is read: so when this request ended
+    /// before another one of the session started, that one carried this answer's
+    /// token (or one that arrived after it).
     pub async fn send(
         &self,
         target: &str,
-        session: &mut SessionState,
+        session: &SessionState,
         request: Request,
         idempotency_key: Option<&str>,
     ) -> OpRecord {
@@ -82,34 +126,36 @@ impl Client {
             }
         };
         let mut builder = builder.header(SESSION_ID, &session.id);
-        if let Some(token) = &session.token {
-            builder = builder.header(SESSION_TOKEN, token);
-        }
         if let Some(key) = idempotency_key {
             builder = builder.header(IDEMPOTENCY_KEY, key);
+        }
+        let (index, token) = session.begin();
+        if let Some(token) = &token {
+            builder = builder.header(SESSION_TOKEN, token);
         }
 
         let mut record = OpRecord {
             session: session.id.clone(),
-            index: session.next_index,
+            index,
             target: target.to_owned(),
             served_by: target.to_owned(),
             op: request.op,
             collection: request.collection,
             key: request.key,
             body: request.body,
-            token_in: session.token.as_deref().map(token_hash),
+            token_in: token.as_deref().map(token_hash),
             idempotency_key: idempotency_key.map(str::to_owned),
             ..OpRecord::default()
         };
-        session.next_index += 1;
 
         record.start_ns = self.now_ns();
         let result = builder.send().await;
         let body = match result {
             Ok(response) => {
                 record.status = Some(response.status().as_u16());
-                read_headers(response.headers(), &mut record, &mut session.token);
+                if let Some(fresh) = read_headers(response.headers(), &mut record) {
+                    session.answered(&fresh);
+                }
                 response.bytes().await
             }
             Err(e) => Err(e),
@@ -124,11 +170,31 @@ impl Client {
         }
         record
     }
+
+    /// A GET of `collection/key` that names no session, or names `session_id` without
+    /// a token (a client's first request): the status, or the transport error.
+    pub async fn get_anonymous(
+        &self,
+        target: &str,
+        collection: &str,
+        key: &str,
+        session_id: Option<&str>,
+    ) -> Result<u16, reqwest::Error> {
+        let url = format!("{}/v1/{collection}/{key}", target.trim_end_matches('/'));
+        let mut builder = self.http.get(&url);
+        if let Some(id) = session_id {
+            builder = builder.header(SESSION_ID, id);
+        }
+        let response = builder.send().await?;
+        let status = response.status().as_u16();
+        response.bytes().await?;
+        Ok(status)
+    }
 }
 
-/// The version, the serving node, whether it is a replay, and the new token of a
-/// response.
-fn read_headers(headers: &HeaderMap, record: &mut OpRecord, token: &mut Option<String>) {
+/// The version, the serving node and whether it is a replay, of a response; returns
+/// its new token.
+fn read_headers(headers: &HeaderMap, record: &mut OpRecord) -> Option<String> {
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     record.version = text(ETAG.as_str()).and_then(parse_etag);
     record.replayed = text(IDEMPOTENT_REPLAYED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
@@ -137,10 +203,9 @@ fn read_headers(headers: &HeaderMap, record: &mut OpRecord, token: &mut Option<S
     }
     // A token is kept even when the body is then lost: the node issued it after the
     // operation, so it reflects whatever the operation did.
-    if let Some(fresh) = text(SESSION_TOKEN) {
-        record.token_out = Some(token_hash(fresh));
-        *token = Some(fresh.to_owned());
-    }
+    let fresh = text(SESSION_TOKEN)?;
+    record.token_out = Some(token_hash(fresh));
+    Some(fresh.to_owned())
 }
 
 /// The document of a success (without its `id`), or the problem slug of an error.

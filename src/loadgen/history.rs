@@ -3,8 +3,8 @@
 //! One JSON object per line, told apart by `kind`:
 //!
 //! ```text
-//! {"kind":"run", "run":"9f2c41d7", "seed":1, "targets":[…], "sessions":20, "ops":200, "keys":16,
-//!  "collection":"profiles", "field":"display_name",
+//! {"kind":"run", "run":"9f2c41d7", "seed":1, "targets":[…], "sessions":20, "ops":200, "parallel":2, "keys":16,
+//!  "collection":"profiles", "field":"display_name", "max_staleness_ms":10000,
 //!  "counter":{"collection":"products","key":"loadgen-stock","field":"stock","start":200,"min":0}}
 //! {"kind":"setup", <an operation>}      the PUT that creates the counter
 //! {"kind":"op", <an operation>}         one per operation of a session, in completion order
@@ -12,6 +12,13 @@
 //!                                       before the sessions start (with `--pg-url` only)
 //! {"kind":"origin_after", <a read>}     each key and the counter once the run has settled
 //! {"kind":"final", <an operation>}      the counter read by a fresh session after the run
+//! {"kind":"flood", "rate":100.0, "named_share":0.25, "secs":41.2, "sent":4120, "named":1012,
+//!  "skipped":0, "statuses":{"200":3050,"404":1070}}
+//!                                       the anonymous flood beside the workload (`--flood`):
+//!                                       counts only, its requests are not operations
+//! {"kind":"outage", "stop_ns":…, "stopped_ns":…, "start_ns":…, "started_ns":…}
+//!                                       the primary stopped and started by loadgen
+//!                                       (`--stop-primary-after`), on the operations' clock
 //! ```
 //!
 //! The `origin_*` reads come straight from PostgreSQL (`"target":"postgres"`, their
@@ -38,12 +45,17 @@
 //! ```
 //!
 //! Absent fields are left out. `index` counts a session's requests from 0 in the order
-//! it issued them; a session never has two requests in flight, so that is also their
-//! real-time order. A write whose outcome was unknown is sent again with the same
+//! it sent them. With `loadgen --parallel 1` (the default) a session never has two
+//! requests in flight, so that is also their real-time order; with `--parallel N` up
+//! to N overlap, and only `start_ns`/`end_ns` order them: one request precedes another
+//! when it ended before the other started (`edgecache check` orders them so, in both
+//! cases). A write whose outcome was unknown is sent again with the same
 //! `idempotency_key` (`edgecache loadgen --retry-unknown`): each attempt is a line of
-//! its own with the next `index`, and the key links the attempts of one logical
-//! operation. Histories written before keys and attempts existed read as operations of
+//! its own with the index of its sending, and the key links the attempts of one
+//! logical operation. Histories written before keys and attempts existed read as operations of
 //! one attempt each.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -76,6 +88,56 @@ pub enum Line {
     OriginBefore(OpRecord),
     /// One key (or the counter) as the origin held it once the run had settled.
     OriginAfter(OpRecord),
+    /// The anonymous flood that ran beside the sessions, in counts.
+    Flood(FloodStats),
+    /// The primary stopped and started again while the sessions ran.
+    Outage(OutageRecord),
+}
+
+/// When loadgen stopped the PostgreSQL primary and started it again
+/// (`--stop-primary-after`), on the operations' clock: the primary was down from
+/// some time in `[stop_ns, stopped_ns]` to some time in `[start_ns, started_ns]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct OutageRecord {
+    /// `pg_ctl stop` began.
+    pub stop_ns: u64,
+    /// `pg_ctl stop` returned: the primary was down.
+    pub stopped_ns: u64,
+    /// `pg_ctl start` began.
+    pub start_ns: u64,
+    /// `pg_ctl start` returned: the primary accepted connections again.
+    pub started_ns: u64,
+    /// What failed, if a `pg_ctl` did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl OutageRecord {
+    /// Whether `[start, end]` overlaps the outage at all, counting the time the stop
+    /// and the start took.
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        start <= self.started_ns && end >= self.stop_ns
+    }
+}
+
+/// What the anonymous flood (`loadgen --flood`) sent and got back. Its requests are
+/// not operations of any session: they only load the nodes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FloodStats {
+    /// The requests per second asked for.
+    pub rate: f64,
+    /// The share of requests that named a fresh session id of their own.
+    pub named_share: f64,
+    /// How long the flood ran.
+    pub secs: f64,
+    /// Requests sent.
+    pub sent: u64,
+    /// Of them, with a fresh `X-Session-Id`.
+    pub named: u64,
+    /// Ticks with no request sent because too many were still in flight.
+    pub skipped: u64,
+    /// Answers by status code, and `"error"` for no answer.
+    pub statuses: BTreeMap<String, u64>,
 }
 
 /// How a run was set up.
@@ -87,11 +149,19 @@ pub struct RunInfo {
     pub targets: Vec<String>,
     pub sessions: usize,
     pub ops: usize,
+    /// Operations of one session in flight at once (`--parallel`); 1 in histories
+    /// written before it existed.
+    #[serde(default = "one")]
+    pub parallel: usize,
     pub keys: usize,
     /// The collection of the keys that are read, put and patched.
     pub collection: String,
     /// The string field that carries the unique value of each write.
     pub field: String,
+    /// The bound of `field`'s freshness class (`max_staleness`) when it is bounded
+    /// (`loadgen --bound`), in ms: `edgecache check` holds the reads to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness_ms: Option<u64>,
     /// The shared counter, when the workload has increments or counter reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counter: Option<CounterInfo>,
@@ -186,6 +256,10 @@ pub struct OpRecord {
     /// earlier attempt, nothing written now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -316,6 +390,25 @@ mod tests {
             serde_json::from_str::<Line>(&text).unwrap(),
             Line::OriginAfter(retry)
         );
+    }
+
+    #[test]
+    fn an_outage_overlaps_what_ran_while_the_primary_stopped_was_down_or_started() {
+        let outage = OutageRecord {
+            stop_ns: 100,
+            stopped_ns: 150,
+            start_ns: 900,
+            started_ns: 1000,
+            error: None,
+        };
+        assert!(!outage.overlaps(10, 99));
+        assert!(outage.overlaps(10, 100));
+        assert!(outage.overlaps(400, 500));
+        assert!(outage.overlaps(1000, 1100));
+        assert!(!outage.overlaps(1001, 1100));
+        let line = serde_json::to_string(&Line::Outage(outage.clone())).unwrap();
+        assert!(line.starts_with(r#"{"kind":"outage","stop_ns":100"#), "{line}");
+        assert_eq!(serde_json::from_str::<Line>(&line).unwrap(), Line::Outage(outage));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `edgecache loadgen`: a workload generator that records a history.
 //!
 //! N sessions run concurrently, each a task with its own session id and token chain,
-//! issuing M operations strictly one after another over K keys of one collection:
+//! issuing M operations over K keys of one collection — one after another, or up to
+//! `--parallel` of them at once (see [`session`] and, for the tokens of parallel
+//! requests, [`client::SessionState`]):
 //! reads, PUTs and merge PATCHes that write values unique in the run, plus reads and
 //! bounded decrements of one shared strict counter that loadgen creates first. Each
 //! operation goes to a target picked per operation (round-robin or at random), and
@@ -9,7 +11,7 @@
 //!
 //! ```text
 //! edgecache loadgen --targets http://127.0.0.1:8080,http://127.0.0.1:8081 \
-//!     --sessions 20 --ops 200 --keys 16 --out history.jsonl \
+//!     --sessions 20 --ops 200 --keys 16 --out history.jsonl [--parallel 2] \
 //!     [--retry-unknown 3] [--pg-url postgres://… [--busy-rows 0.3 --busy-hold 0.8]]
 //! ```
 //!
@@ -27,6 +29,9 @@
 //! running in a node have ended. With `--pg-url`, `--busy-rows` holds rows locked
 //! while the sessions run (see [`busy`]).
 //!
+//! With `--flood R`, R anonymous GETs a second run beside the sessions, recorded only
+//! as counts (see [`flood`]).
+//!
 //! The run is bounded: N × M operations and their retries, a timeout on every
 //! request, and `--duration-limit` after which sessions issue nothing more. A
 //! transport error is recorded (its outcome is unknown) and the session goes on with
@@ -34,8 +39,11 @@
 
 pub mod busy;
 pub mod client;
+pub mod flood;
 pub mod history;
+pub mod outage;
 pub mod postgres;
+pub mod session;
 pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
@@ -53,8 +61,13 @@ use tokio::sync::Semaphore;
 
 use busy::{BusyPlan, BusyRows, BusyStats};
 use client::{Client, SessionState};
-use history::{CounterInfo, Line, OpKind, OpRecord, Outcome, RunInfo, CONNECT_ERROR};
-use workload::{Mix, Request, Rng, Workload};
+use flood::{Flood, FloodPlan};
+use history::{
+    CounterInfo, FloodStats, Line, OpKind, OpRecord, OutageRecord, Outcome, RunInfo, CONNECT_ERROR,
+};
+use outage::{Outage, OutagePlan};
+use session::{run_session, send_keyed, Retry, Shared};
+use workload::{Mix, Request, Workload};
 
 /// How a session picks the target of each operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -86,6 +99,13 @@ pub struct LoadgenArgs {
     /// The string field each write sets to a value unique in the run.
     #[arg(long, value_name = "FIELD", default_value = "display_name")]
     pub field: String,
+    /// The bound of the field's freshness class when it is bounded (`max_staleness`
+    /// in the nodes' configuration; `profiles` is bounded to 10 s by default), in
+    /// seconds: recorded in the run line, and `edgecache check` then reports a read
+    /// that began more than this after a write of its item was acknowledged and does
+    /// not reflect it.
+    #[arg(long, value_name = "SECS")]
+    pub bound: Option<f64>,
     /// Key names are this prefix followed by 0..K.
     #[arg(long, value_name = "PREFIX", default_value = "lg-")]
     pub key_prefix: String,
@@ -114,7 +134,23 @@ pub struct LoadgenArgs {
     /// Seed of the workload's choices (default: from the clock; printed).
     #[arg(long, value_name = "X")]
     pub seed: Option<u64>,
-    /// At most this many requests in flight across sessions (default: one per session).
+    /// Operations each session has in flight at once: a session starts its next
+    /// operation as soon as one of its N ends. Each request carries the token the
+    /// session holds when it is sent; each answer's token replaces it as it arrives
+    /// (the last to arrive wins, as in a browser tab).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub parallel: usize,
+    /// Beside the sessions, R anonymous GETs a second of the keys and of missing ids,
+    /// spread over the targets, without X-Session-Id (see --flood-named); recorded
+    /// only as counts.
+    #[arg(long, value_name = "R")]
+    pub flood: Option<f64>,
+    /// The share of --flood requests that name a fresh session id of their own (each
+    /// takes a place in a node's session table).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.25, requires = "flood")]
+    pub flood_named: f64,
+    /// At most this many requests in flight across sessions (default: --parallel per
+    /// session).
     #[arg(long, value_name = "C")]
     pub concurrency: Option<usize>,
     /// The history file.
@@ -151,6 +187,21 @@ pub struct LoadgenArgs {
     /// How long a --busy-rows episode holds its locks, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub busy_hold: f64,
+    /// The nodes' PostgreSQL primary's data directory, for --stop-primary-after.
+    #[arg(long, value_name = "DIR")]
+    pub pg_data: Option<PathBuf>,
+    /// Where `pg_ctl` is.
+    #[arg(long, value_name = "DIR", default_value = "/usr/lib/postgresql/15/bin")]
+    pub pg_bin: PathBuf,
+    /// Stop the primary (`pg_ctl stop -m fast` on --pg-data, as the postgres user when
+    /// run as root) this many seconds after the sessions start ...
+    #[arg(long, value_name = "SECS", requires_all = ["pg_data", "stop_primary_for"])]
+    pub stop_primary_after: Option<f64>,
+    /// ... and start it again this many seconds later (at once if the sessions end
+    /// first). Recorded in the history: `edgecache check` excuses the requests that
+    /// failed meanwhile, and holds every served read to every guarantee.
+    #[arg(long, value_name = "SECS", requires = "stop_primary_after")]
+    pub stop_primary_for: Option<f64>,
     /// When a write's outcome is still unknown after its retries (or rows were held
     /// busy), wait this long after the sessions end before reading the final state, so
     /// that writes still running in the nodes end first.
@@ -158,37 +209,16 @@ pub struct LoadgenArgs {
     pub settle: f64,
 }
 
-/// What every session task shares.
-struct Shared {
-    client: Client,
-    workload: Workload,
-    targets: Vec<String>,
-    pick: Pick,
-    seed: u64,
-    ops: usize,
-    retry: Retry,
-    deadline: Option<Instant>,
-    in_flight: Semaphore,
-    lines: mpsc::Sender<Line>,
-    /// Writes whose every attempt left the outcome open.
-    unsettled: AtomicU64,
-}
-
-/// How a write of unknown outcome is sent again.
-#[derive(Debug, Clone, Copy)]
-struct Retry {
-    /// Retries after the first attempt.
-    max: u32,
-    /// The pause before the first retry; doubled before each next one.
-    delay: Duration,
-}
-
 /// Runs the workload and writes the history. Fails only when the run cannot start:
 /// bad arguments, an output file that cannot be created, a counter that cannot be
 /// created, a `--pg-url` that cannot be reached.
 pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
-    if args.sessions == 0 || args.keys == 0 || args.targets.iter().all(|t| t.trim().is_empty()) {
-        bail!("--sessions, --keys and --targets must not be empty");
+    if args.sessions == 0
+        || args.keys == 0
+        || args.parallel == 0
+        || args.targets.iter().all(|t| t.trim().is_empty())
+    {
+        bail!("--sessions, --keys, --parallel and --targets must not be empty");
     }
     let positive = |x: f64| x.is_finite() && x > 0.0;
     if !positive(args.timeout) {
@@ -198,6 +228,16 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         || !(args.settle.is_finite() && args.settle >= 0.0)
     {
         bail!("--retry-delay and --settle must be 0 or more");
+    }
+    let non_negative = |x: Option<f64>| x.is_none_or(|x| x.is_finite() && x >= 0.0);
+    if !non_negative(args.stop_primary_after) || !non_negative(args.stop_primary_for) {
+        bail!("--stop-primary-after and --stop-primary-for must be 0 or more");
+    }
+    if args.bound.is_some_and(|b| !(b.is_finite() && b >= 0.0)) {
+        bail!("--bound must be 0 or more");
+    }
+    if args.flood.is_some_and(|r| !positive(r)) || !(0.0..=1.0).contains(&args.flood_named) {
+        bail!("--flood must be positive, --flood-named lie in [0, 1]");
     }
     if let Some(p) = args.busy_rows {
         if !(0.0..=1.0).contains(&p) || !positive(args.busy_every) || !positive(args.busy_hold) {
@@ -236,9 +276,11 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         targets: targets.clone(),
         sessions: args.sessions,
         ops: args.ops,
+        parallel: args.parallel,
         keys: args.keys,
         collection: args.collection.clone(),
         field: args.field.clone(),
+        max_staleness_ms: args.bound.map(|secs| (secs * 1000.0).round() as u64),
         counter: counter.clone(),
     };
     let keys: Vec<String> = (0..args.keys)
@@ -249,10 +291,9 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         delay: Duration::from_secs_f64(args.retry_delay),
     };
     // Connect before anything is written: a bad URL stops the run at once.
-    let pg = match &args.pg_url {
-        Some(url) => Some(postgres::connect(url).await?),
-        None => None,
-    };
+    if let Some(url) = &args.pg_url {
+        drop(postgres::connect(url).await?);
+    }
 
     let file = File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let (lines, received) = mpsc::channel();
@@ -284,7 +325,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
     }
     let state = StateReader {
         client: &client,
-        pg: pg.as_ref(),
+        pg_url: args.pg_url.as_deref(),
         targets: &targets,
         collection: &args.collection,
         field: &args.field,
@@ -292,7 +333,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         counter: counter.as_ref(),
         epoch,
     };
-    if pg.is_some() {
+    if args.pg_url.is_some() {
         for record in state.read(&format!("{run}-before")).await? {
             lines.send(Line::OriginBefore(record)).ok();
         }
@@ -308,19 +349,27 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
                 counter: counter.as_ref().map(|c| (c.collection.clone(), c.key.clone())),
                 seed,
             };
-            Some(BusyRows::start(postgres::connect(url).await?, plan))
+            Some(BusyRows::start(postgres::connect(url).await?, url.clone(), plan))
         }
         _ => None,
     };
 
     eprintln!(
-        "loadgen: run {run}, seed {seed}: {} sessions × {} ops over {} keys of {}, mix {}, against {}{}",
+        "loadgen: run {run}, seed {seed}: {} sessions × {} ops over {} keys of {}, mix {}, against {}{}{}",
         args.sessions,
         args.ops,
         args.keys,
         args.collection,
         args.mix,
         targets.join(", "),
+        match args.flood {
+            Some(rate) => format!(
+                "; {} per session in flight; an anonymous flood of {rate} GETs/s ({:.0} % with fresh session ids)",
+                args.parallel,
+                args.flood_named * 100.0
+            ),
+            None => format!("; {} per session in flight", args.parallel),
+        },
         match (&busy, args.busy_rows) {
             (Some(_), Some(p)) => format!(
                 "; rows held busy for {} s with probability {p} every {} s",
@@ -348,10 +397,37 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         deadline: args
             .duration_limit
             .map(|secs| Instant::now() + Duration::from_secs_f64(secs.max(0.0))),
-        in_flight: Semaphore::new(args.concurrency.unwrap_or(args.sessions).max(1)),
+        parallel: args.parallel,
+        in_flight: Semaphore::new(args.concurrency.unwrap_or(args.sessions * args.parallel).max(1)),
         lines: lines.clone(),
         unsettled: AtomicU64::new(0),
     });
+    let flood = args.flood.map(|rate| {
+        Flood::start(
+            client.clone(),
+            FloodPlan {
+                rate,
+                named: args.flood_named,
+                targets: targets.clone(),
+                collection: args.collection.clone(),
+                keys: keys.clone(),
+                run: run.clone(),
+                seed,
+            },
+        )
+    });
+    let outage = match (&args.pg_data, args.stop_primary_after, args.stop_primary_for) {
+        (Some(data), Some(after), Some(length)) => Some(Outage::start(
+            OutagePlan {
+                pg_ctl: args.pg_bin.join("pg_ctl"),
+                data: data.clone(),
+                after: Duration::from_secs_f64(after),
+                length: Duration::from_secs_f64(length),
+            },
+            epoch,
+        )),
+        _ => None,
+    };
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.sessions)
         .map(|i| tokio::spawn(run_session(shared.clone(), i)))
@@ -361,6 +437,14 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         cut_short |= task.await.unwrap_or(true);
     }
     let elapsed = started.elapsed();
+    if let Some(outage) = outage {
+        if let Some(record) = outage.stop().await {
+            lines.send(Line::Outage(record)).ok();
+        }
+    }
+    if let Some(flood) = flood {
+        lines.send(Line::Flood(flood.stop().await)).ok();
+    }
     let busy = match busy {
         Some(busy) => Some(busy.stop().await),
         None => None,
@@ -374,7 +458,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
 
     // The counter as a fresh session sees it, once every session is done.
     if let Some(counter) = &counter {
-        let mut last = SessionState::new(format!("{run}-final"));
+        let last = SessionState::new(format!("{run}-final"));
         let request = Request {
             op: OpKind::Read,
             collection: counter.collection.clone(),
@@ -383,7 +467,7 @@ async fn run_async(args: LoadgenArgs) -> anyhow::Result<()> {
         };
         let mut record = None;
         for target in &targets {
-            let read = client.send(target, &mut last, request.clone(), None).await;
+            let read = client.send(target, &last, request.clone(), None).await;
             let done = read.outcome() == Outcome::Ok;
             record = Some(read);
             if done {
@@ -421,13 +505,13 @@ async fn create_counter(
     retry: Retry,
     lines: &mpsc::Sender<Line>,
 ) -> OpRecord {
-    let mut session = SessionState::new(format!("{run}-setup"));
+    let session = SessionState::new(format!("{run}-setup"));
     let key = format!("{run}-setup");
     let mut last = None;
     for target in targets {
         let attempts = send_keyed(
             client,
-            &mut session,
+            &session,
             &request,
             &key,
             retry,
@@ -448,58 +532,13 @@ async fn create_counter(
     last.expect("there is a target")
 }
 
-/// What the attempts of one write came to.
-struct Attempts {
-    /// The last attempt's record.
-    last: OpRecord,
-    /// Some attempt left the outcome open, and none was acknowledged.
-    unsettled: bool,
-}
-
-/// Sends a write with `Idempotency-Key: key`, and again with the same key while its
-/// outcome is open (see [`OpRecord::unsettled`]) and retries remain, after a pause
-/// that doubles each time; attempt `n` goes to `target(n)`. Each attempt is handed to
-/// `record` as it ends; it returns false when the history is closed, which ends the
-/// retries.
-async fn send_keyed<'t>(
-    client: &Client,
-    session: &mut SessionState,
-    request: &Request,
-    key: &str,
-    retry: Retry,
-    mut target: impl FnMut(u32) -> &'t str,
-    mut record: impl FnMut(OpRecord) -> bool,
-) -> Attempts {
-    let mut open = false;
-    let mut delay = retry.delay;
-    let mut attempt = 0;
-    loop {
-        let mut sent = client
-            .send(target(attempt), session, request.clone(), Some(key))
-            .await;
-        sent.attempt = attempt;
-        let ok = sent.outcome() == Outcome::Ok;
-        open |= sent.unsettled();
-        let more = !ok && open && attempt < retry.max;
-        let kept = record(sent.clone());
-        if !more || !kept {
-            return Attempts {
-                last: sent,
-                unsettled: open && !ok,
-            };
-        }
-        tokio::time::sleep(delay).await;
-        delay = delay.saturating_mul(2);
-        attempt += 1;
-    }
-}
-
 /// Reads the run's keys and its counter as the origin holds them: straight from the
 /// primary when loadgen has a PostgreSQL connection, else through the first target
 /// that answers, in a fresh session.
 struct StateReader<'a> {
     client: &'a Client,
-    pg: Option<&'a tokio_postgres::Client>,
+    /// The primary, connected to afresh for each read (it may have restarted).
+    pg_url: Option<&'a str>,
     targets: &'a [String],
     collection: &'a str,
     field: &'a str,
@@ -523,9 +562,10 @@ impl StateReader<'_> {
             });
         }
         let mut records = Vec::new();
-        if let Some(pg) = self.pg {
+        if let Some(url) = self.pg_url {
+            let pg = postgres::connect(url).await?;
             for items in &items {
-                let mut read = postgres::read_items(pg, items, session, self.epoch).await?;
+                let mut read = postgres::read_items(&pg, items, session, self.epoch).await?;
                 // One index per record across collections.
                 for r in &mut read {
                     r.index += records.len() as u64;
@@ -534,7 +574,7 @@ impl StateReader<'_> {
             }
             return Ok(records);
         }
-        let mut fresh = SessionState::new(session.to_owned());
+        let fresh = SessionState::new(session.to_owned());
         for items in &items {
             for id in &items.ids {
                 let request = Request {
@@ -545,7 +585,7 @@ impl StateReader<'_> {
                 };
                 let mut record = None;
                 for target in self.targets {
-                    let read = self.client.send(target, &mut fresh, request.clone(), None).await;
+                    let read = self.client.send(target, &fresh, request.clone(), None).await;
                     let done = read.outcome() == Outcome::Ok;
                     record = Some(read);
                     if done {
@@ -557,61 +597,6 @@ impl StateReader<'_> {
         }
         Ok(records)
     }
-}
-
-/// One session: its operations one after another, each recorded — a write with its
-/// own `Idempotency-Key` and its retries. Returns whether the duration limit cut it
-/// short.
-async fn run_session(shared: Arc<Shared>, index: usize) -> bool {
-    let mut rng = Rng::new(shared.seed ^ (index as u64).wrapping_mul(0xA076_1D64_78BD_642F));
-    let mut session = SessionState::new(format!("{}-s{index}", shared.workload.run));
-    let targets = &shared.targets;
-    for seq in 0..shared.ops {
-        if shared.deadline.is_some_and(|d| Instant::now() >= d) {
-            return true;
-        }
-        let request = shared.workload.next(&mut rng, index, seq);
-        // Attempt n of this operation goes to the target after the one of attempt 0.
-        let first = match shared.pick {
-            Pick::RoundRobin => index + seq,
-            Pick::Random => rng.below(targets.len() as u64) as usize,
-        };
-        let target = |attempt: u32| targets[(first + attempt as usize) % targets.len()].as_str();
-        let _permit = shared
-            .in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        if !request.op.is_write() {
-            let record = shared.client.send(target(0), &mut session, request, None).await;
-            if shared.lines.send(Line::Op(record)).is_err() {
-                return true;
-            }
-            continue;
-        }
-        let key = format!("{}-{seq}", session.id);
-        let mut closed = false;
-        let attempts = send_keyed(
-            &shared.client,
-            &mut session,
-            &request,
-            &key,
-            shared.retry,
-            target,
-            |record| {
-                closed = shared.lines.send(Line::Op(record)).is_err();
-                !closed
-            },
-        )
-        .await;
-        if attempts.unsettled {
-            shared.unsettled.fetch_add(1, Ordering::Relaxed);
-        }
-        if closed {
-            return true;
-        }
-    }
-    false
 }
 
 /// Writes every line as it arrives and counts the operations.
@@ -647,6 +632,8 @@ struct Summary {
     counter_final: Option<String>,
     /// Where the final state was read, and how many items.
     state: Option<(String, usize)>,
+    flood: Option<FloodStats>,
+    outage: Option<OutageRecord>,
 }
 
 /// How one write's attempts went.
@@ -701,6 +688,8 @@ impl Summary {
                 let state = self.state.get_or_insert_with(|| (op.target.clone(), 0));
                 state.1 += 1;
             }
+            Line::Flood(stats) => self.flood = Some(stats.clone()),
+            Line::Outage(record) => self.outage = Some(record.clone()),
             Line::Setup(_) | Line::OriginBefore(_) => {}
         }
     }
@@ -748,14 +737,21 @@ impl Summary {
              {first_open}, settled by a retry: {resolved}, still unknown: {still_open}; replayed answers: {}",
             self.unknown, self.replayed
         );
+        if let Some(flood) = &self.flood {
+            eprintln!("  {}", flood_summary(flood));
+        }
+        if let Some(outage) = &self.outage {
+            eprintln!("  {}", outage_summary(outage));
+        }
         if let Some(busy) = busy {
             eprintln!(
-                "  busy rows: {} episodes held, {} missed{}",
+                "  busy rows: {} episodes held, {} missed, {} connections opened again{}",
                 busy.episodes,
                 busy.missed,
+                busy.reconnects,
                 busy.error
                     .as_deref()
-                    .map(|e| format!("; stopped early: {e}"))
+                    .map(|e| format!("; without a connection at the end: {e}"))
                     .unwrap_or_default()
             );
         }
@@ -766,6 +762,39 @@ impl Summary {
             eprintln!("  final state: {n} items read from {source}");
         }
     }
+}
+
+/// One line on what the flood sent and got back.
+pub fn flood_summary(flood: &FloodStats) -> String {
+    let statuses: Vec<String> = flood.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+    format!(
+        "anonymous flood: {} GETs in {:.1} s ({:.0}/s of {}/s asked), {} with fresh session ids, {} ticks \
+         skipped; {}",
+        flood.sent,
+        flood.secs,
+        flood.sent as f64 / flood.secs.max(1e-9),
+        flood.rate,
+        flood.named,
+        flood.skipped,
+        statuses.join(", ")
+    )
+}
+
+/// One line on when the primary was down.
+pub fn outage_summary(outage: &OutageRecord) -> String {
+    let s = |ns: u64| ns as f64 / 1e9;
+    format!(
+        "the primary stopped: pg_ctl stop {:.2}–{:.2} s, start {:.2}–{:.2} s into the run{}",
+        s(outage.stop_ns),
+        s(outage.stopped_ns),
+        s(outage.start_ns),
+        s(outage.started_ns),
+        outage
+            .error
+            .as_deref()
+            .map(|e| format!("; {e}"))
+            .unwrap_or_default()
+    )
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
