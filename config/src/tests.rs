@@ -493,6 +493,87 @@ fn seed_values_are_loaded_in_the_form_the_origins_store() {
     );
 }
 
+// ------------------------------------------------------------------ cluster secrets
+
+const CLUSTER_SECRET: &str = "a-cluster-secret-of-at-least-32-bytes-0123";
+
+#[test]
+fn a_node_with_peers_needs_a_cluster_secret_and_a_solo_node_none() {
+    base().validate().expect("a solo node needs no cluster secret");
+    let peers = "[cluster.peers]\nedge-2 = \"10.0.0.2:8080\"\n";
+    let error = with_overrides(peers).unwrap_err().to_string();
+    assert!(error.contains("`cluster.secrets`"), "{error}");
+    assert!(error.contains("EDGECACHE__CLUSTER__SECRETS"), "says how: {error}");
+
+    let one = with_overrides(&format!(
+        "{peers}[[cluster.secrets]]\nid = \"c1\"\nsecret = \"{CLUSTER_SECRET}\"\n"
+    ))
+    .unwrap();
+    let active = one.cluster.active().expect("the only secret is the active one");
+    assert_eq!(active.id, "c1");
+    assert_eq!(active.secret.expose_secret(), CLUSTER_SECRET);
+
+    // Rotation: two accepted, the named one active.
+    let two = with_env(&[
+        (
+            "EDGECACHE__CLUSTER__SECRETS",
+            &format!(r#"[{{id="c1",secret="{CLUSTER_SECRET}"}},{{id="c2",secret="{CLUSTER_SECRET}-new"}}]"#),
+        ),
+        ("EDGECACHE__CLUSTER__ACTIVE_SECRET", "c2"),
+        ("EDGECACHE__CLUSTER__PEERS__EDGE_2", "10.0.0.2:8080"),
+    ])
+    .unwrap();
+    assert_eq!(two.cluster.secrets.len(), 2);
+    assert_eq!(two.cluster.active().unwrap().id, "c2");
+}
+
+#[test]
+fn cluster_secrets_are_checked_like_token_keys() {
+    let secrets = |list: &str, active: &str| {
+        with_overrides(&format!(
+            "[cluster]\nsecrets = {list}\n{active}\n[cluster.peers]\nedge-2 = \"10.0.0.2:8080\"\n"
+        ))
+    };
+    let s = CLUSTER_SECRET;
+    let cases = [
+        (
+            r#"[{id = "c1", secret = "short"}]"#.to_owned(),
+            "",
+            "cluster.secrets[0].secret",
+        ),
+        (
+            format!(r#"[{{id = "c1", secret = "{s}"}}, {{id = "c1", secret = "{s}"}}]"#),
+            r#"active_secret = "c1""#,
+            "cluster.secrets[1].id",
+        ),
+        (
+            format!(r#"[{{id = "c 1", secret = "{s}"}}]"#),
+            "",
+            "cluster.secrets[0].id",
+        ),
+        (
+            format!(r#"[{{id = "c1", secret = "{s}"}}]"#),
+            r#"active_secret = "c9""#,
+            "cluster.active_secret",
+        ),
+        (
+            format!(r#"[{{id = "c1", secret = "{s}"}}, {{id = "c2", secret = "{s}"}}]"#),
+            "",
+            "cluster.active_secret",
+        ),
+    ];
+    for (list, active, key) in cases {
+        assert_eq!(invalid_key(secrets(&list, active)), key, "{list} {active}");
+    }
+    let error = secrets(r#"[{id = "c1", secret = "short-and-secret"}]"#, "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !error.contains("short-and-secret"),
+        "never shows a secret: {error}"
+    );
+}
+
 // ------------------------------------------------------------------ effective TOML
 
 #[test]
@@ -502,6 +583,8 @@ fn effective_toml_redacts_secrets_and_round_trips() {
         r#"
         session.active_key = "k2"
         session.keys = [{{ id = "k2", secret = "{secret}" }}, {{ id = "dev", secret = "{SECRET}" }}]
+        cluster.secrets = [{{ id = "c1", secret = "{SECRET}" }}]
+        cluster.peers.edge-2 = "10.0.0.2:8080"
         "#
     ))
     .unwrap();
@@ -515,6 +598,11 @@ fn effective_toml_redacts_secrets_and_round_trips() {
     let back: toml::Table = text.parse().expect("effective_toml is valid TOML");
     assert_eq!(back["server"]["listen"].as_str(), Some("127.0.0.1:8080"));
     assert_eq!(back["session"]["keys"][0]["id"].as_str(), Some("k2"));
+    assert_eq!(back["cluster"]["secrets"][0]["id"].as_str(), Some("c1"));
+    assert_eq!(
+        back["cluster"]["secrets"][0]["secret"].as_str(),
+        Some("[redacted]")
+    );
     let restored = back.to_string().replace("[redacted]", SECRET);
     let reloaded = with_overrides(&restored).unwrap();
     assert_eq!(effective_toml(&reloaded), text);

@@ -40,7 +40,8 @@ pub struct SettingWarning {
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
-/// Shortest token signing secret, in bytes (HMAC-SHA256 wants at least its output size).
+/// Shortest token key or cluster secret, in bytes (HMAC-SHA256 wants at least its
+/// output size).
 pub(crate) const MIN_SECRET_BYTES: usize = 32;
 /// Most per-item watermarks in a token: 24 keep an encoded token under 1 KiB.
 pub(crate) const MAX_TOKEN_ITEMS: usize = 24;
@@ -176,7 +177,65 @@ fn cluster(settings: &Settings) -> Check {
     positive("cluster.health_interval", c.health_interval)?;
     positive("cluster.health_timeout", c.health_timeout)?;
     in_range("cluster.failure_threshold", c.failure_threshold, 1..=100)?;
-    positive("cluster.forward_timeout", c.forward_timeout)
+    positive("cluster.forward_timeout", c.forward_timeout)?;
+
+    if c.secrets.is_empty() {
+        if c.peers.is_empty() {
+            return Ok(());
+        }
+        return Err(invalid(
+            "cluster.secrets",
+            format!(
+                "a node with peers needs a cluster secret to authenticate its calls to them and \
+                 theirs to it: set EDGECACHE__CLUSTER__SECRETS='[{{id=\"c1\",secret=\"…\"}}]' \
+                 (at least {MIN_SECRET_BYTES} random bytes, e.g. `openssl rand -hex 32`; the same \
+                 on every node of the group), or [[cluster.secrets]] in a --config file"
+            ),
+        ));
+    }
+    keyed_secrets(
+        "cluster.secrets",
+        c.secrets
+            .iter()
+            .map(|s| (s.id.as_str(), s.secret.expose_secret())),
+    )?;
+    match &c.active_secret {
+        Some(id) if !c.secrets.iter().any(|s| s.id == *id) => Err(invalid(
+            "cluster.active_secret",
+            format!(
+                "`{id}` names no secret in `cluster.secrets` (known: {})",
+                c.secrets
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        None if c.secrets.len() > 1 => Err(invalid(
+            "cluster.active_secret",
+            "must name the secret this node signs with when `cluster.secrets` holds several",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A list of `(id, secret)` pairs under `key`: ids of [`KEY_ID`], unique, secrets of at
+/// least [`MIN_SECRET_BYTES`]. The message never shows a secret.
+fn keyed_secrets<'a>(key: &str, secrets: impl Iterator<Item = (&'a str, &'a str)>) -> Check {
+    let mut ids = HashSet::new();
+    for (i, (id, secret)) in secrets.enumerate() {
+        name(&format!("{key}[{i}].id"), id, &KEY_ID)?;
+        if !ids.insert(id) {
+            return Err(invalid(format!("{key}[{i}].id"), format!("duplicate id `{id}`")));
+        }
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(invalid(
+                format!("{key}[{i}].secret"),
+                format!("must be at least {MIN_SECRET_BYTES} bytes, is {}", secret.len()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn cache(c: &CacheSettings) -> Check {
@@ -196,24 +255,11 @@ fn session(s: &SessionSettings) -> Check {
     if s.keys.is_empty() {
         return Err(invalid("session.keys", "at least one token key is required"));
     }
-    let mut ids = HashSet::new();
-    for (i, key) in s.keys.iter().enumerate() {
-        name(&format!("session.keys[{i}].id"), &key.id, &KEY_ID)?;
-        if !ids.insert(key.id.as_str()) {
-            return Err(invalid(
-                format!("session.keys[{i}].id"),
-                format!("duplicate key id `{}`", key.id),
-            ));
-        }
-        let secret_len = key.secret.expose_secret().len();
-        if secret_len < MIN_SECRET_BYTES {
-            return Err(invalid(
-                format!("session.keys[{i}].secret"),
-                format!("must be at least {MIN_SECRET_BYTES} bytes, is {secret_len}"),
-            ));
-        }
-    }
-    if !ids.contains(s.active_key.as_str()) {
+    keyed_secrets(
+        "session.keys",
+        s.keys.iter().map(|k| (k.id.as_str(), k.secret.expose_secret())),
+    )?;
+    if !s.keys.iter().any(|k| k.id == s.active_key) {
         let known = s.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>();
         return Err(invalid(
             "session.active_key",

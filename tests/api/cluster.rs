@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{eventually, settings, spawn_with, Client, Store, TestApp, LONG_TTL};
+use crate::helpers::{eventually, settings, spawn_with, Client, Store, TestApp, CLUSTER_SECRETS, LONG_TTL};
 
 /// Three nodes that know each other, on ports chosen before they start.
 fn group(store: &Store, extra: &str) -> Vec<TestApp> {
@@ -34,8 +34,8 @@ fn group_checking_every(store: &Store, extra: &str, interval: &str, timeout: &st
                 &store.path,
                 &format!(
                     "{LONG_TTL}\n{extra}\n[node]\nid = \"n{i}\"\nregion = \"test\"\n\
-                     [cluster]\nhealth_interval = \"{interval}\"\nhealth_timeout = \"{timeout}\"\nforward_timeout = \"2s\"\n\
-                     [cluster.peers]\n{}\n",
+                     [cluster]\n{CLUSTER_SECRETS}\nhealth_interval = \"{interval}\"\nhealth_timeout = \"{timeout}\"\n\
+                     forward_timeout = \"2s\"\n[cluster.peers]\n{}\n",
                     peers.join("\n")
                 ),
             );

@@ -8,7 +8,9 @@ use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{settings, spawn_app, spawn_with, unique, Client, Reply, Store, TestApp};
+use crate::helpers::{
+    settings, spawn_app, spawn_with, unique, Client, Reply, Store, TestApp, CLUSTER_SECRETS,
+};
 use crate::pg;
 
 const SHOP: &str = r#"
@@ -603,7 +605,7 @@ async fn a_write_forwarded_to_an_owner_that_never_answers_is_applied_here_only_w
     let store = Store::new();
     let peer = hanging_peer().await;
     let config = format!(
-        "{SHOP}\n[node]\nid = \"n0\"\nregion = \"test\"\n[cluster]\nhealth_interval = \"50ms\"\n\
+        "{SHOP}\n[node]\nid = \"n0\"\nregion = \"test\"\n[cluster]\n{CLUSTER_SECRETS}\nhealth_interval = \"50ms\"\n\
          health_timeout = \"200ms\"\nforward_timeout = \"500ms\"\n[cluster.peers]\nn1 = \"127.0.0.1:{peer}\"\n"
     );
     let app = spawn_app(&store, &config);

@@ -238,6 +238,10 @@ impl Client {
     }
 }
 
+/// The cluster secret of the test groups (under `[cluster]`).
+pub const CLUSTER_SECRETS: &str =
+    r#"secrets = [{ id = "c1", secret = "the-test-cluster-secret-0123456789abcdef" }]"#;
+
 /// Collections with short windows, so time-based behaviour shows in milliseconds.
 pub const SHORT_WINDOWS: &str = r#"
 [collections.notes]

@@ -126,6 +126,7 @@ fn run(dir: &Path, name: &str, flags: &str, through_nginx: bool) -> (i32, String
                  pool_size = 8\nreplica_wait = \"1s\"\nreplica_max_lag = \"3s\"\nhealth_interval = \"50ms\"\n\
                  change_feed = {feed}\n\
                  [cluster]\nhealth_interval = \"200ms\"\nhealth_timeout = \"300ms\"\n\
+                 secrets = [{{ id = \"c1\", secret = \"the-test-cluster-secret-0123456789abcdef\" }}]\n\
                  [cluster.peers]\n{peers}\n{flags}\n",
                 port = ports[i],
                 feed = through_nginx
