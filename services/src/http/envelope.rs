@@ -1,5 +1,6 @@
 //! What every request goes through, in one middleware: its id and span, session
-//! affinity (forwarding to the session's owner), the node's response headers, the
+//! affinity (forwarding to the session's owner; refusing a claim to be forwarded
+//! without proof), the node's response headers, the
 //! HTTP metrics and the log line of a failed request.
 //!
 //! One layer instead of five (a tracing logger, request-id, default-headers, metrics
@@ -125,12 +126,17 @@ where
         let span = telemetry::request_span(request.method(), request.path(), &id);
         let method = request.method().clone();
         let handled = async move {
-            let result = match forward::owner(&request, &shared.node, &shared.cluster) {
-                None => service.call(request).await,
-                Some(owner) => {
-                    // The owner logs under the same id.
-                    request.headers_mut().insert(REQUEST_ID, id.clone());
-                    forward::forward(request, owner, &shared.node, &shared.cluster, service.as_ref()).await
+            let result = if let Some(refusal) = forward::refuse_unproven(&request, &shared.cluster) {
+                Ok(request.into_response(refusal))
+            } else {
+                match forward::owner(&request, &shared.node, &shared.cluster) {
+                    None => service.call(request).await,
+                    Some(owner) => {
+                        // The owner logs under the same id.
+                        request.headers_mut().insert(REQUEST_ID, id.clone());
+                        forward::forward(request, owner, &shared.node, &shared.cluster, service.as_ref())
+                            .await
+                    }
                 }
             };
             let (route, status) = match &result {

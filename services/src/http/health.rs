@@ -14,17 +14,6 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// `POST /cluster/leave {"node": id}`: a peer says it is stopping.
-pub async fn peer_left(cluster: web::Data<Arc<Cluster>>, body: web::Json<Leaving>) -> HttpResponse {
-    cluster.left(&body.node);
-    HttpResponse::NoContent().finish()
-}
-
-#[derive(serde::Deserialize)]
-pub struct Leaving {
-    node: String,
-}
-
 pub async fn readyz(
     node: web::Data<Node>,
     cluster: web::Data<Arc<Cluster>>,
