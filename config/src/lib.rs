@@ -17,4 +17,4 @@ pub use settings::{
     IdempotencySettings, NodeSettings, OriginSettings, PostgresSettings, ServerSettings, SessionSettings,
     Settings, TokenKey,
 };
-pub use validate::{InvalidSetting, SettingWarning};
+pub use validate::{InvalidSetting, SettingWarning, DEVELOPMENT_ENVIRONMENTS};

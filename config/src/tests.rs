@@ -12,6 +12,10 @@ use crate::{effective_toml, load, ConfigError, Freshness, OriginSettings, Settin
 
 const SECRET: &str = "edgecache-development-secret-change-me-0123456789";
 
+/// A token key of a deployment's own (outside `local` and `test` the development key
+/// is refused).
+const OWN_KEY: &str = "[session]\nactive_key = \"k1\"\nkeys = [{ id = \"k1\", secret = \"a-key-of-our-own-of-at-least-32-bytes\" }]\n";
+
 /// Sources isolated from the working directory and the process environment.
 fn isolated(overrides: &str) -> Sources {
     Sources {
@@ -143,7 +147,9 @@ fn environment_file_then_config_file_then_overrides() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("staging.toml"),
-        "[server]\nlisten = \"127.0.0.1:7001\"\nworkers = 3\n[node]\nregion = \"eu-west\"\n",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:7001\"\nworkers = 3\n[node]\nregion = \"eu-west\"\n{OWN_KEY}"
+        ),
     )
     .unwrap();
     let file = dir.path().join("node.toml");
@@ -169,7 +175,7 @@ fn environment_file_then_config_file_then_overrides() {
     let other = Sources {
         environment: Some("production".into()),
         file: None,
-        overrides: None,
+        overrides: Some(OWN_KEY.into()),
         ..sources.clone()
     };
     assert_eq!(load(&other).unwrap().server.listen.port(), 8080);
@@ -491,6 +497,100 @@ fn seed_values_are_loaded_in_the_form_the_origins_store() {
         r#"{"list":[1,2.5],"zero":0.0}"#,
         "jsonb has no negative zero"
     );
+}
+
+// ------------------------------------------------------------------ environments
+
+/// Loads in `environment` with `vars` as the whole process environment.
+fn in_environment(environment: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let sources = Sources {
+        environment: Some(environment.into()),
+        skip_env: false,
+        overrides: None,
+        ..isolated("")
+    };
+    let env = vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
+    load_with_env(&sources, env)
+}
+
+#[test]
+fn the_development_key_is_refused_outside_local_and_test() {
+    for environment in ["local", "test"] {
+        in_environment(environment, &[]).expect("the development key is fine here");
+    }
+    for environment in ["production", "staging"] {
+        let error = in_environment(environment, &[]).unwrap_err().to_string();
+        assert!(error.contains("`session.keys`"), "{error}");
+        assert!(error.contains(environment), "{error}");
+        assert!(error.contains("EDGECACHE__SESSION__KEYS="), "says how: {error}");
+        assert!(error.contains("--config"), "{error}");
+        assert!(!error.contains(SECRET), "never shows a secret: {error}");
+    }
+    // Under another id, or beside a key of one's own: still the development key.
+    let own = "a-production-key-of-at-least-32-bytes-0123";
+    let renamed = in_environment(
+        "production",
+        &[
+            (
+                "EDGECACHE__SESSION__KEYS",
+                &format!(r#"[{{id="k1",secret="{own}"}},{{id="old",secret="{SECRET}"}}]"#),
+            ),
+            ("EDGECACHE__SESSION__ACTIVE_KEY", "k1"),
+        ],
+    );
+    assert_eq!(invalid_key(renamed), "session.keys");
+
+    let settings = in_environment(
+        "production",
+        &[
+            (
+                "EDGECACHE__SESSION__KEYS",
+                &format!(r#"[{{id="k1",secret="{own}"}}]"#),
+            ),
+            ("EDGECACHE__SESSION__ACTIVE_KEY", "k1"),
+        ],
+    )
+    .expect("a key of one's own");
+    assert_eq!(settings.session.active_key, "k1");
+}
+
+#[test]
+fn the_sample_group_loads_in_production_with_its_secrets_from_the_environment() {
+    let key = r#"[{id="k1",secret="a-production-key-of-at-least-32-bytes-0123"}]"#;
+    let cluster = r#"[{id="c1",secret="a-cluster-secret-of-at-least-32-bytes-0123"}]"#;
+    for i in 1..=3 {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/node-{i}.toml"));
+        let load = |vars: &[(&str, &str)]| {
+            let sources = Sources {
+                file: Some(file.clone()),
+                environment: Some("production".into()),
+                skip_env: false,
+                overrides: None,
+                ..isolated("")
+            };
+            let env = vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
+            load_with_env(&sources, env)
+        };
+        let settings = load(&[
+            ("EDGECACHE__SESSION__KEYS", key),
+            ("EDGECACHE__SESSION__ACTIVE_KEY", "k1"),
+            ("EDGECACHE__CLUSTER__SECRETS", cluster),
+        ])
+        .unwrap_or_else(|e| panic!("deploy/node-{i}.toml: {e}"));
+        assert_eq!(settings.cluster.peers.len(), 2);
+        assert_eq!(settings.cluster.active().unwrap().id, "c1");
+        assert_eq!(
+            invalid_key(load(&[
+                ("EDGECACHE__SESSION__KEYS", key),
+                ("EDGECACHE__SESSION__ACTIVE_KEY", "k1")
+            ])),
+            "cluster.secrets"
+        );
+        assert_eq!(
+            invalid_key(load(&[("EDGECACHE__CLUSTER__SECRETS", cluster)])),
+            "session.keys"
+        );
+    }
 }
 
 // ------------------------------------------------------------------ cluster secrets

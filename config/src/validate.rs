@@ -65,6 +65,56 @@ impl Settings {
     }
 }
 
+/// The environments (`EDGECACHE_ENVIRONMENT`) in which the compiled-in development
+/// token key is accepted.
+pub const DEVELOPMENT_ENVIRONMENTS: [&str; 2] = ["local", "test"];
+
+impl Settings {
+    /// What depends on the environment the node runs in: outside
+    /// [`DEVELOPMENT_ENVIRONMENTS`] no token key may be the compiled-in development
+    /// key (whatever its id), whose secret anyone can read in the source. (Secrets
+    /// shorter than 32 bytes are refused in every environment.)
+    pub fn validate_for(&self, environment: &str) -> Result<(), InvalidSetting> {
+        if DEVELOPMENT_ENVIRONMENTS.contains(&environment) {
+            return Ok(());
+        }
+        let built_in = development_secrets();
+        let Some(key) = self
+            .session
+            .keys
+            .iter()
+            .find(|k| built_in.iter().any(|s| s == k.secret.expose_secret()))
+        else {
+            return Ok(());
+        };
+        Err(invalid(
+            "session.keys",
+            format!(
+                "key `{}` is the compiled-in development key, which only environments {} accept, \
+                 not `{environment}` (EDGECACHE_ENVIRONMENT): set a key of your own, at least \
+                 {MIN_SECRET_BYTES} random bytes, e.g. \
+                 EDGECACHE__SESSION__KEYS='[{{id=\"k1\",secret=\"<openssl rand -hex 32>\"}}]' with \
+                 EDGECACHE__SESSION__ACTIVE_KEY=k1, or [[session.keys]] and session.active_key in a \
+                 --config file",
+                key.id,
+                DEVELOPMENT_ENVIRONMENTS.map(|e| format!("`{e}`")).join(" and "),
+            ),
+        ))
+    }
+}
+
+/// The secrets of the token keys in the compiled-in base configuration.
+fn development_secrets() -> Vec<String> {
+    let base: toml::Table = crate::BASE.parse().expect("the compiled-in base is valid TOML");
+    base.get("session")
+        .and_then(|s| s.get("keys"))
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|key| key.get("secret")?.as_str().map(str::to_owned))
+        .collect()
+}
+
 impl Settings {
     /// Settings that work but probably not as meant, for the operator to look at.
     ///
