@@ -53,6 +53,15 @@ pub struct ServerSettings {
     /// How long a graceful shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How often a background task pings the origin for `/readyz`, which answers from
+    /// the last ping (never querying the origin itself); a ping is bounded by this
+    /// interval (at most 5 s).
+    #[serde(default = "default_readiness_interval", with = "humantime_serde")]
+    pub readiness_interval: Duration,
+}
+
+fn default_readiness_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// Who this node is, for flags (Unleash context) and, later, the cluster.

@@ -326,6 +326,10 @@ fn invalid_settings_name_their_key() {
         ("server.max_body_bytes = 10", "server.max_body_bytes"),
         ("server.max_body_bytes = 16777217", "server.max_body_bytes"),
         (r#"server.shutdown_timeout = "0s""#, "server.shutdown_timeout"),
+        (
+            r#"server.readiness_interval = "1ms""#,
+            "server.readiness_interval",
+        ),
         (r#"node.id = """#, "node.id"),
         (r#"node.region = "eu west""#, "node.region"),
         (&format!("node.id = \"{}\"", "a".repeat(65)), "node.id"),

@@ -164,7 +164,17 @@ impl Settings {
 
 fn server(s: &ServerSettings) -> Check {
     in_range("server.max_body_bytes", s.max_body_bytes, 64..=16 * MIB)?;
-    positive("server.shutdown_timeout", s.shutdown_timeout)
+    positive("server.shutdown_timeout", s.shutdown_timeout)?;
+    at_least(
+        "server.readiness_interval",
+        s.readiness_interval,
+        Duration::from_millis(10),
+    )?;
+    at_most(
+        "server.readiness_interval",
+        s.readiness_interval,
+        Duration::from_secs(3600),
+    )
 }
 
 fn node(n: &NodeSettings) -> Check {

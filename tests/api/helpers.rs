@@ -69,7 +69,17 @@ pub fn spawn_app(store: &Store, extra: &str) -> TestApp {
 
 pub fn spawn_with(settings: &Settings) -> TestApp {
     init_tracing();
-    let app = Application::build(settings).expect("the node starts");
+    serve(Application::build(settings).expect("the node starts"))
+}
+
+/// Starts a node with `settings` over `origin` (strategies from `flags.defaults`).
+pub fn spawn_over(settings: &Settings, origin: edgecache_services::origin::SharedOrigin) -> TestApp {
+    init_tracing();
+    let flags = Arc::new(edgecache_flags::ConfigFlags::new(&settings.flags.defaults));
+    serve(Application::build_with_origin(settings, flags, origin).expect("the node starts"))
+}
+
+fn serve(app: Application) -> TestApp {
     let address = format!("http://127.0.0.1:{}", app.port());
     let node = app.node();
     let cluster = app.cluster();
