@@ -355,7 +355,7 @@ pub struct FlagSettings {
     pub unleash: Option<edgecache_flags::UnleashSettings>,
 }
 
-/// The admin API (`GET /admin/experiments`).
+/// The operator routes: the admin API (`GET /admin/experiments`) and `/metrics`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
@@ -366,4 +366,9 @@ pub struct AdminSettings {
     /// `EDGECACHE__ADMIN__TOKEN` than in a file.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
     pub token: Option<SecretString>,
+    /// The bearer token `GET /metrics` must carry (same rules as `token`; a scraper
+    /// gets its own, not the admin token). Absent, `/metrics` is open to whoever
+    /// reaches the node's port. Better set by `EDGECACHE__ADMIN__METRICS_TOKEN`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
+    pub metrics_token: Option<SecretString>,
 }

@@ -364,6 +364,11 @@ fn invalid_settings_name_their_key() {
             r#"session.keys = [{id = "dev", secret = "short"}]"#,
             "session.keys[0].secret",
         ),
+        (r#"admin.metrics_token = "too-short""#, "admin.metrics_token"),
+        (
+            r#"admin.metrics_token = "a metrics token with spaces, 40 bytes long""#,
+            "admin.metrics_token",
+        ),
         ("api.max_id_bytes = 0", "api.max_id_bytes"),
         ("api.max_id_bytes = 513", "api.max_id_bytes"),
         ("api.max_batch = 1001", "api.max_batch"),

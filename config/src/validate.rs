@@ -351,16 +351,28 @@ fn api(a: &ApiSettings) -> Check {
     in_range("api.max_user_id_bytes", a.max_user_id_bytes, 1..=4 * KIB)
 }
 
-/// The admin token, when set, must be long enough not to be guessed and fit an
-/// `Authorization: Bearer` header (RFC 6750's `b64token`). The message never shows it.
+/// The admin and metrics tokens, when set, must be long enough not to be guessed and
+/// fit an `Authorization: Bearer` header (RFC 6750's `b64token`). The message never
+/// shows them.
 fn admin(a: &crate::settings::AdminSettings) -> Check {
-    let Some(token) = &a.token else { return Ok(()) };
+    if let Some(token) = &a.token {
+        bearer_token("admin.token", token, "the admin API")?;
+    }
+    if let Some(token) = &a.metrics_token {
+        bearer_token("admin.metrics_token", token, "the token of /metrics")?;
+    }
+    Ok(())
+}
+
+fn bearer_token(key: &str, token: &secrecy::SecretString, what: &str) -> Check {
     let token = token.expose_secret();
     let len = token.len();
     if len < MIN_SECRET_BYTES {
         return Err(invalid(
-            "admin.token",
-            format!("must be at least {MIN_SECRET_BYTES} characters, is {len} (remove the key to disable the admin API)"),
+            key,
+            format!(
+                "must be at least {MIN_SECRET_BYTES} characters, is {len} (remove the key to disable {what})"
+            ),
         ));
     }
     let body = token.trim_end_matches('=');
@@ -370,7 +382,7 @@ fn admin(a: &crate::settings::AdminSettings) -> Check {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
     if !b64token {
         return Err(invalid(
-            "admin.token",
+            key,
             "may hold only A-Z, a-z, 0-9, '-', '.', '_', '~', '+' and '/', optionally followed by '='",
         ));
     }

@@ -330,3 +330,62 @@ async fn a_node_that_announces_it_is_leaving_is_out_of_rotation_at_once() {
         assert!(view.iter().filter(|(id, _)| *id != "n0").all(|(_, up)| *up));
     }
 }
+
+#[actix_web::test]
+async fn the_shipped_nginx_keeps_the_peer_admin_and_metrics_routes_private() {
+    const ADMIN: &str = "admin-token-for-tests-0123456789abcdef";
+    let store = Store::new();
+    let nodes = group_checking_every(&store, &format!("[admin]\ntoken = \"{ADMIN}\"\n"), "1h", "5s");
+    let lb = crate::nginx::start(&nodes.iter().collect::<Vec<_>>());
+    let http = reqwest::Client::new();
+    let private = [
+        (Method::POST, "/cluster/leave"),
+        (Method::GET, "/cluster/health"),
+        (Method::GET, "/admin/experiments"),
+        (Method::GET, "/admin"),
+        (Method::GET, "//admin/experiments"),
+        (Method::GET, "/admin%2Fexperiments"),
+        (Method::GET, "/metrics"),
+    ];
+    for (method, path) in private {
+        // Even with every credential a node would want.
+        let request = http
+            .request(method.clone(), format!("{}{path}", lb.address))
+            .bearer_auth(ADMIN)
+            .header("x-edgecache-proof", proof("n0", method.as_str(), path))
+            .json(&json!({"node": "n0"}));
+        let reply = answer(request).await;
+        assert_eq!(reply.status, 404, "{method} {path}: {}", reply.body);
+        assert_eq!(reply.problem(), "no-route", "{method} {path}");
+    }
+    for node in &nodes {
+        assert!(node.cluster.view().iter().all(|(_, up)| *up), "nobody left");
+    }
+    for path in ["/healthz", "/readyz"] {
+        let reply = answer(http.get(format!("{}{path}", lb.address))).await;
+        assert_eq!(reply.status, 200, "{path} stays public");
+    }
+    // The nodes serve those routes on their own addresses.
+    let direct = answer(
+        nodes[0]
+            .request(Method::GET, "/admin/experiments")
+            .bearer_auth(ADMIN),
+    )
+    .await;
+    assert_eq!(direct.status, 200);
+
+    // A client's claim to be forwarded never reaches a node through nginx: the
+    // request is an ordinary one.
+    let mut user = Client::with_id("through-nginx");
+    let wrote = user
+        .send_with(
+            http.put(format!("{}/v1/articles/lb", lb.address)),
+            Some(("application/json", json!({"title": "t"}))),
+            &[
+                ("x-edgecache-forwarded", "n0"),
+                ("x-edgecache-proof", &proof("n0", "PUT", "/v1/articles/lb")),
+            ],
+        )
+        .await;
+    assert_eq!(wrote.status, 201, "{}", wrote.body);
+}

@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod batch;
+mod bearer;
 mod cluster;
 pub mod envelope;
 mod error;
