@@ -46,13 +46,8 @@ pub fn target(request: &ServiceRequest) -> &str {
 /// a request that does not say so, or proves it.
 pub fn refuse_unproven(request: &ServiceRequest, cluster: &Cluster) -> Option<HttpResponse> {
     let claimed = request.headers().get(&FORWARDED)?;
-    let header = |name| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v: &header::HeaderValue| v.to_str().ok())
-    };
-    let refusal = match cluster.verify(header(&PROOF), request.method().as_str(), target(request)) {
+    let proof = request.headers().get(&PROOF).and_then(|v| v.to_str().ok());
+    let refusal = match cluster.verify(proof, request.method().as_str(), target(request)) {
         Ok(peer) if claimed.as_bytes() == peer.id.as_bytes() => return None,
         Ok(peer) => ProofError::UnknownPeer(format!(
             "{} (the proof is {}'s)",
