@@ -25,6 +25,10 @@ KILL_AFTER="${KILL_AFTER:-10}"
 out=target/cluster-run
 rm -rf "$out" && mkdir -p "$out"
 admin_token="cluster-run-admin-token-0123456789abcdef"
+# The group's cluster secret and a token key, from the environment as in production.
+EDGECACHE__CLUSTER__SECRETS="[{id=\"c1\",secret=\"$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')\"}]"
+EDGECACHE__SESSION__KEYS="[{id=\"k1\",secret=\"$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')\"}]"
+export EDGECACHE__CLUSTER__SECRETS EDGECACHE__SESSION__KEYS EDGECACHE__SESSION__ACTIVE_KEY=k1
 
 if [ ! -x /usr/sbin/nginx ]; then
     timeout 120 apt-get update -qq

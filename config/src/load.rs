@@ -88,12 +88,14 @@ pub(crate) fn load_with_env(
     env: impl IntoIterator<Item = (OsString, OsString)>,
 ) -> Result<Settings, ConfigError> {
     let env: Vec<(OsString, OsString)> = env.into_iter().collect();
+    let environment = environment(sources, &env)?;
     let mut tree = Map::new();
-    for layer in layers(sources, &env)? {
+    for layer in layers(sources, &environment, &env)? {
         merge(&mut tree, canonical_strategy_keys(layer)?, &mut Vec::new());
     }
     let mut settings: Settings = Value::new(None, ValueKind::Table(tree)).try_deserialize()?;
     settings.validate()?;
+    settings.validate_for(&environment)?;
     canonical_seed(&mut settings);
     Ok(settings)
 }
@@ -123,8 +125,9 @@ pub fn effective_toml(settings: &Settings) -> String {
         .unwrap_or_else(|error| format!("# the effective configuration cannot be shown as TOML: {error}\n"))
 }
 
-/// Every layer, lowest first, each as a tree of tables.
-fn layers(sources: &Sources, env: &[(OsString, OsString)]) -> Result<Vec<Map<String, Value>>, ConfigError> {
+/// The environment's name: `sources.environment`, else `EDGECACHE_ENVIRONMENT`, else
+/// `local`.
+fn environment(sources: &Sources, env: &[(OsString, OsString)]) -> Result<String, ConfigError> {
     let environment = match &sources.environment {
         Some(name) => name.clone(),
         None => env_var(env, "EDGECACHE_ENVIRONMENT").unwrap_or_else(|| "local".to_owned()),
@@ -139,6 +142,15 @@ fn layers(sources: &Sources, env: &[(OsString, OsString)]) -> Result<Vec<Map<Str
             message: format!("`{environment}` is not an environment name (letters, digits, `_`, `-`)"),
         });
     }
+    Ok(environment)
+}
+
+/// Every layer, lowest first, each as a tree of tables.
+fn layers(
+    sources: &Sources,
+    environment: &str,
+    env: &[(OsString, OsString)],
+) -> Result<Vec<Map<String, Value>>, ConfigError> {
     let dir = sources.dir.clone().unwrap_or_else(|| PathBuf::from("config"));
     let env_file = dir.join(format!("{environment}.toml"));
 

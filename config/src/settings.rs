@@ -53,6 +53,15 @@ pub struct ServerSettings {
     /// How long a graceful shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How often a background task pings the origin for `/readyz`, which answers from
+    /// the last ping (never querying the origin itself); a ping is bounded by this
+    /// interval (at most 5 s).
+    #[serde(default = "default_readiness_interval", with = "humantime_serde")]
+    pub readiness_interval: Duration,
+}
+
+fn default_readiness_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// Who this node is, for flags (Unleash context) and, later, the cluster.
@@ -236,6 +245,42 @@ pub struct ClusterSettings {
     /// How long a forwarded request may take in all.
     #[serde(with = "humantime_serde")]
     pub forward_timeout: Duration,
+    /// The secrets node-to-node calls are authenticated with (`/cluster/...` and
+    /// forwarded requests carry an HMAC-SHA256 proof made with one of them): every
+    /// node of the group accepts a proof made with any listed secret, so a secret is
+    /// rotated like a token key — add the new one everywhere, make it active
+    /// everywhere, then remove the old. Required when `peers` is not empty; each at
+    /// least 32 bytes. Better set by `EDGECACHE__CLUSTER__SECRETS='[{id="c1",secret="…"}]'`
+    /// than in a file.
+    pub secrets: Vec<ClusterSecret>,
+    /// The id of the secret this node signs with; must name one of `secrets`. May be
+    /// left out when `secrets` holds exactly one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_secret: Option<String>,
+}
+
+/// One cluster secret (HMAC-SHA256 key of node-to-node proofs).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSecret {
+    /// Short id carried in every proof (1 to 16 characters: letters, digits, `-`, `_`).
+    pub id: String,
+    /// The secret, at least 32 bytes, the same on every node of the group.
+    #[serde(serialize_with = "redacted")]
+    pub secret: SecretString,
+}
+
+impl ClusterSettings {
+    /// The secret this node signs its calls to peers with: the one `active_secret`
+    /// names, or the only one; `None` without secrets (validation makes sure a node
+    /// with peers has one).
+    pub fn active(&self) -> Option<&ClusterSecret> {
+        match &self.active_secret {
+            Some(id) => self.secrets.iter().find(|s| s.id == *id),
+            None if self.secrets.len() == 1 => self.secrets.first(),
+            None => None,
+        }
+    }
 }
 
 impl Default for ClusterSettings {
@@ -246,6 +291,8 @@ impl Default for ClusterSettings {
             health_timeout: Duration::from_millis(300),
             failure_threshold: 2,
             forward_timeout: Duration::from_secs(5),
+            secrets: Vec::new(),
+            active_secret: None,
         }
     }
 }
@@ -325,7 +372,7 @@ pub struct FlagSettings {
     pub unleash: Option<edgecache_flags::UnleashSettings>,
 }
 
-/// The admin API (`GET /admin/experiments`).
+/// The operator routes: the admin API (`GET /admin/experiments`) and `/metrics`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
@@ -336,4 +383,9 @@ pub struct AdminSettings {
     /// `EDGECACHE__ADMIN__TOKEN` than in a file.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
     pub token: Option<SecretString>,
+    /// The bearer token `GET /metrics` must carry (same rules as `token`; a scraper
+    /// gets its own, not the admin token). Absent, `/metrics` is open to whoever
+    /// reaches the node's port. Better set by `EDGECACHE__ADMIN__METRICS_TOKEN`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
+    pub metrics_token: Option<SecretString>,
 }

@@ -12,6 +12,10 @@ use crate::{effective_toml, load, ConfigError, Freshness, OriginSettings, Settin
 
 const SECRET: &str = "edgecache-development-secret-change-me-0123456789";
 
+/// A token key of a deployment's own (outside `local` and `test` the development key
+/// is refused).
+const OWN_KEY: &str = "[session]\nactive_key = \"k1\"\nkeys = [{ id = \"k1\", secret = \"a-key-of-our-own-of-at-least-32-bytes\" }]\n";
+
 /// Sources isolated from the working directory and the process environment.
 fn isolated(overrides: &str) -> Sources {
     Sources {
@@ -143,7 +147,9 @@ fn environment_file_then_config_file_then_overrides() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("staging.toml"),
-        "[server]\nlisten = \"127.0.0.1:7001\"\nworkers = 3\n[node]\nregion = \"eu-west\"\n",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:7001\"\nworkers = 3\n[node]\nregion = \"eu-west\"\n{OWN_KEY}"
+        ),
     )
     .unwrap();
     let file = dir.path().join("node.toml");
@@ -169,7 +175,7 @@ fn environment_file_then_config_file_then_overrides() {
     let other = Sources {
         environment: Some("production".into()),
         file: None,
-        overrides: None,
+        overrides: Some(OWN_KEY.into()),
         ..sources.clone()
     };
     assert_eq!(load(&other).unwrap().server.listen.port(), 8080);
@@ -320,6 +326,10 @@ fn invalid_settings_name_their_key() {
         ("server.max_body_bytes = 10", "server.max_body_bytes"),
         ("server.max_body_bytes = 16777217", "server.max_body_bytes"),
         (r#"server.shutdown_timeout = "0s""#, "server.shutdown_timeout"),
+        (
+            r#"server.readiness_interval = "1ms""#,
+            "server.readiness_interval",
+        ),
         (r#"node.id = """#, "node.id"),
         (r#"node.region = "eu west""#, "node.region"),
         (&format!("node.id = \"{}\"", "a".repeat(65)), "node.id"),
@@ -353,6 +363,11 @@ fn invalid_settings_name_their_key() {
         (
             r#"session.keys = [{id = "dev", secret = "short"}]"#,
             "session.keys[0].secret",
+        ),
+        (r#"admin.metrics_token = "too-short""#, "admin.metrics_token"),
+        (
+            r#"admin.metrics_token = "a metrics token with spaces, 40 bytes long""#,
+            "admin.metrics_token",
         ),
         ("api.max_id_bytes = 0", "api.max_id_bytes"),
         ("api.max_id_bytes = 513", "api.max_id_bytes"),
@@ -493,6 +508,181 @@ fn seed_values_are_loaded_in_the_form_the_origins_store() {
     );
 }
 
+// ------------------------------------------------------------------ environments
+
+/// Loads in `environment` with `vars` as the whole process environment.
+fn in_environment(environment: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let sources = Sources {
+        environment: Some(environment.into()),
+        skip_env: false,
+        overrides: None,
+        ..isolated("")
+    };
+    let env = vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
+    load_with_env(&sources, env)
+}
+
+#[test]
+fn the_development_key_is_refused_outside_local_and_test() {
+    for environment in ["local", "test"] {
+        in_environment(environment, &[]).expect("the development key is fine here");
+    }
+    for environment in ["production", "staging"] {
+        let error = in_environment(environment, &[]).unwrap_err().to_string();
+        assert!(error.contains("`session.keys`"), "{error}");
+        assert!(error.contains(environment), "{error}");
+        assert!(error.contains("EDGECACHE__SESSION__KEYS="), "says how: {error}");
+        assert!(error.contains("--config"), "{error}");
+        assert!(!error.contains(SECRET), "never shows a secret: {error}");
+    }
+    // Under another id, or beside a key of one's own: still the development key.
+    let own = "a-production-key-of-at-least-32-bytes-0123";
+    let renamed = in_environment(
+        "production",
+        &[
+            (
+                "EDGECACHE__SESSION__KEYS",
+                &format!(r#"[{{id="k1",secret="{own}"}},{{id="old",secret="{SECRET}"}}]"#),
+            ),
+            ("EDGECACHE__SESSION__ACTIVE_KEY", "k1"),
+        ],
+    );
+    assert_eq!(invalid_key(renamed), "session.keys");
+
+    let settings = in_environment(
+        "production",
+        &[
+            (
+                "EDGECACHE__SESSION__KEYS",
+                &format!(r#"[{{id="k1",secret="{own}"}}]"#),
+            ),
+            ("EDGECACHE__SESSION__ACTIVE_KEY", "k1"),
+        ],
+    )
+    .expect("a key of one's own");
+    assert_eq!(settings.session.active_key, "k1");
+}
+
+#[test]
+fn the_sample_group_loads_in_production_with_its_secrets_from_the_environment() {
+    let key = r#"[{id="k1",secret="a-production-key-of-at-least-32-bytes-0123"}]"#;
+    let cluster = r#"[{id="c1",secret="a-cluster-secret-of-at-least-32-bytes-0123"}]"#;
+    for i in 1..=3 {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/node-{i}.toml"));
+        let load = |vars: &[(&str, &str)]| {
+            let sources = Sources {
+                file: Some(file.clone()),
+                environment: Some("production".into()),
+                skip_env: false,
+                overrides: None,
+                ..isolated("")
+            };
+            let env = vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
+            load_with_env(&sources, env)
+        };
+        let settings = load(&[
+            ("EDGECACHE__SESSION__KEYS", key),
+            ("EDGECACHE__SESSION__ACTIVE_KEY", "k1"),
+            ("EDGECACHE__CLUSTER__SECRETS", cluster),
+        ])
+        .unwrap_or_else(|e| panic!("deploy/node-{i}.toml: {e}"));
+        assert_eq!(settings.cluster.peers.len(), 2);
+        assert_eq!(settings.cluster.active().unwrap().id, "c1");
+        assert_eq!(
+            invalid_key(load(&[
+                ("EDGECACHE__SESSION__KEYS", key),
+                ("EDGECACHE__SESSION__ACTIVE_KEY", "k1")
+            ])),
+            "cluster.secrets"
+        );
+        assert_eq!(
+            invalid_key(load(&[("EDGECACHE__CLUSTER__SECRETS", cluster)])),
+            "session.keys"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ cluster secrets
+
+const CLUSTER_SECRET: &str = "a-cluster-secret-of-at-least-32-bytes-0123";
+
+#[test]
+fn a_node_with_peers_needs_a_cluster_secret_and_a_solo_node_none() {
+    base().validate().expect("a solo node needs no cluster secret");
+    let peers = "[cluster.peers]\nedge-2 = \"10.0.0.2:8080\"\n";
+    let error = with_overrides(peers).unwrap_err().to_string();
+    assert!(error.contains("`cluster.secrets`"), "{error}");
+    assert!(error.contains("EDGECACHE__CLUSTER__SECRETS"), "says how: {error}");
+
+    let one = with_overrides(&format!(
+        "{peers}[[cluster.secrets]]\nid = \"c1\"\nsecret = \"{CLUSTER_SECRET}\"\n"
+    ))
+    .unwrap();
+    let active = one.cluster.active().expect("the only secret is the active one");
+    assert_eq!(active.id, "c1");
+    assert_eq!(active.secret.expose_secret(), CLUSTER_SECRET);
+
+    // Rotation: two accepted, the named one active.
+    let two = with_env(&[
+        (
+            "EDGECACHE__CLUSTER__SECRETS",
+            &format!(r#"[{{id="c1",secret="{CLUSTER_SECRET}"}},{{id="c2",secret="{CLUSTER_SECRET}-new"}}]"#),
+        ),
+        ("EDGECACHE__CLUSTER__ACTIVE_SECRET", "c2"),
+        ("EDGECACHE__CLUSTER__PEERS__EDGE_2", "10.0.0.2:8080"),
+    ])
+    .unwrap();
+    assert_eq!(two.cluster.secrets.len(), 2);
+    assert_eq!(two.cluster.active().unwrap().id, "c2");
+}
+
+#[test]
+fn cluster_secrets_are_checked_like_token_keys() {
+    let secrets = |list: &str, active: &str| {
+        with_overrides(&format!(
+            "[cluster]\nsecrets = {list}\n{active}\n[cluster.peers]\nedge-2 = \"10.0.0.2:8080\"\n"
+        ))
+    };
+    let s = CLUSTER_SECRET;
+    let cases = [
+        (
+            r#"[{id = "c1", secret = "short"}]"#.to_owned(),
+            "",
+            "cluster.secrets[0].secret",
+        ),
+        (
+            format!(r#"[{{id = "c1", secret = "{s}"}}, {{id = "c1", secret = "{s}"}}]"#),
+            r#"active_secret = "c1""#,
+            "cluster.secrets[1].id",
+        ),
+        (
+            format!(r#"[{{id = "c 1", secret = "{s}"}}]"#),
+            "",
+            "cluster.secrets[0].id",
+        ),
+        (
+            format!(r#"[{{id = "c1", secret = "{s}"}}]"#),
+            r#"active_secret = "c9""#,
+            "cluster.active_secret",
+        ),
+        (
+            format!(r#"[{{id = "c1", secret = "{s}"}}, {{id = "c2", secret = "{s}"}}]"#),
+            "",
+            "cluster.active_secret",
+        ),
+    ];
+    for (list, active, key) in cases {
+        assert_eq!(invalid_key(secrets(&list, active)), key, "{list} {active}");
+    }
+    let error = secrets(r#"[{id = "c1", secret = "short-and-secret"}]"#, "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !error.contains("short-and-secret"),
+        "never shows a secret: {error}"
+    );
+}
+
 // ------------------------------------------------------------------ effective TOML
 
 #[test]
@@ -502,6 +692,8 @@ fn effective_toml_redacts_secrets_and_round_trips() {
         r#"
         session.active_key = "k2"
         session.keys = [{{ id = "k2", secret = "{secret}" }}, {{ id = "dev", secret = "{SECRET}" }}]
+        cluster.secrets = [{{ id = "c1", secret = "{SECRET}" }}]
+        cluster.peers.edge-2 = "10.0.0.2:8080"
         "#
     ))
     .unwrap();
@@ -515,6 +707,11 @@ fn effective_toml_redacts_secrets_and_round_trips() {
     let back: toml::Table = text.parse().expect("effective_toml is valid TOML");
     assert_eq!(back["server"]["listen"].as_str(), Some("127.0.0.1:8080"));
     assert_eq!(back["session"]["keys"][0]["id"].as_str(), Some("k2"));
+    assert_eq!(back["cluster"]["secrets"][0]["id"].as_str(), Some("c1"));
+    assert_eq!(
+        back["cluster"]["secrets"][0]["secret"].as_str(),
+        Some("[redacted]")
+    );
     let restored = back.to_string().replace("[redacted]", SECRET);
     let reloaded = with_overrides(&restored).unwrap();
     assert_eq!(effective_toml(&reloaded), text);

@@ -40,7 +40,8 @@ pub struct SettingWarning {
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
-/// Shortest token signing secret, in bytes (HMAC-SHA256 wants at least its output size).
+/// Shortest token key or cluster secret, in bytes (HMAC-SHA256 wants at least its
+/// output size).
 pub(crate) const MIN_SECRET_BYTES: usize = 32;
 /// Most per-item watermarks in a token: 24 keep an encoded token under 1 KiB.
 pub(crate) const MAX_TOKEN_ITEMS: usize = 24;
@@ -62,6 +63,56 @@ impl Settings {
         collections(self)?;
         seed(self)
     }
+}
+
+/// The environments (`EDGECACHE_ENVIRONMENT`) in which the compiled-in development
+/// token key is accepted.
+pub const DEVELOPMENT_ENVIRONMENTS: [&str; 2] = ["local", "test"];
+
+impl Settings {
+    /// What depends on the environment the node runs in: outside
+    /// [`DEVELOPMENT_ENVIRONMENTS`] no token key may be the compiled-in development
+    /// key (whatever its id), whose secret anyone can read in the source. (Secrets
+    /// shorter than 32 bytes are refused in every environment.)
+    pub fn validate_for(&self, environment: &str) -> Result<(), InvalidSetting> {
+        if DEVELOPMENT_ENVIRONMENTS.contains(&environment) {
+            return Ok(());
+        }
+        let built_in = development_secrets();
+        let Some(key) = self
+            .session
+            .keys
+            .iter()
+            .find(|k| built_in.iter().any(|s| s == k.secret.expose_secret()))
+        else {
+            return Ok(());
+        };
+        Err(invalid(
+            "session.keys",
+            format!(
+                "key `{}` is the compiled-in development key, which only environments {} accept, \
+                 not `{environment}` (EDGECACHE_ENVIRONMENT): set a key of your own, at least \
+                 {MIN_SECRET_BYTES} random bytes, e.g. \
+                 EDGECACHE__SESSION__KEYS='[{{id=\"k1\",secret=\"<openssl rand -hex 32>\"}}]' with \
+                 EDGECACHE__SESSION__ACTIVE_KEY=k1, or [[session.keys]] and session.active_key in a \
+                 --config file",
+                key.id,
+                DEVELOPMENT_ENVIRONMENTS.map(|e| format!("`{e}`")).join(" and "),
+            ),
+        ))
+    }
+}
+
+/// The secrets of the token keys in the compiled-in base configuration.
+fn development_secrets() -> Vec<String> {
+    let base: toml::Table = crate::BASE.parse().expect("the compiled-in base is valid TOML");
+    base.get("session")
+        .and_then(|s| s.get("keys"))
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|key| key.get("secret")?.as_str().map(str::to_owned))
+        .collect()
 }
 
 impl Settings {
@@ -113,7 +164,17 @@ impl Settings {
 
 fn server(s: &ServerSettings) -> Check {
     in_range("server.max_body_bytes", s.max_body_bytes, 64..=16 * MIB)?;
-    positive("server.shutdown_timeout", s.shutdown_timeout)
+    positive("server.shutdown_timeout", s.shutdown_timeout)?;
+    at_least(
+        "server.readiness_interval",
+        s.readiness_interval,
+        Duration::from_millis(10),
+    )?;
+    at_most(
+        "server.readiness_interval",
+        s.readiness_interval,
+        Duration::from_secs(3600),
+    )
 }
 
 fn node(n: &NodeSettings) -> Check {
@@ -176,7 +237,65 @@ fn cluster(settings: &Settings) -> Check {
     positive("cluster.health_interval", c.health_interval)?;
     positive("cluster.health_timeout", c.health_timeout)?;
     in_range("cluster.failure_threshold", c.failure_threshold, 1..=100)?;
-    positive("cluster.forward_timeout", c.forward_timeout)
+    positive("cluster.forward_timeout", c.forward_timeout)?;
+
+    if c.secrets.is_empty() {
+        if c.peers.is_empty() {
+            return Ok(());
+        }
+        return Err(invalid(
+            "cluster.secrets",
+            format!(
+                "a node with peers needs a cluster secret to authenticate its calls to them and \
+                 theirs to it: set EDGECACHE__CLUSTER__SECRETS='[{{id=\"c1\",secret=\"…\"}}]' \
+                 (at least {MIN_SECRET_BYTES} random bytes, e.g. `openssl rand -hex 32`; the same \
+                 on every node of the group), or [[cluster.secrets]] in a --config file"
+            ),
+        ));
+    }
+    keyed_secrets(
+        "cluster.secrets",
+        c.secrets
+            .iter()
+            .map(|s| (s.id.as_str(), s.secret.expose_secret())),
+    )?;
+    match &c.active_secret {
+        Some(id) if !c.secrets.iter().any(|s| s.id == *id) => Err(invalid(
+            "cluster.active_secret",
+            format!(
+                "`{id}` names no secret in `cluster.secrets` (known: {})",
+                c.secrets
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        None if c.secrets.len() > 1 => Err(invalid(
+            "cluster.active_secret",
+            "must name the secret this node signs with when `cluster.secrets` holds several",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A list of `(id, secret)` pairs under `key`: ids of [`KEY_ID`], unique, secrets of at
+/// least [`MIN_SECRET_BYTES`]. The message never shows a secret.
+fn keyed_secrets<'a>(key: &str, secrets: impl Iterator<Item = (&'a str, &'a str)>) -> Check {
+    let mut ids = HashSet::new();
+    for (i, (id, secret)) in secrets.enumerate() {
+        name(&format!("{key}[{i}].id"), id, &KEY_ID)?;
+        if !ids.insert(id) {
+            return Err(invalid(format!("{key}[{i}].id"), format!("duplicate id `{id}`")));
+        }
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(invalid(
+                format!("{key}[{i}].secret"),
+                format!("must be at least {MIN_SECRET_BYTES} bytes, is {}", secret.len()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn cache(c: &CacheSettings) -> Check {
@@ -196,24 +315,11 @@ fn session(s: &SessionSettings) -> Check {
     if s.keys.is_empty() {
         return Err(invalid("session.keys", "at least one token key is required"));
     }
-    let mut ids = HashSet::new();
-    for (i, key) in s.keys.iter().enumerate() {
-        name(&format!("session.keys[{i}].id"), &key.id, &KEY_ID)?;
-        if !ids.insert(key.id.as_str()) {
-            return Err(invalid(
-                format!("session.keys[{i}].id"),
-                format!("duplicate key id `{}`", key.id),
-            ));
-        }
-        let secret_len = key.secret.expose_secret().len();
-        if secret_len < MIN_SECRET_BYTES {
-            return Err(invalid(
-                format!("session.keys[{i}].secret"),
-                format!("must be at least {MIN_SECRET_BYTES} bytes, is {secret_len}"),
-            ));
-        }
-    }
-    if !ids.contains(s.active_key.as_str()) {
+    keyed_secrets(
+        "session.keys",
+        s.keys.iter().map(|k| (k.id.as_str(), k.secret.expose_secret())),
+    )?;
+    if !s.keys.iter().any(|k| k.id == s.active_key) {
         let known = s.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>();
         return Err(invalid(
             "session.active_key",
@@ -246,16 +352,28 @@ fn api(a: &ApiSettings) -> Check {
     in_range("api.max_header_bytes", a.max_header_bytes, 4 * KIB..=64 * KIB)
 }
 
-/// The admin token, when set, must be long enough not to be guessed and fit an
-/// `Authorization: Bearer` header (RFC 6750's `b64token`). The message never shows it.
+/// The admin and metrics tokens, when set, must be long enough not to be guessed and
+/// fit an `Authorization: Bearer` header (RFC 6750's `b64token`). The message never
+/// shows them.
 fn admin(a: &crate::settings::AdminSettings) -> Check {
-    let Some(token) = &a.token else { return Ok(()) };
+    if let Some(token) = &a.token {
+        bearer_token("admin.token", token, "the admin API")?;
+    }
+    if let Some(token) = &a.metrics_token {
+        bearer_token("admin.metrics_token", token, "the token of /metrics")?;
+    }
+    Ok(())
+}
+
+fn bearer_token(key: &str, token: &secrecy::SecretString, what: &str) -> Check {
     let token = token.expose_secret();
     let len = token.len();
     if len < MIN_SECRET_BYTES {
         return Err(invalid(
-            "admin.token",
-            format!("must be at least {MIN_SECRET_BYTES} characters, is {len} (remove the key to disable the admin API)"),
+            key,
+            format!(
+                "must be at least {MIN_SECRET_BYTES} characters, is {len} (remove the key to disable {what})"
+            ),
         ));
     }
     let body = token.trim_end_matches('=');
@@ -265,7 +383,7 @@ fn admin(a: &crate::settings::AdminSettings) -> Check {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
     if !b64token {
         return Err(invalid(
-            "admin.token",
+            key,
             "may hold only A-Z, a-z, 0-9, '-', '.', '_', '~', '+' and '/', optionally followed by '='",
         ));
     }

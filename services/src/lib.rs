@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod plan;
+pub mod readiness;
 mod startup;
 mod telemetry;
 

@@ -687,6 +687,7 @@ pub mod route {
     pub const INCREMENT: &str = "/v1/{collection}/{id}/increment";
     pub const HEALTHZ: &str = "/healthz";
     pub const READYZ: &str = "/readyz";
+    pub const CLUSTER_HEALTH: &str = "/cluster/health";
     pub const CLUSTER_LEAVE: &str = "/cluster/leave";
     pub const METRICS: &str = "/metrics";
     pub const ADMIN_EXPERIMENTS: &str = "/admin/experiments";
@@ -695,12 +696,13 @@ pub mod route {
 /// The `route` label values of the HTTP metrics. `http::routes` names every resource
 /// by its template, so a request's route is read from the match without building its
 /// pattern. Requests that match no named resource count as [`UNMATCHED`].
-pub const ROUTES: [&str; 8] = [
+pub const ROUTES: [&str; 9] = [
     route::ITEM,
     route::BATCH_GET,
     route::INCREMENT,
     route::HEALTHZ,
     route::READYZ,
+    route::CLUSTER_HEALTH,
     route::CLUSTER_LEAVE,
     route::METRICS,
     route::ADMIN_EXPERIMENTS,

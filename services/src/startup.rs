@@ -11,6 +11,7 @@ use edgecache_flags::{ConfigFlags, FlagSource, UnleashFlags};
 use crate::cluster::Cluster;
 use crate::http::envelope::Envelope;
 use crate::origin::{EmbeddedOrigin, OriginError, PostgresOrigin, SharedOrigin};
+use crate::readiness::Readiness;
 use crate::Node;
 
 /// Why a node could not start.
@@ -57,6 +58,20 @@ impl Application {
             tracing::warn!(key = %warning.key, "{}", warning.message);
         }
         let origin = open_origin(settings).map_err(StartError::Origin)?;
+        Self::build_with_origin(settings, flags, origin)
+    }
+
+    /// Like [`Application::build_with_flags`], over `origin` (opened, and seeded if
+    /// need be, by the caller).
+    pub fn build_with_origin(
+        settings: &Settings,
+        flags: Arc<dyn FlagSource>,
+        origin: SharedOrigin,
+    ) -> Result<Self, StartError> {
+        let readiness = web::Data::new(Readiness::start(
+            origin.clone(),
+            settings.server.readiness_interval,
+        ));
         let node = Arc::new(Node::new(settings, origin, flags));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
@@ -80,6 +95,7 @@ impl Application {
                 .app_data(data.clone())
                 .app_data(cluster_data.clone())
                 .app_data(admin.clone())
+                .app_data(readiness.clone())
                 .configure(crate::http::routes)
         })
         .disable_signals()

@@ -8,7 +8,9 @@ use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{settings, spawn_app, spawn_with, unique, Client, Reply, Store, TestApp};
+use crate::helpers::{
+    settings, spawn_app, spawn_with, unique, Client, Reply, Store, TestApp, CLUSTER_SECRETS,
+};
 use crate::pg;
 
 const SHOP: &str = r#"
@@ -584,7 +586,7 @@ async fn hanging_peer() -> u16 {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut buf = vec![0u8; 64 * 1024];
                 let n = socket.read(&mut buf).await.unwrap_or(0);
-                if buf[..n].starts_with(b"GET /healthz") {
+                if buf[..n].starts_with(b"GET /cluster/health") {
                     let _ = socket
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
                         .await;
@@ -602,7 +604,7 @@ async fn a_write_forwarded_to_an_owner_that_never_answers_is_applied_here_only_w
     let store = Store::new();
     let peer = hanging_peer().await;
     let config = format!(
-        "{SHOP}\n[node]\nid = \"n0\"\nregion = \"test\"\n[cluster]\nhealth_interval = \"50ms\"\n\
+        "{SHOP}\n[node]\nid = \"n0\"\nregion = \"test\"\n[cluster]\n{CLUSTER_SECRETS}\nhealth_interval = \"50ms\"\n\
          health_timeout = \"200ms\"\nforward_timeout = \"500ms\"\n[cluster.peers]\nn1 = \"127.0.0.1:{peer}\"\n"
     );
     let app = spawn_app(&store, &config);

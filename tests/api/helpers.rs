@@ -69,7 +69,17 @@ pub fn spawn_app(store: &Store, extra: &str) -> TestApp {
 
 pub fn spawn_with(settings: &Settings) -> TestApp {
     init_tracing();
-    let app = Application::build(settings).expect("the node starts");
+    serve(Application::build(settings).expect("the node starts"))
+}
+
+/// Starts a node with `settings` over `origin` (strategies from `flags.defaults`).
+pub fn spawn_over(settings: &Settings, origin: edgecache_services::origin::SharedOrigin) -> TestApp {
+    init_tracing();
+    let flags = Arc::new(edgecache_flags::ConfigFlags::new(&settings.flags.defaults));
+    serve(Application::build_with_origin(settings, flags, origin).expect("the node starts"))
+}
+
+fn serve(app: Application) -> TestApp {
     let address = format!("http://127.0.0.1:{}", app.port());
     let node = app.node();
     let cluster = app.cluster();
@@ -237,6 +247,10 @@ impl Client {
         .await
     }
 }
+
+/// The cluster secret of the test groups (under `[cluster]`).
+pub const CLUSTER_SECRETS: &str =
+    r#"secrets = [{ id = "c1", secret = "the-test-cluster-secret-0123456789abcdef" }]"#;
 
 /// Collections with short windows, so time-based behaviour shows in milliseconds.
 pub const SHORT_WINDOWS: &str = r#"

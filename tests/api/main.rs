@@ -19,6 +19,7 @@ mod guarantees;
 mod metrics;
 mod postgres;
 mod process;
+mod readiness;
 mod session_bounds;
 mod sessions;
 mod unleash;

@@ -267,6 +267,49 @@ async fn admin_routes_want_the_bearer_token_and_are_off_without_one() {
     }
 }
 
+#[actix_web::test]
+async fn with_a_metrics_token_metrics_want_it_and_only_it() {
+    const METRICS_TOKEN: &str = "metrics-token-for-tests-0123456789abcdef";
+    let store = Store::new();
+    let node = spawn_app(
+        &store,
+        &format!("{}metrics_token = \"{METRICS_TOKEN}\"\n", config()),
+    );
+    let scrape = |token: Option<&str>| {
+        let mut request = node.request(Method::GET, "/metrics");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    for (token, what) in [(None, "no token"), (Some(TOKEN), "the admin token")] {
+        let refused = scrape(token).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert!(refused.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer realm=\"edgecache-metrics\""));
+        assert_eq!(
+            refused.headers()["content-type"],
+            "application/problem+json",
+            "{what}"
+        );
+    }
+    let scraped = scrape(Some(METRICS_TOKEN)).await.unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    let text = scraped.text().await.unwrap();
+    let refused = [("route", "/metrics"), ("method", "GET"), ("status", "4xx")];
+    assert_eq!(
+        Samples::parse(&text).get("edgecache_http_requests_total", &refused),
+        2.0
+    );
+    // The metrics token is no admin token.
+    assert_eq!(
+        admin(&node, Some(METRICS_TOKEN)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 #[test]
 fn the_admin_token_is_checked_and_never_printed() {
     // The error as text: what start-up prints.

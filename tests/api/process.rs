@@ -62,6 +62,57 @@ fn a_bad_setting_stops_start_up_with_a_message_naming_the_key() {
     }
 }
 
+#[test]
+fn outside_local_and_test_the_development_key_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |environment: &str| {
+        let mut command = edgecache(dir.path());
+        command
+            .arg("serve")
+            .env("EDGECACHE_ENVIRONMENT", environment)
+            .env("EDGECACHE__SERVER__LISTEN", "127.0.0.1:0")
+            .env_remove("EDGECACHE__SESSION__KEYS")
+            .env_remove("EDGECACHE__SESSION__ACTIVE_KEY");
+        command
+    };
+    let output = serve("production").output().unwrap();
+    assert!(
+        !output.status.success(),
+        "the development key must stop start-up in production"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("session.keys"), "names the key: {stderr}");
+    assert!(
+        stderr.contains("EDGECACHE__SESSION__KEYS="),
+        "says how to set one: {stderr}"
+    );
+    assert!(
+        !stderr.contains("edgecache-development-secret"),
+        "never shows the secret: {stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "refused before the store is opened"
+    );
+
+    // With a key of its own, production starts.
+    let output = edgecache(dir.path())
+        .arg("check-config")
+        .env("EDGECACHE_ENVIRONMENT", "production")
+        .env(
+            "EDGECACHE__SESSION__KEYS",
+            r#"[{id="k1",secret="a-production-key-of-at-least-32-bytes-0123"}]"#,
+        )
+        .env("EDGECACHE__SESSION__ACTIVE_KEY", "k1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A node process, killed if the test ends before it stopped.
 pub(crate) struct Node(pub(crate) Child);
 

@@ -38,10 +38,19 @@ async fn a_user_id_past_its_bound_is_a_400_problem_and_opens_no_session() {
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     let live = app.node.sessions().len();
 
-    for length in [MAX_USER_ID + 1, 100 * 1024] {
+    // Past the user id's bound: 400; past the bound of all headers (16 KiB): 431.
+    for (length, status, problem) in [
+        (MAX_USER_ID + 1, StatusCode::BAD_REQUEST, "user-id-too-long"),
+        (8 * 1024, StatusCode::BAD_REQUEST, "user-id-too-long"),
+        (
+            100 * 1024,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+        ),
+    ] {
         let reply = get_as(&app, &"u".repeat(length)).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{length} bytes");
-        assert_eq!(reply.problem(), "user-id-too-long");
+        assert_eq!(reply.status, status, "{length} bytes");
+        assert_eq!(reply.problem(), problem);
         assert!(
             reply.header("x-session-id").is_empty(),
             "no session was minted for it"
@@ -108,7 +117,7 @@ async fn anonymous_requests_with_a_huge_user_id_do_not_grow_the_node() {
         before as f64 / (1 << 20) as f64,
         grown as f64 / (1 << 20) as f64
     );
-    assert_eq!(statuses.get(&400), Some(&500), "every one refused: {statuses:?}");
+    assert_eq!(statuses.get(&431), Some(&500), "every one refused: {statuses:?}");
     assert!(
         grown < 8 << 20,
         "the node grew by {grown} bytes for 500 refused requests"

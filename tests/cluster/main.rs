@@ -202,6 +202,7 @@ fn run(
                  pool_size = 8\nreplica_wait = \"1s\"\nreplica_max_lag = \"3s\"\nhealth_interval = \"50ms\"\n\
                  change_feed = {feed}\n\
                  [cluster]\nhealth_interval = \"200ms\"\nhealth_timeout = \"300ms\"\n\
+                 secrets = [{{ id = \"c1\", secret = \"the-test-cluster-secret-0123456789abcdef\" }}]\n\
                  [collections.profiles]\nfreshness = {{ class = \"bounded\", max_staleness = \"{BOUND}s\" }}\n\
                  [cluster.peers]\n{peers}\n{flags}\n",
                 port = ports[i],

@@ -2,54 +2,51 @@
 //! strategy flag.
 //!
 //! Every admin request must carry `Authorization: Bearer <admin.token>`; without it, or
-//! with another token, the answer is 401 problem+json with `WWW-Authenticate: Bearer`.
-//! The token is compared in constant time (SHA-256 of both sides, so neither its bytes
-//! nor its length leak through timing). With no `admin.token` configured the admin API
-//! is disabled: every `/admin/...` route answers 404.
+//! with another token, the answer is 401 problem+json with `WWW-Authenticate: Bearer`
+//! ([`super::bearer`]). With no `admin.token` configured the admin API is disabled:
+//! every `/admin/...` route answers 404. `/metrics` wants `admin.metrics_token` when
+//! one is configured.
 
 use std::collections::BTreeMap;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpRequest, HttpResponse};
 use edgecache_config::AdminSettings;
 use edgecache_flags::Strategy;
-use secrecy::ExposeSecret;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
+use super::bearer::BearerToken;
 use super::error::problem;
 use crate::metrics::ArmStats;
 use crate::Node;
 
-/// The realm named in `WWW-Authenticate`.
+/// The realm named in `WWW-Authenticate` by the admin routes.
 const REALM: &str = "edgecache-admin";
 
-/// The admin token, as its SHA-256 digest; `None` when the admin API is disabled.
+/// The operator tokens: the admin API's (`None`: disabled) and `/metrics`'s (`None`:
+/// open).
 #[derive(Clone)]
 pub struct AdminAuth {
-    token_digest: Option<[u8; 32]>,
+    token: Option<BearerToken>,
+    metrics: Option<BearerToken>,
 }
 
 impl AdminAuth {
     pub fn new(settings: &AdminSettings) -> Self {
         Self {
-            token_digest: settings
-                .token
-                .as_ref()
-                .map(|token| Sha256::digest(token.expose_secret().as_bytes()).into()),
+            token: settings.token.as_ref().map(BearerToken::new),
+            metrics: settings.metrics_token.as_ref().map(BearerToken::new),
         }
     }
-}
 
-/// Whether `presented` is the token whose digest is `expected`, in constant time.
-fn admits(expected: &[u8; 32], presented: &str) -> bool {
-    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    presented.ct_eq(expected).into()
+    /// The token `/metrics` wants, if any.
+    pub fn metrics_token(&self) -> Option<&BearerToken> {
+        self.metrics.as_ref()
+    }
 }
 
 /// The middleware of the `/admin` scope (mounted with `middleware::from_fn`).
@@ -57,10 +54,10 @@ pub async fn require_token(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let expected = request
+    let token = request
         .app_data::<web::Data<AdminAuth>>()
-        .and_then(|auth| auth.token_digest);
-    let Some(expected) = expected else {
+        .and_then(|auth| auth.token.clone());
+    let Some(token) = token else {
         let response = problem(
             StatusCode::NOT_FOUND,
             "no-route",
@@ -70,44 +67,10 @@ pub async fn require_token(
         .to_actix_response();
         return Ok(request.into_response(response));
     };
-    match bearer(request.headers()) {
-        Some(token) if admits(&expected, token) => {
-            next.call(request).await.map(ServiceResponse::map_into_boxed_body)
-        }
-        presented => {
-            let (detail, challenge) = match presented {
-                None => (
-                    "admin routes need an `Authorization: Bearer <admin token>` header",
-                    format!("Bearer realm=\"{REALM}\""),
-                ),
-                Some(_) => (
-                    "the bearer token is not this node's admin token",
-                    format!("Bearer realm=\"{REALM}\", error=\"invalid_token\""),
-                ),
-            };
-            tracing::warn!(path = request.path(), "admin request refused: {detail}");
-            let mut response = problem(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Unauthorized",
-                detail.to_owned(),
-            )
-            .to_actix_response();
-            if let Ok(value) = HeaderValue::from_str(&challenge) {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
-            }
-            Ok(request.into_response(response))
-        }
+    match token.check(request.headers(), REALM, "admin token") {
+        Ok(()) => next.call(request).await.map(ServiceResponse::map_into_boxed_body),
+        Err(refusal) => Ok(request.into_response(refusal)),
     }
-}
-
-/// The token of an `Authorization: Bearer <token>` header (the scheme is
-/// case-insensitive); `None` when absent or of another scheme.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim_matches(' ');
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The report of `GET /admin/experiments`.
@@ -222,39 +185,4 @@ pub async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET"));
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use actix_web::http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
-
-    use super::*;
-
-    fn headers(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
-        headers
-    }
-
-    #[test]
-    fn bearer_tokens_are_read_from_the_authorization_header() {
-        assert_eq!(bearer(&headers("Bearer abc")), Some("abc"));
-        assert_eq!(bearer(&headers("bearer  abc ")), Some("abc"));
-        assert_eq!(bearer(&headers("Basic abc")), None);
-        assert_eq!(bearer(&headers("Bearer ")), None);
-        assert_eq!(bearer(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn only_the_configured_token_is_admitted() {
-        let settings: AdminSettings = serde_json::from_value(serde_json::json!({
-            "token": "the-admin-token-of-at-least-32-bytes"
-        }))
-        .unwrap();
-        let expected = AdminAuth::new(&settings).token_digest.unwrap();
-        assert!(admits(&expected, "the-admin-token-of-at-least-32-bytes"));
-        assert!(!admits(&expected, "the-admin-token-of-at-least-32-byte"));
-        assert!(!admits(&expected, ""));
-        assert!(AdminAuth::new(&AdminSettings::default()).token_digest.is_none());
-    }
 }

@@ -1,5 +1,6 @@
 //! What every request goes through, in one middleware: its id and span, session
-//! affinity (forwarding to the session's owner), the node's response headers, the
+//! affinity (forwarding to the session's owner; refusing a claim to be forwarded
+//! without proof), the node's response headers, the
 //! HTTP metrics and the log line of a failed request.
 //!
 //! One layer instead of five (a tracing logger, request-id, default-headers, metrics
@@ -135,17 +136,20 @@ where
             .sum();
         let handled = async move {
             let limit = shared.max_header_bytes;
-            let result = match forward::owner(&request, &shared.node, &shared.cluster) {
+            let result = if header_bytes > limit {
                 // Refused before anything reads them (a session would keep some).
-                _ if header_bytes > limit => {
-                    let refused = ApiError::HeadersTooLarge { limit }.error_response();
-                    Ok(request.into_response(refused))
-                }
-                None => service.call(request).await,
-                Some(owner) => {
-                    // The owner logs under the same id.
-                    request.headers_mut().insert(REQUEST_ID, id.clone());
-                    forward::forward(request, owner, &shared.node, &shared.cluster, service.as_ref()).await
+                Ok(request.into_response(ApiError::HeadersTooLarge { limit }.error_response()))
+            } else if let Some(refusal) = forward::refuse_unproven(&request, &shared.cluster) {
+                Ok(request.into_response(refusal))
+            } else {
+                match forward::owner(&request, &shared.node, &shared.cluster) {
+                    None => service.call(request).await,
+                    Some(owner) => {
+                        // The owner logs under the same id.
+                        request.headers_mut().insert(REQUEST_ID, id.clone());
+                        forward::forward(request, owner, &shared.node, &shared.cluster, service.as_ref())
+                            .await
+                    }
                 }
             };
             let (route, status) = match &result {

@@ -16,6 +16,10 @@ use crate::plan::InvalidInput;
 /// The `type` of every problem is `urn:problem:edgecache:<slug>`.
 pub const PROBLEM_TYPE_PREFIX: &str = "urn:problem:edgecache:";
 
+/// The slug of a request refused because it claims to be forwarded without proof (a
+/// forwarding node that gets it back serves the request itself).
+pub const FORWARDED_WITHOUT_PROOF: &str = "forwarded-without-proof";
+
 /// What went wrong, by whose fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -70,6 +74,8 @@ pub enum ApiError {
          retry with the same Idempotency-Key"
     )]
     OutcomeUnknown,
+    #[error("X-Edgecache-Forwarded is set only by edge nodes, with a valid X-Edgecache-Proof: {0}")]
+    ForwardedWithoutProof(crate::cluster::ProofError),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -111,6 +117,7 @@ impl ApiError {
             ApiError::OriginUnavailable(_) => "origin-unavailable",
             ApiError::SessionBusy => "session-busy",
             ApiError::OutcomeUnknown => "write-outcome-unknown",
+            ApiError::ForwardedWithoutProof(_) => FORWARDED_WITHOUT_PROOF,
             ApiError::Internal(_) => "internal",
         }
     }
@@ -180,7 +187,8 @@ impl ResponseError for ApiError {
             | ApiError::InvalidIfMatch
             | ApiError::InvalidIdempotencyKey { .. }
             | ApiError::Session(_)
-            | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidRequest(_)
+            | ApiError::ForwardedWithoutProof(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownCollection(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BoundCrossed(_) | ApiError::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,

@@ -1,35 +1,38 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (it can serve: the origin
-//! answers).
+//! answered its last readiness ping, see [`crate::readiness`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::ApiError;
-use std::sync::Arc;
-
 use crate::cluster::Cluster;
+use crate::origin::OriginError;
+use crate::readiness::{Readiness, Ready};
 use crate::Node;
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// `POST /cluster/leave {"node": id}`: a peer says it is stopping.
-pub async fn peer_left(cluster: web::Data<Arc<Cluster>>, body: web::Json<Leaving>) -> HttpResponse {
-    cluster.left(&body.node);
-    HttpResponse::NoContent().finish()
-}
-
-#[derive(serde::Deserialize)]
-pub struct Leaving {
-    node: String,
-}
-
+/// `GET /readyz`: from the last readiness sample, never a query of its own. 503
+/// `origin-unavailable` when the origin did not answer it (or it is too old).
 pub async fn readyz(
     node: web::Data<Node>,
     cluster: web::Data<Arc<Cluster>>,
+    readiness: web::Data<Readiness>,
 ) -> Result<HttpResponse, ApiError> {
-    let position = node.origin().ping().await?;
+    let (position, age) = match readiness.check().await {
+        Ready::Yes { position, age } => (position, age),
+        Ready::No(reason) => {
+            return Err(ApiError::OriginUnavailable(OriginError::Unavailable {
+                reason,
+                source: None,
+            }))
+        }
+    };
     let peers: serde_json::Map<String, serde_json::Value> = cluster
         .view()
         .into_iter()
@@ -38,11 +41,15 @@ pub async fn readyz(
     Ok(HttpResponse::Ok().json(json!({
         "status": "ready",
         "node": node.node_id(),
-        "origin": { "kind": node.origin().kind(), "position": position.0 },
+        "origin": {
+            "kind": node.origin().kind(),
+            "position": position.0,
+            "checked_ms_ago": age.as_millis() as u64,
+        },
         "live_sessions": node.sessions().len(),
         "peers": peers,
-        "forwarded": cluster.forwarded.load(std::sync::atomic::Ordering::Relaxed),
-        "forward_failures": cluster.forward_failures.load(std::sync::atomic::Ordering::Relaxed),
+        "forwarded": cluster.forwarded.load(Ordering::Relaxed),
+        "forward_failures": cluster.forward_failures.load(Ordering::Relaxed),
         "flags": node.flag_status().unwrap_or_else(|| "configuration".to_owned()),
     })))
 }

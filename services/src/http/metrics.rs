@@ -4,12 +4,15 @@
 //! The counts live in plain atomics ([`crate::metrics`]); a scrape renders them with
 //! `prometheus_client`'s encoder through a [`Collector`], so the request path never
 //! touches a registry or a label map. Every name has the `edgecache_` prefix; counters
-//! end in `_total`. `/metrics` needs no token: scrapers reach it on the node's port.
+//! end in `_total`. With `admin.metrics_token` set, a scrape must carry
+//! `Authorization: Bearer <metrics token>` (401 otherwise); without it `/metrics` is
+//! open to whoever reaches the node's port (the public load balancer does not pass it
+//! on: `deploy/nginx.conf`).
 
 use std::fmt;
 use std::sync::Arc;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use edgecache_flags::Strategy;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -20,15 +23,27 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::ApiError;
+use super::{AdminAuth, ApiError};
 use crate::metrics::{HttpCounts, LatencyCounts, Tier, HTTP_BOUNDS, STATUSES};
 use crate::{CacheStatus, Node};
 
 /// The OpenMetrics text format, which Prometheus negotiates and accepts.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The realm named in `WWW-Authenticate` by `/metrics`.
+const REALM: &str = "edgecache-metrics";
+
 /// `GET /metrics`
-pub async fn metrics(node: web::Data<Node>) -> Result<HttpResponse, ApiError> {
+pub async fn metrics(
+    request: HttpRequest,
+    node: web::Data<Node>,
+    auth: web::Data<AdminAuth>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(token) = auth.metrics_token() {
+        if let Err(refusal) = token.check(request.headers(), REALM, "metrics token") {
+            return Ok(refusal);
+        }
+    }
     let mut registry = Registry::with_prefix("edgecache");
     registry.register_collector(Box::new(NodeCollector(node.into_inner())));
     let mut body = String::with_capacity(16 * 1024);

@@ -3,6 +3,8 @@
 
 pub mod admin;
 mod batch;
+mod bearer;
+mod cluster;
 pub mod envelope;
 mod error;
 pub mod forward;
@@ -27,7 +29,12 @@ use crate::metrics::route;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", route::HEALTHZ).route(web::get().to(health::healthz)))
         .service(resource("/readyz", route::READYZ).route(web::get().to(health::readyz)))
-        .service(resource("/cluster/leave", route::CLUSTER_LEAVE).route(web::post().to(health::peer_left)))
+        .service(
+            web::scope("/cluster")
+                .wrap(actix_web::middleware::from_fn(cluster::require_peer))
+                .service(resource("/health", route::CLUSTER_HEALTH).route(web::get().to(cluster::health)))
+                .service(resource("/leave", route::CLUSTER_LEAVE).route(web::post().to(cluster::peer_left))),
+        )
         .service(resource("/metrics", route::METRICS).route(web::get().to(metrics::metrics)))
         .service(
             web::scope("/admin")

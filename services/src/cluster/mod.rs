@@ -7,12 +7,28 @@
 //! `cluster.failure_threshold` consecutive failed health checks or forwards (the
 //! circuit opens), or at once when it announces that it is stopping; one successful
 //! check puts it back.
+//!
+//! Calls between nodes are authenticated: each carries a [`proof`] made with the
+//! group's cluster secret, and a node accepts a call only from a listed peer whose
+//! proof checks out. A peer that refuses this node's proofs (another secret, clocks
+//! too far apart) fails its health checks and so leaves the rotation: forwarding to
+//! it would be refused.
 
+mod proof;
+
+use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use edgecache_config::ClusterSettings;
+
+pub use proof::{Keys, ProofError, Proven, PROOF_HEADER, PROOF_WINDOW};
+
+/// The peer route a health check asks (authenticated, unlike `/healthz`).
+pub const HEALTH_PATH: &str = "/cluster/health";
+/// The peer route a leave announcement is posted to.
+pub const LEAVE_PATH: &str = "/cluster/leave";
 
 /// One peer node.
 pub struct Peer {
@@ -43,6 +59,7 @@ pub struct Cluster {
     node_id: String,
     peers: Vec<Peer>,
     settings: ClusterSettings,
+    keys: Keys,
     client: reqwest::Client,
     /// Requests this node forwarded to their session's owner.
     pub forwarded: AtomicU64,
@@ -84,6 +101,7 @@ impl Cluster {
             node_id: node_id.to_owned(),
             peers,
             settings: settings.clone(),
+            keys: Keys::new(settings),
             client,
             forwarded: AtomicU64::new(0),
             forward_failures: AtomicU64::new(0),
@@ -120,11 +138,30 @@ impl Cluster {
             .map(|(_, p)| p)
     }
 
-    /// Counts a failure of `peer`; past the threshold it leaves the rotation.
-    pub fn failed(&self, peer: &Peer) {
+    /// The proof of this node's call of `method` on `target` (path and query, as
+    /// sent) to a peer, for the [`PROOF_HEADER`]; `None` without a cluster secret
+    /// (a solo node, which calls no peer).
+    pub fn sign(&self, method: &str, target: &str) -> Option<String> {
+        self.keys.sign(&self.node_id, method, target, SystemTime::now())
+    }
+
+    /// Checks the proof of a call of `method` on `target` (path and query, as
+    /// received): made with an accepted cluster secret, within [`PROOF_WINDOW`], by
+    /// one of this node's peers. Returns that peer.
+    pub fn verify(&self, proof: Option<&str>, method: &str, target: &str) -> Result<&Peer, ProofError> {
+        let Proven { node } = self.keys.verify(proof, method, target, SystemTime::now())?;
+        self.peers
+            .iter()
+            .find(|p| p.id == node)
+            .ok_or_else(|| ProofError::UnknownPeer(node.to_owned()))
+    }
+
+    /// Counts a failure of `peer` (`cause` is logged when it takes the peer out); past
+    /// the threshold it leaves the rotation.
+    pub fn failed(&self, peer: &Peer, cause: impl Display) {
         let failures = peer.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures >= self.settings.failure_threshold && peer.in_rotation.swap(false, Ordering::AcqRel) {
-            tracing::warn!(peer = %peer.id, failures, "peer out of rotation");
+            tracing::warn!(peer = %peer.id, failures, %cause, "peer out of rotation");
         }
     }
 
@@ -152,7 +189,20 @@ impl Cluster {
         }
     }
 
-    /// Checks every peer's `/healthz` each `health_interval`, forever.
+    /// A request of this node to `peer`, with its proof.
+    fn call(&self, peer: &Peer, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut request = self
+            .client
+            .request(method.clone(), format!("{}{path}", peer.base))
+            .timeout(self.settings.health_timeout);
+        if let Some(proof) = self.sign(method.as_str(), path) {
+            request = request.header(PROOF_HEADER, proof);
+        }
+        request
+    }
+
+    /// Checks every peer's [`HEALTH_PATH`] each `health_interval`, forever. A peer
+    /// that answers 401 refuses this node's proofs: it counts as failed.
     pub async fn watch(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(self.settings.health_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,15 +211,14 @@ impl Cluster {
             ticker.tick().await;
             let checks = this.peers.iter().map(|peer| async move {
                 let epoch = peer.epoch();
-                let check = this
-                    .client
-                    .get(format!("{}/healthz", peer.base))
-                    .timeout(this.settings.health_timeout)
-                    .send()
-                    .await;
-                match check {
+                match this.call(peer, reqwest::Method::GET, HEALTH_PATH).send().await {
                     Ok(response) if response.status().is_success() => this.succeeded(peer, epoch),
-                    _ => this.failed(peer),
+                    Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => this.failed(
+                        peer,
+                        "it refuses this node's proof (another cluster secret, or clocks too far apart)",
+                    ),
+                    Ok(response) => this.failed(peer, format!("health check answered {}", response.status())),
+                    Err(e) => this.failed(peer, e),
                 }
             });
             futures_util::future::join_all(checks).await;
@@ -180,10 +229,8 @@ impl Cluster {
     /// it stops accepting. Bounded by the health timeout.
     pub async fn announce_leaving(&self) {
         let notes = self.peers.iter().map(|peer| {
-            self.client
-                .post(format!("{}/cluster/leave", peer.base))
+            self.call(peer, reqwest::Method::POST, LEAVE_PATH)
                 .json(&serde_json::json!({ "node": self.node_id }))
-                .timeout(self.settings.health_timeout)
                 .send()
         });
         futures_util::future::join_all(notes).await;

@@ -1,0 +1,88 @@
+//! The peer API under `/cluster`: `GET /cluster/health` (a peer's health check) and
+//! `POST /cluster/leave {"node": id}` (a peer says it is stopping).
+//!
+//! Only peers may call it: every request must carry the `X-Edgecache-Proof` of a node
+//! listed in `cluster.peers`, made with an accepted cluster secret
+//! ([`crate::cluster`]); without one the answer is 401 problem+json and nothing
+//! changes. The public load balancer does not pass `/cluster/` on at all
+//! (`deploy/nginx.conf`).
+
+use std::sync::Arc;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::ServiceRequest;
+use actix_web::dev::ServiceResponse;
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{web, Error, HttpMessage, HttpResponse};
+use serde_json::json;
+
+use super::error::problem;
+use super::forward::target;
+use crate::cluster::{Cluster, PROOF_HEADER};
+
+/// The peer whose proof a `/cluster` request carried (request extension).
+#[derive(Clone)]
+struct ProvenPeer(String);
+
+/// The middleware of the `/cluster` scope (mounted with `middleware::from_fn`).
+pub async fn require_peer(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let cluster = request
+        .app_data::<web::Data<Arc<Cluster>>>()
+        .cloned()
+        .expect("the cluster is app data");
+    let proof = request.headers().get(PROOF_HEADER).and_then(|v| v.to_str().ok());
+    match cluster.verify(proof, request.method().as_str(), target(&request)) {
+        Ok(peer) => {
+            request.extensions_mut().insert(ProvenPeer(peer.id.clone()));
+            next.call(request).await.map(ServiceResponse::map_into_boxed_body)
+        }
+        Err(refusal) => {
+            tracing::warn!(path = request.path(), cause = %refusal, "peer request refused");
+            let response = problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                format!("cluster routes are for peer nodes only: {refusal}"),
+            )
+            .to_actix_response();
+            Ok(request.into_response(response))
+        }
+    }
+}
+
+/// `GET /cluster/health`: this node answers, and accepts the caller's proof.
+pub async fn health(cluster: web::Data<Arc<Cluster>>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok", "node": cluster.node_id() }))
+}
+
+#[derive(serde::Deserialize)]
+pub struct Leaving {
+    node: String,
+}
+
+/// `POST /cluster/leave {"node": id}`: the peer that signed the request is stopping.
+/// A peer announces only its own leaving (403 for another node's).
+pub async fn peer_left(
+    request: actix_web::HttpRequest,
+    cluster: web::Data<Arc<Cluster>>,
+    body: web::Json<Leaving>,
+) -> HttpResponse {
+    let proven = request.extensions().get::<ProvenPeer>().cloned();
+    match proven {
+        Some(ProvenPeer(peer)) if peer == body.node => {
+            cluster.left(&peer);
+            HttpResponse::NoContent().finish()
+        }
+        _ => problem(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            format!("a node announces only its own leaving, not `{}`'s", body.node),
+        )
+        .to_actix_response(),
+    }
+}
