@@ -10,7 +10,8 @@ use quick_cache::sync::{Cache, GuardResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 
 use crate::session::{Session, SessionActor, SessionLimits};
-use crate::Watermarks;
+use crate::token::Carried;
+use crate::Lineage;
 
 /// A live session: its shared state and its actor.
 pub struct LiveSession {
@@ -115,10 +116,10 @@ impl SessionRegistry {
         self.table.get(id).filter(|h| !h.session.is_retired())
     }
 
-    /// The session `id`: the live one, else one rebuilt from `token` (the watermarks
-    /// of a verified token), else a new one. Must run inside an actix system (the
-    /// session's actor starts on the current arbiter).
-    pub fn open(&self, id: &str, token: Option<&Watermarks>) -> (SessionHandle, SessionStart) {
+    /// The session `id`: the live one, else one rebuilt from `token` (what a verified
+    /// token carries, its lineage with it), else a new one with a new lineage. Must
+    /// run inside an actix system (the session's actor starts on the current arbiter).
+    pub fn open(&self, id: &str, token: Option<&Carried>) -> (SessionHandle, SessionStart) {
         if let Some(handle) = self.get(id) {
             return (handle, SessionStart::Live);
         }
@@ -127,9 +128,7 @@ impl SessionRegistry {
         } else {
             SessionStart::New
         };
-        let mut watermarks = token.cloned().unwrap_or_default();
-        watermarks.compact(self.limits.max_items);
-        let session = || Arc::new(Session::new(id.into(), watermarks.clone(), self.limits));
+        let session = || Arc::new(self.build(id, token));
         // An id past the bound (callers validate ids) gets a session that is not kept:
         // its requests rebuild it from their tokens, which is slower, never wrong.
         let Ok(key) = SessionKey::from(id) else {
@@ -156,12 +155,26 @@ impl SessionRegistry {
         (handle, start)
     }
 
+    /// A session from what `token` carries (a token of the first format names no
+    /// lineage: it gets a new one), else an empty one with a new lineage.
+    fn build(&self, id: &str, token: Option<&Carried>) -> Session {
+        let lineage = token.and_then(|t| t.lineage).unwrap_or_else(Lineage::random);
+        let mut watermarks = token.map(|t| t.watermarks.clone()).unwrap_or_default();
+        watermarks.compact(self.limits.max_items);
+        Session::new(id.into(), lineage, watermarks, self.limits)
+    }
+
     /// Starts a new actor for a session whose actor stopped while a request still
     /// held it (evicted or passivated mid-request), and makes it live again.
     pub fn revive(&self, session: Arc<Session>) -> SessionHandle {
+        let (lineage, watermarks) = {
+            let state = session.state();
+            (state.lineage(), state.watermarks().clone())
+        };
         let fresh = Arc::new(Session::new(
             session.id().into(),
-            session.state().watermarks().clone(),
+            lineage,
+            watermarks,
             self.limits,
         ));
         let handle = self.start(fresh);
@@ -195,7 +208,7 @@ impl SessionRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Position, Version};
+    use crate::{Position, Version, Watermarks};
 
     fn registry(max_live: usize, lease: Duration) -> SessionRegistry {
         SessionRegistry::new(
@@ -221,7 +234,13 @@ mod tests {
             },
             reg.limits(),
         );
-        let carried = handle.session.state().watermarks().clone();
+        let carried = {
+            let state = handle.session.state();
+            Carried {
+                lineage: Some(state.lineage()),
+                watermarks: state.watermarks().clone(),
+            }
+        };
         assert_eq!(reg.open("s1", None).1, SessionStart::Live);
 
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -234,6 +253,11 @@ mod tests {
         let (rebuilt, start) = reg.open("s1", Some(&carried));
         assert_eq!(start, SessionStart::Rebuilt);
         assert_eq!(rebuilt.session.state().need(7, true, true).version, Version(3));
+        assert_eq!(
+            rebuilt.session.state().lineage(),
+            carried.lineage.unwrap(),
+            "the lineage carries on"
+        );
     }
 
     #[actix_rt::test]

@@ -14,7 +14,7 @@ use futures_util::future::LocalBoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::{Doc, ItemKey, KeyRef, Need, TokenKeys, Watermarks};
+use crate::{Doc, ItemKey, KeyRef, Lineage, Need, TokenKeys, Watermarks};
 
 /// Bounds of one session's state.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +40,8 @@ pub struct PendingWrite {
 /// (never a global one) and changed by its actor (writes) and by reads (read marks).
 #[derive(Debug)]
 pub struct SessionState {
+    /// The line of tokens this state issues and takes in (see [`Lineage`]).
+    lineage: Lineage,
     watermarks: Watermarks,
     pending: VecDeque<PendingWrite>,
     /// Bumped on every change of `watermarks`, so an unchanged session reuses its
@@ -70,6 +72,10 @@ struct KeptStrategies {
 impl SessionState {
     pub fn watermarks(&self) -> &Watermarks {
         &self.watermarks
+    }
+
+    pub fn lineage(&self) -> Lineage {
+        self.lineage
     }
 
     /// The need of a read of `item` under the given switches.
@@ -171,7 +177,7 @@ impl SessionState {
         match &self.issued {
             Some((generation, token)) if *generation == self.generation => token.clone(),
             _ => {
-                let token = Bytes::from(keys.sign(session_id, &self.watermarks));
+                let token = Bytes::from(keys.sign(session_id, &self.lineage, &self.watermarks));
                 self.issued = Some((self.generation, token.clone()));
                 token
             }
@@ -196,10 +202,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(id: Arc<str>, watermarks: Watermarks, limits: SessionLimits) -> Self {
+    /// A session of `lineage` starting from `watermarks`.
+    pub fn new(id: Arc<str>, lineage: Lineage, watermarks: Watermarks, limits: SessionLimits) -> Self {
         Self {
             id,
             state: Mutex::new(SessionState {
+                lineage,
                 watermarks,
                 pending: VecDeque::new(),
                 generation: 0,
@@ -451,15 +459,16 @@ mod tests {
         sent.record_write(1, Version(5), Position(50), limits.max_items);
         sent.record_read(2, Version(3), Position(30), limits.max_items);
         sent.record_read(3, Version(4), Position(40), limits.max_items);
-        let token = keys.sign("s", &sent);
-        let carried = keys.verify("s", &token).unwrap();
+        let lineage = Lineage::random();
+        let token = keys.sign("s", &lineage, &sent);
+        let carried = keys.verify("s", &token).unwrap().watermarks;
 
-        let session = Session::new("s".into(), Watermarks::default(), limits);
+        let session = Session::new("s".into(), lineage, Watermarks::default(), limits);
         let mut state = session.state();
         assert!(!state.contains(&token), "never taken in");
         state.merge_token(&token, &carried, limits);
         assert!(state.contains(&token));
-        let other = keys.sign("s", &Watermarks::default());
+        let other = keys.sign("s", &lineage, &Watermarks::default());
         assert!(!state.contains(&other), "another token is verified and merged");
 
         // Many more reads compact the marks: the state still needs at least what the
@@ -488,7 +497,7 @@ mod tests {
             max_items: 4,
             max_pending: 4,
         };
-        let session = Session::new("s".into(), Watermarks::default(), limits);
+        let session = Session::new("s".into(), Lineage::random(), Watermarks::default(), limits);
         let mut state = session.state();
         let off = Strategies::ALL_ON.with(Strategy::ReadYourWrites, Arm::OFF);
         assert_eq!(state.strategies(3, None), None, "nothing kept yet");
@@ -507,7 +516,12 @@ mod tests {
             max_items: 8,
             max_pending: 4,
         };
-        let session = Arc::new(Session::new("s".into(), Watermarks::default(), limits));
+        let session = Arc::new(Session::new(
+            "s".into(),
+            Lineage::random(),
+            Watermarks::default(),
+            limits,
+        ));
         let addr = SessionActor::new(session.clone(), Duration::from_secs(60), Box::new(|_| {})).start();
         let log = Arc::new(StdMutex::new(Vec::new()));
         let key = ItemKey::new("c".into(), "k");
@@ -551,7 +565,12 @@ mod tests {
             max_items: 8,
             max_pending: 4,
         };
-        let session = Arc::new(Session::new("s".into(), Watermarks::default(), limits));
+        let session = Arc::new(Session::new(
+            "s".into(),
+            Lineage::random(),
+            Watermarks::default(),
+            limits,
+        ));
         let addr = SessionActor::new(session.clone(), Duration::from_secs(60), Box::new(|_| {})).start();
         let log = Arc::new(StdMutex::new(Vec::new()));
         // The first write is slow; the second arrives while it runs.

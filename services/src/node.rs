@@ -298,7 +298,7 @@ impl Node {
                 let mut state = live.session.state();
                 if !state.contains(token) {
                     let carried = self.keys.verify(id, token)?;
-                    state.merge_token(token, &carried, self.sessions.limits());
+                    state.merge_token(token, &carried.watermarks, self.sessions.limits());
                 }
                 drop(state);
                 (live, SessionStart::Live)
@@ -313,7 +313,7 @@ impl Node {
                     handle
                         .session
                         .state()
-                        .merge_token(token, carried, self.sessions.limits());
+                        .merge_token(token, &carried.watermarks, self.sessions.limits());
                 }
                 (handle, start)
             }

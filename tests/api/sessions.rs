@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+use edgecache_actors::item_hash;
 use serde_json::json;
 
 use crate::helpers::{spawn_app, Client, Store, LONG_TTL};
@@ -92,4 +94,46 @@ async fn the_session_id_is_answered_only_when_the_node_minted_it() {
         "the token always comes back"
     );
     assert_eq!(client.session_id.as_deref(), Some(minted.as_str()));
+}
+
+#[actix_web::test]
+async fn tokens_over_http_do_not_reveal_which_known_ids_a_session_touched() {
+    let store = Store::new();
+    let app = spawn_app(&store, LONG_TTL);
+    let catalogue: Vec<String> = (0..2_000).map(|i| format!("sku-{i:04}")).collect();
+    for id in ["sku-0017", "sku-1234", "sku-0018", "sku-0999"] {
+        Client::new()
+            .put(&app, &format!("/v1/articles/{id}"), json!({"title": "t"}))
+            .await;
+    }
+    let mut tokens = Vec::new();
+    for ids in [["sku-0017", "sku-1234"], ["sku-0018", "sku-0999"]] {
+        let mut user = Client::new();
+        user.put(&app, &format!("/v1/articles/{}", ids[0]), json!({"title": "u"}))
+            .await;
+        user.get(&app, &format!("/v1/articles/{}", ids[1])).await;
+        tokens.push(user.token.clone().unwrap());
+    }
+    // The attacker's reversal: hash every id with the public item hash and look for
+    // it anywhere in the token's bytes.
+    for token in &tokens {
+        let bytes: Vec<u8> = token
+            .split('.')
+            .skip(2)
+            .flat_map(|part| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(part)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let found: Vec<&String> = catalogue
+            .iter()
+            .filter(|id| {
+                let hash = item_hash("articles", id).to_le_bytes();
+                bytes.windows(8).any(|w| w == hash)
+            })
+            .collect();
+        assert!(found.is_empty(), "{found:?} found in {token}");
+    }
+    assert_eq!(tokens[0].len(), tokens[1].len(), "nor told apart by length");
 }
