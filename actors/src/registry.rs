@@ -19,6 +19,17 @@ pub struct LiveSession {
     pub addr: Addr<SessionActor>,
 }
 
+impl LiveSession {
+    /// Ends a session that is not kept, once its request is done: its actor stops now
+    /// (or at its next tick, if its mailbox is full). A kept session is left alone.
+    pub fn release(&self) {
+        if !self.session.is_kept() {
+            self.session.retire();
+            let _ = self.addr.try_send(crate::session::Passivate);
+        }
+    }
+}
+
 /// What the table hands out for a live session. One `Arc`, so taking it for a
 /// request is one atomic increment: cloning an actix `Addr` allocates twice.
 pub type SessionHandle = Arc<LiveSession>;
@@ -32,6 +43,11 @@ pub enum SessionStart {
     Rebuilt,
     /// A session with nothing to rebuild from (no token): a new one.
     New,
+    /// The session id names a live session, but the request holds no token of its
+    /// lineage: it is served by a session of its own, from its token if it sent one,
+    /// that sees none of the live session's marks and is not kept
+    /// ([`SessionRegistry::detached`]).
+    Detached,
 }
 
 impl SessionStart {
@@ -40,6 +56,7 @@ impl SessionStart {
             SessionStart::Live => "live",
             SessionStart::Rebuilt => "rebuilt",
             SessionStart::New => "new",
+            SessionStart::Detached => "detached",
         }
     }
 }
@@ -119,6 +136,9 @@ impl SessionRegistry {
     /// The session `id`: the live one, else one rebuilt from `token` (what a verified
     /// token carries, its lineage with it), else a new one with a new lineage. Must
     /// run inside an actix system (the session's actor starts on the current arbiter).
+    ///
+    /// A live session is handed out whatever its lineage: the caller decides whether
+    /// the request may use it.
     pub fn open(&self, id: &str, token: Option<&Carried>) -> (SessionHandle, SessionStart) {
         if let Some(handle) = self.get(id) {
             return (handle, SessionStart::Live);
@@ -132,7 +152,7 @@ impl SessionRegistry {
         // An id past the bound (callers validate ids) gets a session that is not kept:
         // its requests rebuild it from their tokens, which is slower, never wrong.
         let Ok(key) = SessionKey::from(id) else {
-            return (self.start(session()), start);
+            return (self.start(Arc::new(self.build(id, token).detached())), start);
         };
         // One request creates the session; a concurrent one waits for it briefly.
         let guard = match self
@@ -155,6 +175,14 @@ impl SessionRegistry {
         (handle, start)
     }
 
+    /// A session `id` that is not kept in the table: rebuilt from `token` (with its
+    /// lineage), else new. For a request that names a live session without a token of
+    /// its lineage: it must not see that session's marks, nor add to them. The caller
+    /// ends it when the request is done ([`LiveSession::release`]).
+    pub fn detached(&self, id: &str, token: Option<&Carried>) -> SessionHandle {
+        self.start(Arc::new(self.build(id, token).detached()))
+    }
+
     /// A session from what `token` carries (a token of the first format names no
     /// lineage: it gets a new one), else an empty one with a new lineage.
     fn build(&self, id: &str, token: Option<&Carried>) -> Session {
@@ -165,19 +193,18 @@ impl SessionRegistry {
     }
 
     /// Starts a new actor for a session whose actor stopped while a request still
-    /// held it (evicted or passivated mid-request), and makes it live again.
+    /// held it (evicted or passivated mid-request), and makes it live again (unless
+    /// it was detached: then it stays out of the table).
     pub fn revive(&self, session: Arc<Session>) -> SessionHandle {
         let (lineage, watermarks) = {
             let state = session.state();
             (state.lineage(), state.watermarks().clone())
         };
-        let fresh = Arc::new(Session::new(
-            session.id().into(),
-            lineage,
-            watermarks,
-            self.limits,
-        ));
-        let handle = self.start(fresh);
+        let fresh = Session::new(session.id().into(), lineage, watermarks, self.limits);
+        if !session.is_kept() {
+            return self.start(Arc::new(fresh.detached()));
+        }
+        let handle = self.start(Arc::new(fresh));
         if let Ok(key) = SessionKey::from(handle.session.id()) {
             self.table.insert(key, handle.clone());
         }
@@ -258,6 +285,32 @@ mod tests {
             carried.lineage.unwrap(),
             "the lineage carries on"
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_detached_session_stays_out_of_the_table_and_a_revived_one_too() {
+        let reg = registry(16, Duration::from_secs(60));
+        let (live, _) = reg.open("s1", None);
+        let detached = reg.detached("s1", None);
+        assert!(!detached.session.is_kept());
+        assert_ne!(
+            detached.session.state().lineage(),
+            live.session.state().lineage(),
+            "a lineage of its own"
+        );
+        detached.session.retire();
+        let revived = reg.revive(detached.session.clone());
+        assert!(!revived.session.is_kept());
+        assert_eq!(
+            revived.session.state().lineage(),
+            detached.session.state().lineage()
+        );
+        let kept = reg.get("s1").expect("live");
+        assert!(
+            Arc::ptr_eq(&kept.session, &live.session),
+            "the live session is untouched"
+        );
+        assert_eq!(reg.len(), 1);
     }
 
     #[actix_rt::test]

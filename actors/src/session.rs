@@ -199,6 +199,8 @@ pub struct Session {
     retired: AtomicBool,
     /// Where the node's metrics last counted the session (see [`Session::counted_in`]).
     counted_in: AtomicU32,
+    /// Whether the session table holds this session (see [`Session::detached`]).
+    kept: bool,
 }
 
 impl Session {
@@ -220,7 +222,22 @@ impl Session {
             epoch: Instant::now(),
             retired: AtomicBool::new(false),
             counted_in: AtomicU32::new(0),
+            kept: true,
         }
+    }
+
+    /// The same session, not to be kept in the session table: it serves one request
+    /// and is retired after it (a request that named a live session id without a
+    /// token of its lineage; see `SessionRegistry::detached`).
+    pub fn detached(mut self) -> Self {
+        self.kept = false;
+        self
+    }
+
+    /// Whether the session table holds (or held) this session; `false` for one that
+    /// serves a single request.
+    pub fn is_kept(&self) -> bool {
+        self.kept
     }
 
     pub fn id(&self) -> &str {
