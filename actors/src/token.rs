@@ -34,7 +34,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -151,7 +151,8 @@ impl TokenKeys {
         let keys: Vec<Key> = keys
             .into_iter()
             .map(|(id, secret)| {
-                let v1_mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+                let v1_mac =
+                    <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
                 let mut derive = v1_mac.clone();
                 derive.update(SEAL_KEY_LABEL);
                 let seal_key = derive.finalize().into_bytes();
@@ -215,9 +216,13 @@ impl TokenKeys {
         let (lineage, rest) = sealed.split_at_mut(LINEAGE_LEN);
         let (payload, tag) = rest.split_at_mut(payload_len);
         let lineage: [u8; LINEAGE_LEN] = (*lineage).try_into().expect("split at its length");
-        let tag = Tag::try_from(&*tag).expect("split at its length");
         key.seal
-            .decrypt_inout_detached(&Nonce::from(lineage), key.prefix.as_bytes(), payload.into(), &tag)
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&lineage),
+                key.prefix.as_bytes(),
+                payload,
+                Tag::from_slice(tag),
+            )
             .map_err(|_| TokenError::Tampered)?;
         let (binding, watermarks) = decode(payload, true).ok_or(TokenError::Malformed)?;
         if binding != session_binding(session_id) {
@@ -268,10 +273,10 @@ fn seal(key: &Key, session_id: &str, lineage: &Lineage, watermarks: &Watermarks)
     sealed.resize(LINEAGE_LEN + padded, 0);
     let tag = key
         .seal
-        .encrypt_inout_detached(
-            &Nonce::from(lineage.0),
+        .encrypt_in_place_detached(
+            Nonce::from_slice(&lineage.0),
             key.prefix.as_bytes(),
-            (&mut sealed[LINEAGE_LEN..]).into(),
+            &mut sealed[LINEAGE_LEN..],
         )
         .expect("a payload of a few hundred bytes is far within AES-GCM-SIV's bounds");
     sealed.extend_from_slice(&tag);
@@ -410,7 +415,7 @@ mod tests {
     fn sign_v1(secret: &[u8], kid: &str, session_id: &str, w: &Watermarks) -> String {
         let mut payload = Vec::new();
         encode(&mut payload, session_id, w);
-        let mut mac = HmacSha256::new_from_slice(secret).unwrap();
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(secret).unwrap();
         mac.update(format!("v1.{kid}.").as_bytes());
         mac.update(&payload);
         let tag = mac.finalize().into_bytes();
