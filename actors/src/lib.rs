@@ -13,5 +13,5 @@ pub use session::{
     Passivate, PendingBudget, PendingWrite, Session, SessionActor, SessionLimits, SessionState, Write,
     WriteFuture, WriteTicket, Written,
 };
-pub use token::{TokenError, TokenKeys, MAX_TOKEN_LEN};
+pub use token::{Carried, Lineage, TokenError, TokenKeys, MAX_TOKEN_LEN};
 pub use watermarks::{Mark, Need, Watermarks};

@@ -10,12 +10,24 @@ use quick_cache::sync::{Cache, GuardResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 
 use crate::session::{PendingBudget, Session, SessionActor, SessionLimits};
-use crate::Watermarks;
+use crate::token::Carried;
+use crate::Lineage;
 
 /// A live session: its shared state and its actor.
 pub struct LiveSession {
     pub session: Arc<Session>,
     pub addr: Addr<SessionActor>,
+}
+
+impl LiveSession {
+    /// Ends a session that is not kept, once its request is done: its actor stops now
+    /// (or at its next tick, if its mailbox is full). A kept session is left alone.
+    pub fn release(&self) {
+        if !self.session.is_kept() {
+            self.session.retire();
+            let _ = self.addr.try_send(crate::session::Passivate);
+        }
+    }
 }
 
 /// What the table hands out for a live session. One `Arc`, so taking it for a
@@ -31,6 +43,11 @@ pub enum SessionStart {
     Rebuilt,
     /// A session with nothing to rebuild from (no token): a new one.
     New,
+    /// The session id names a live session, but the request holds no token of its
+    /// lineage: it is served by a session of its own, from its token if it sent one,
+    /// that sees none of the live session's marks and is not kept
+    /// ([`SessionRegistry::detached`]).
+    Detached,
 }
 
 impl SessionStart {
@@ -39,6 +56,7 @@ impl SessionStart {
             SessionStart::Live => "live",
             SessionStart::Rebuilt => "rebuilt",
             SessionStart::New => "new",
+            SessionStart::Detached => "detached",
         }
     }
 }
@@ -111,24 +129,20 @@ impl SessionRegistry {
         self.budget.used()
     }
 
-    /// A session for a request that named none: not live (no actor, not in the
-    /// table) until it writes ([`SessionRegistry::adopt`]), so anonymous reads pin
-    /// nothing.
-    pub fn detached(&self, id: &str) -> Arc<Session> {
-        self.session(id, Watermarks::default())
+    /// A session for a request that named none (its id was just minted): not live —
+    /// no actor, not in the table — until it writes ([`SessionRegistry::adopt`]), so
+    /// anonymous reads pin nothing.
+    pub fn anonymous(&self, id: &str) -> Arc<Session> {
+        Arc::new(self.build(id, None))
     }
 
-    /// Makes a detached session live: starts its actor and enters it in the table.
+    /// Makes an anonymous session live: starts its actor and enters it in the table.
     pub fn adopt(&self, session: Arc<Session>) -> SessionHandle {
         let handle = self.start(session);
         if let Ok(key) = SessionKey::from(handle.session.id()) {
             self.table.insert(key, handle.clone());
         }
         handle
-    }
-
-    fn session(&self, id: &str, watermarks: Watermarks) -> Arc<Session> {
-        Arc::new(Session::new(id.into(), watermarks, self.limits).with_budget(self.budget.clone()))
     }
 
     pub fn limits(&self) -> SessionLimits {
@@ -149,10 +163,13 @@ impl SessionRegistry {
         self.table.get(id).filter(|h| !h.session.is_retired())
     }
 
-    /// The session `id`: the live one, else one rebuilt from `token` (the watermarks
-    /// of a verified token), else a new one. Must run inside an actix system (the
-    /// session's actor starts on the current arbiter).
-    pub fn open(&self, id: &str, token: Option<&Watermarks>) -> (SessionHandle, SessionStart) {
+    /// The session `id`: the live one, else one rebuilt from `token` (what a verified
+    /// token carries, its lineage with it), else a new one with a new lineage. Must
+    /// run inside an actix system (the session's actor starts on the current arbiter).
+    ///
+    /// A live session is handed out whatever its lineage: the caller decides whether
+    /// the request may use it.
+    pub fn open(&self, id: &str, token: Option<&Carried>) -> (SessionHandle, SessionStart) {
         if let Some(handle) = self.get(id) {
             return (handle, SessionStart::Live);
         }
@@ -161,13 +178,11 @@ impl SessionRegistry {
         } else {
             SessionStart::New
         };
-        let mut watermarks = token.cloned().unwrap_or_default();
-        watermarks.compact(self.limits.max_items);
-        let session = || self.session(id, watermarks.clone());
+        let session = || Arc::new(self.build(id, token));
         // An id past the bound (callers validate ids) gets a session that is not kept:
         // its requests rebuild it from their tokens, which is slower, never wrong.
         let Ok(key) = SessionKey::from(id) else {
-            return (self.start(session()), start);
+            return (self.start(Arc::new(self.build(id, token).detached())), start);
         };
         // One request creates the session; a concurrent one waits for it briefly.
         let guard = match self
@@ -190,11 +205,37 @@ impl SessionRegistry {
         (handle, start)
     }
 
+    /// A session `id` that is not kept in the table: rebuilt from `token` (with its
+    /// lineage), else new. For a request that names a live session without a token of
+    /// its lineage: it must not see that session's marks, nor add to them. The caller
+    /// ends it when the request is done ([`LiveSession::release`]).
+    pub fn detached(&self, id: &str, token: Option<&Carried>) -> SessionHandle {
+        self.start(Arc::new(self.build(id, token).detached()))
+    }
+
+    /// A session from what `token` carries (a token of the first format names no
+    /// lineage: it gets a new one), else an empty one with a new lineage.
+    fn build(&self, id: &str, token: Option<&Carried>) -> Session {
+        let lineage = token.and_then(|t| t.lineage).unwrap_or_else(Lineage::random);
+        let mut watermarks = token.map(|t| t.watermarks.clone()).unwrap_or_default();
+        watermarks.compact(self.limits.max_items);
+        Session::new(id.into(), lineage, watermarks, self.limits).with_budget(self.budget.clone())
+    }
+
     /// Starts a new actor for a session whose actor stopped while a request still
-    /// held it (evicted or passivated mid-request), and makes it live again.
+    /// held it (evicted or passivated mid-request), and makes it live again (unless
+    /// it was detached: then it stays out of the table).
     pub fn revive(&self, session: Arc<Session>) -> SessionHandle {
-        let watermarks = session.state().watermarks().clone();
-        self.adopt(self.session(session.id(), watermarks))
+        let (lineage, watermarks) = {
+            let state = session.state();
+            (state.lineage(), state.watermarks().clone())
+        };
+        let fresh = Session::new(session.id().into(), lineage, watermarks, self.limits)
+            .with_budget(self.budget.clone());
+        if !session.is_kept() {
+            return self.start(Arc::new(fresh.detached()));
+        }
+        self.adopt(Arc::new(fresh))
     }
 
     fn start(&self, session: Arc<Session>) -> SessionHandle {
@@ -221,7 +262,7 @@ impl SessionRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Position, Version};
+    use crate::{Position, Version, Watermarks};
 
     fn registry(max_live: usize, lease: Duration) -> SessionRegistry {
         SessionRegistry::new(
@@ -247,7 +288,13 @@ mod tests {
             },
             reg.limits(),
         );
-        let carried = handle.session.state().watermarks().clone();
+        let carried = {
+            let state = handle.session.state();
+            Carried {
+                lineage: Some(state.lineage()),
+                watermarks: state.watermarks().clone(),
+            }
+        };
         assert_eq!(reg.open("s1", None).1, SessionStart::Live);
 
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -260,6 +307,37 @@ mod tests {
         let (rebuilt, start) = reg.open("s1", Some(&carried));
         assert_eq!(start, SessionStart::Rebuilt);
         assert_eq!(rebuilt.session.state().need(7, true, true).version, Version(3));
+        assert_eq!(
+            rebuilt.session.state().lineage(),
+            carried.lineage.unwrap(),
+            "the lineage carries on"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_detached_session_stays_out_of_the_table_and_a_revived_one_too() {
+        let reg = registry(16, Duration::from_secs(60));
+        let (live, _) = reg.open("s1", None);
+        let detached = reg.detached("s1", None);
+        assert!(!detached.session.is_kept());
+        assert_ne!(
+            detached.session.state().lineage(),
+            live.session.state().lineage(),
+            "a lineage of its own"
+        );
+        detached.session.retire();
+        let revived = reg.revive(detached.session.clone());
+        assert!(!revived.session.is_kept());
+        assert_eq!(
+            revived.session.state().lineage(),
+            detached.session.state().lineage()
+        );
+        let kept = reg.get("s1").expect("live");
+        assert!(
+            Arc::ptr_eq(&kept.session, &live.session),
+            "the live session is untouched"
+        );
+        assert_eq!(reg.len(), 1);
     }
 
     #[actix_rt::test]

@@ -14,7 +14,7 @@ use futures_util::future::LocalBoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::{Doc, ItemKey, KeyRef, Need, TokenKeys, Watermarks};
+use crate::{Doc, ItemKey, KeyRef, Lineage, Need, TokenKeys, Watermarks};
 
 /// Bounds of one session's state.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +78,8 @@ impl PendingBudget {
 /// (never a global one) and changed by its actor (writes) and by reads (read marks).
 #[derive(Debug)]
 pub struct SessionState {
+    /// The line of tokens this state issues and takes in (see [`Lineage`]).
+    lineage: Lineage,
     watermarks: Watermarks,
     pending: VecDeque<PendingWrite>,
     /// Bumped on every change of `watermarks`, so an unchanged session reuses its
@@ -118,6 +120,10 @@ struct KeptStrategies {
 impl SessionState {
     pub fn watermarks(&self) -> &Watermarks {
         &self.watermarks
+    }
+
+    pub fn lineage(&self) -> Lineage {
+        self.lineage
     }
 
     /// The need of a read of `item` under the given switches.
@@ -229,7 +235,7 @@ impl SessionState {
         match &self.issued {
             Some((generation, token)) if *generation == self.generation => token.clone(),
             _ => {
-                let token = Bytes::from(keys.sign(session_id, &self.watermarks));
+                let token = Bytes::from(keys.sign(session_id, &self.lineage, &self.watermarks));
                 self.issued = Some((self.generation, token.clone()));
                 token
             }
@@ -251,13 +257,17 @@ pub struct Session {
     retired: AtomicBool,
     /// Where the node's metrics last counted the session (see [`Session::counted_in`]).
     counted_in: AtomicU32,
+    /// Whether the session table holds this session (see [`Session::detached`]).
+    kept: bool,
 }
 
 impl Session {
-    pub fn new(id: Arc<str>, watermarks: Watermarks, limits: SessionLimits) -> Self {
+    /// A session of `lineage` starting from `watermarks`.
+    pub fn new(id: Arc<str>, lineage: Lineage, watermarks: Watermarks, limits: SessionLimits) -> Self {
         Self {
             id,
             state: Mutex::new(SessionState {
+                lineage,
                 watermarks,
                 pending: VecDeque::new(),
                 generation: 0,
@@ -271,6 +281,7 @@ impl Session {
             epoch: Instant::now(),
             retired: AtomicBool::new(false),
             counted_in: AtomicU32::new(0),
+            kept: true,
         }
     }
 
@@ -278,6 +289,20 @@ impl Session {
     pub fn with_budget(self, budget: Arc<PendingBudget>) -> Self {
         self.state.lock().budget = Some(budget);
         self
+    }
+
+    /// The same session, not to be kept in the session table: it serves one request
+    /// and is retired after it (a request that named a live session id without a
+    /// token of its lineage; see `SessionRegistry::detached`).
+    pub fn detached(mut self) -> Self {
+        self.kept = false;
+        self
+    }
+
+    /// Whether the session table holds (or held) this session; `false` for one that
+    /// serves a single request.
+    pub fn is_kept(&self) -> bool {
+        self.kept
     }
 
     pub fn id(&self) -> &str {
@@ -519,15 +544,16 @@ mod tests {
         sent.record_write(1, Version(5), Position(50), limits.max_items);
         sent.record_read(2, Version(3), Position(30), limits.max_items);
         sent.record_read(3, Version(4), Position(40), limits.max_items);
-        let token = keys.sign("s", &sent);
-        let carried = keys.verify("s", &token).unwrap();
+        let lineage = Lineage::random();
+        let token = keys.sign("s", &lineage, &sent);
+        let carried = keys.verify("s", &token).unwrap().watermarks;
 
-        let session = Session::new("s".into(), Watermarks::default(), limits);
+        let session = Session::new("s".into(), lineage, Watermarks::default(), limits);
         let mut state = session.state();
         assert!(!state.contains(&token), "never taken in");
         state.merge_token(&token, &carried, limits);
         assert!(state.contains(&token));
-        let other = keys.sign("s", &Watermarks::default());
+        let other = keys.sign("s", &lineage, &Watermarks::default());
         assert!(!state.contains(&other), "another token is verified and merged");
 
         // Many more reads compact the marks: the state still needs at least what the
@@ -556,7 +582,7 @@ mod tests {
             max_items: 4,
             max_pending: 4,
         };
-        let session = Session::new("s".into(), Watermarks::default(), limits);
+        let session = Session::new("s".into(), Lineage::random(), Watermarks::default(), limits);
         let mut state = session.state();
         let off = Strategies::ALL_ON.with(Strategy::ReadYourWrites, Arm::OFF);
         assert_eq!(state.strategies(3, None), None, "nothing kept yet");
@@ -575,7 +601,12 @@ mod tests {
             max_items: 8,
             max_pending: 4,
         };
-        let session = Arc::new(Session::new("s".into(), Watermarks::default(), limits));
+        let session = Arc::new(Session::new(
+            "s".into(),
+            Lineage::random(),
+            Watermarks::default(),
+            limits,
+        ));
         let addr = SessionActor::new(session.clone(), Duration::from_secs(60), Box::new(|_| {})).start();
         let log = Arc::new(StdMutex::new(Vec::new()));
         let key = ItemKey::new("c".into(), "k");
@@ -631,8 +662,10 @@ mod tests {
             bytes: 100,
             extra: (),
         };
-        let a = Session::new("a".into(), Watermarks::default(), limits).with_budget(budget.clone());
-        let b = Session::new("b".into(), Watermarks::default(), limits).with_budget(budget.clone());
+        let a = Session::new("a".into(), Lineage::random(), Watermarks::default(), limits)
+            .with_budget(budget.clone());
+        let b = Session::new("b".into(), Lineage::random(), Watermarks::default(), limits)
+            .with_budget(budget.clone());
         a.state().record_write(&written("x", 1), limits);
         a.state().record_write(&written("y", 2), limits);
         assert_eq!(budget.used(), 200);
@@ -658,7 +691,12 @@ mod tests {
             max_items: 8,
             max_pending: 4,
         };
-        let session = Arc::new(Session::new("s".into(), Watermarks::default(), limits));
+        let session = Arc::new(Session::new(
+            "s".into(),
+            Lineage::random(),
+            Watermarks::default(),
+            limits,
+        ));
         let addr = SessionActor::new(session.clone(), Duration::from_secs(60), Box::new(|_| {})).start();
         let log = Arc::new(StdMutex::new(Vec::new()));
         // The first write is slow; the second arrives while it runs.

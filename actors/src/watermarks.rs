@@ -244,8 +244,73 @@ fn upsert(marks: &mut Vec<Mark>, mark: Mark, touch: bool) -> bool {
     merged != old
 }
 
+/// What the property tests of watermarks and tokens share: a strategy for any
+/// watermarks a session can hold, and what "at least as conservative" means.
+#[cfg(test)]
+pub(crate) mod testing {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Whether `after` asks at least as much of a source as `before` for a read of
+    /// `item` under the given switches: positions at least as high, and each of
+    /// `before`'s marks of the item either kept (a version at least as high) or
+    /// folded into a floor at or past its position — a source there reflects the
+    /// mark's version, since a read reflects every commit at or below its position.
+    pub fn covers(after: &Watermarks, before: &Watermarks, item: u64, ryw: bool, monotonic: bool) -> bool {
+        let (a, b) = (
+            after.need(item, ryw, monotonic),
+            before.need(item, ryw, monotonic),
+        );
+        let writes = ryw.then(|| find(&before.writes, item)).flatten();
+        let reads = monotonic.then(|| find(&before.reads, item)).flatten();
+        a.position >= b.position
+            && a.origin_position >= b.origin_position
+            && writes
+                .into_iter()
+                .chain(reads)
+                .all(|m| a.version >= m.version || a.position >= m.position)
+    }
+
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..1_000, 1_000u64..5_000_000, any::<u64>()]
+    }
+
+    /// Watermarks as a session holds them: up to 30 marks of each kind over 40 items
+    /// (so writes and reads share items), none implied by its floor.
+    pub fn watermarks() -> impl Strategy<Value = Watermarks> {
+        let marks = || proptest::collection::vec((0u64..40, number(), number()), 0..30);
+        (marks(), marks(), number(), number()).prop_map(|(writes, reads, write_floor, read_floor)| {
+            let marks = |list: Vec<(u64, u64, u64)>| {
+                let mut out: Vec<Mark> = Vec::new();
+                for (item, version, position) in list {
+                    if find(&out, item).is_none() {
+                        out.push(Mark {
+                            item,
+                            version: Version(version),
+                            position: Position(position),
+                        });
+                    }
+                }
+                out
+            };
+            let mut w = Watermarks::from_parts(
+                marks(writes),
+                marks(reads),
+                Position(write_floor),
+                Position(read_floor),
+            );
+            w.compact(usize::MAX);
+            w
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    use super::testing::{covers, watermarks};
     use super::*;
 
     fn doc(version: u64, position: u64) -> Doc {
@@ -319,5 +384,97 @@ mod tests {
         assert!(!w.is_stale_own(1, &doc(5, 50)));
         assert!(w.is_regression(2, &doc(6, 70)));
         assert!(!w.is_regression(2, &doc(7, 70)));
+    }
+
+    /// Every item either of `a` and `b` names, and one neither does.
+    fn items(a: &Watermarks, b: &Watermarks) -> Vec<u64> {
+        let mut items: Vec<u64> = [a.writes(), a.reads(), b.writes(), b.reads()]
+            .into_iter()
+            .flatten()
+            .map(|m| m.item)
+            .chain([1_000])
+            .collect();
+        items.sort_unstable();
+        items.dedup();
+        items
+    }
+
+    const SWITCHES: [(bool, bool); 4] = [(true, true), (true, false), (false, true), (false, false)];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Without compaction a merge is a union of maxima: the order of the two
+        /// sides does not matter, for any item under any switches.
+        #[test]
+        fn merge_is_commutative(a in watermarks(), b in watermarks()) {
+            let (mut ab, mut ba) = (a.clone(), b.clone());
+            ab.merge(&b, usize::MAX);
+            ba.merge(&a, usize::MAX);
+            for item in items(&a, &b) {
+                for (ryw, monotonic) in SWITCHES {
+                    prop_assert_eq!(ab.need(item, ryw, monotonic), ba.need(item, ryw, monotonic));
+                }
+            }
+        }
+
+        /// A merge, compacted to any size, asks at least what each side asked, and
+        /// merging again changes nothing.
+        #[test]
+        fn merge_is_monotone_and_idempotent(a in watermarks(), b in watermarks(), max_items in 0usize..48) {
+            let mut merged = a.clone();
+            merged.merge(&b, max_items);
+            prop_assert!(merged.writes().len() + merged.reads().len() <= max_items.max(a.writes().len() + a.reads().len()));
+            for item in items(&a, &b) {
+                for (ryw, monotonic) in SWITCHES {
+                    prop_assert!(covers(&merged, &a, item, ryw, monotonic), "item {} against a", item);
+                    prop_assert!(covers(&merged, &b, item, ryw, monotonic), "item {} against b", item);
+                }
+            }
+            // Taken in again (a client that sends the same token twice), `b` asks
+            // nothing new: what it carried is in the merge, kept or under a floor.
+            let mut again = merged.clone();
+            again.merge(&b, max_items);
+            for item in items(&a, &b) {
+                for (ryw, monotonic) in SWITCHES {
+                    prop_assert_eq!(again.need(item, ryw, monotonic), merged.need(item, ryw, monotonic));
+                }
+            }
+        }
+
+        /// Compaction never asks less: for every item, the need after compaction
+        /// covers the need before, and at most `max_items` marks remain.
+        #[test]
+        fn compaction_is_never_less_conservative(w in watermarks(), max_items in 0usize..48) {
+            let mut compacted = w.clone();
+            compacted.compact(max_items);
+            prop_assert!(compacted.writes().len() + compacted.reads().len() <= max_items);
+            for item in items(&w, &w) {
+                for (ryw, monotonic) in SWITCHES {
+                    prop_assert!(covers(&compacted, &w, item, ryw, monotonic), "item {}", item);
+                }
+            }
+        }
+
+        /// Recording reads and writes only ever raises what the session asks.
+        #[test]
+        fn recording_only_raises_the_need(
+            w in watermarks(),
+            ops in proptest::collection::vec((any::<bool>(), 0u64..40, 0u64..10_000, 0u64..10_000), 1..20),
+            max_items in 1usize..30,
+        ) {
+            let mut now = w.clone();
+            for (write, item, version, position) in ops {
+                let before = now.clone();
+                if write {
+                    now.record_write(item, Version(version), Position(position), max_items);
+                } else {
+                    now.record_read(item, Version(version), Position(position), max_items);
+                }
+                for item in items(&before, &now) {
+                    prop_assert!(covers(&now, &before, item, true, true), "item {}", item);
+                }
+            }
+        }
     }
 }

@@ -152,6 +152,9 @@ pub struct Metrics {
     pub sessions_rebuilt: Counter,
     /// Sessions started with no token.
     pub sessions_new: Counter,
+    /// Requests that named a live session without a token of its lineage, served by
+    /// a detached session of their own.
+    pub sessions_detached: Counter,
     /// Reads that waited for a replica to replay the session's position.
     pub replica_waits: Counter,
     /// Their total wait, in microseconds.

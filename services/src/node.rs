@@ -86,6 +86,14 @@ impl SessionCtx {
     }
 }
 
+impl Drop for SessionCtx {
+    fn drop(&mut self) {
+        if let Some(live) = &self.live {
+            live.release();
+        }
+    }
+}
+
 /// Why a request's session could not be opened (400).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -287,6 +295,15 @@ impl Node {
     /// rebuilt from the token, else a new one; a request with no session id gets a
     /// new id. Then evaluates its strategies. A user id longer than
     /// `api.max_user_id_bytes` opens nothing: the session would keep it.
+    ///
+    /// A session id is a name anyone may send; a token is what a request proves with
+    /// that it holds the session. A request that names a live session without a token
+    /// of its lineage ([`edgecache_actors::Lineage`]: none, or one issued to another
+    /// holder of the name) is served by a detached session of its own, from its token
+    /// if any: it sees none of the live session's marks (nor, through `Cache-Status`,
+    /// their effect), adds nothing to them, and its answer's token carries only what
+    /// it did itself. Clients that send their tokens keep every guarantee; one that
+    /// sends none has nothing to carry guarantees with from request to request.
     pub fn open_session(
         &self,
         session_id: Option<&str>,
@@ -308,12 +325,13 @@ impl Node {
             // the token it answers with) until it writes.
             None => {
                 let id = uuid::Uuid::new_v4().simple().to_string();
-                (self.sessions.detached(&id), None, SessionStart::New)
+                (self.sessions.anonymous(&id), None, SessionStart::New)
             }
         };
         match start {
             SessionStart::Rebuilt => self.metrics.sessions_rebuilt.inc(),
             SessionStart::New => self.metrics.sessions_new.inc(),
+            SessionStart::Detached => self.metrics.sessions_detached.inc(),
             SessionStart::Live => {}
         }
         session.touch();
@@ -354,31 +372,64 @@ impl Node {
         token: Option<&str>,
     ) -> Result<(SessionHandle, SessionStart), SessionError> {
         Ok(match (self.sessions.get(id), token) {
-            (Some(live), None) => (live, SessionStart::Live),
-            (Some(live), Some(token)) => {
-                let mut state = live.session.state();
-                if !state.contains(token) {
-                    let carried = self.keys.verify(id, token)?;
-                    state.merge_token(token, &carried, self.sessions.limits());
-                }
-                drop(state);
-                (live, SessionStart::Live)
-            }
+            // No token of the live session: a session of its own, so the request
+            // learns nothing of the live one's marks.
+            (Some(_), None) => (self.sessions.detached(id, None), SessionStart::Detached),
+            (Some(live), Some(token)) => self.take_in(id, live, token, None)?,
             (None, token) => {
                 let carried = token.map(|t| self.keys.verify(id, t)).transpose()?;
                 let (handle, start) = self.sessions.open(id, carried.as_ref());
-                if let (Some(token), Some(carried)) = (token, &carried) {
-                    // Live: a parallel request of the session opened it first, from
-                    // its own token; this request's token is taken in all the same.
-                    // Rebuilt: from this token, remembered so it is not merged again.
-                    handle
-                        .session
-                        .state()
-                        .merge_token(token, carried, self.sessions.limits());
+                match (start, token, carried) {
+                    // Rebuilt from this token: remembered, so it is not merged again.
+                    (SessionStart::Rebuilt, Some(token), Some(carried)) => {
+                        handle.session.state().merge_token(
+                            token,
+                            &carried.watermarks,
+                            self.sessions.limits(),
+                        );
+                        (handle, start)
+                    }
+                    // A parallel request of the session opened it first, from its own
+                    // token: this one's is taken in all the same, if of its lineage.
+                    (SessionStart::Live, Some(token), Some(carried)) => {
+                        self.take_in(id, handle, token, Some(carried))?
+                    }
+                    (SessionStart::Live, None, _) => {
+                        (self.sessions.detached(id, None), SessionStart::Detached)
+                    }
+                    _ => (handle, start),
                 }
-                (handle, start)
             }
         })
+    }
+
+    /// A request's `token` for the `live` session `id` (`carried`: what it carries,
+    /// if already verified): taken in when it is of the session's lineage (or is the
+    /// last one issued or taken in), else the request gets a detached session of its
+    /// own, from its token.
+    fn take_in(
+        &self,
+        id: &str,
+        live: SessionHandle,
+        token: &str,
+        carried: Option<edgecache_actors::Carried>,
+    ) -> Result<(SessionHandle, SessionStart), SessionError> {
+        let mut state = live.session.state();
+        if state.contains(token) {
+            drop(state);
+            return Ok((live, SessionStart::Live));
+        }
+        let carried = match carried {
+            Some(carried) => carried,
+            None => self.keys.verify(id, token)?,
+        };
+        if carried.lineage == Some(state.lineage()) {
+            state.merge_token(token, &carried.watermarks, self.sessions.limits());
+            drop(state);
+            return Ok((live, SessionStart::Live));
+        }
+        drop(state);
+        Ok((self.sessions.detached(id, Some(&carried)), SessionStart::Detached))
     }
 
     /// The token to send back: the session's current watermarks, signed.
@@ -808,6 +859,8 @@ impl Node {
             // An anonymous request's session becomes live with its first write.
             None => self.sessions.adopt(s.session.clone()),
         };
+        // A detached session revived here serves this write only.
+        let _revived = Released(handle.clone());
         let ticket = WriteTicket::new();
         let sent = handle
             .addr
@@ -859,6 +912,17 @@ impl Node {
             created,
             replayed,
         })
+    }
+}
+
+/// Ends a detached session when dropped ([`edgecache_actors::LiveSession::release`]);
+/// a kept one stays live. (The request's own detached session is released once more
+/// by its [`SessionCtx`], which changes nothing.)
+struct Released(SessionHandle);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 

@@ -285,7 +285,7 @@ async fn bad_session_headers_are_rejected() {
         (Some(alice_id.as_str()), Some("not-a-token"), "token-malformed"),
         (
             Some(alice_id.as_str()),
-            Some(&*token.replacen("v1.dev.", "v1.other.", 1)),
+            Some(&*token.replacen("v2.dev.", "v2.other.", 1)),
             "token-unknown-key",
         ),
         (None, Some(token.as_str()), "token-without-session"),

@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+use edgecache_actors::{item_hash, TokenKeys, Watermarks};
+use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, Client, Store, LONG_TTL};
+use crate::helpers::{settings, spawn_app, Client, Store, TestApp, LONG_TTL};
 
 #[actix_web::test]
 async fn a_passivated_session_is_rebuilt_from_its_token_with_its_guarantees() {
@@ -92,4 +95,153 @@ async fn the_session_id_is_answered_only_when_the_node_minted_it() {
         "the token always comes back"
     );
     assert_eq!(client.session_id.as_deref(), Some(minted.as_str()));
+}
+
+/// The keys the test nodes seal tokens with (the shipped base configuration's), to
+/// look inside a token as only a node can.
+fn node_keys(store: &Store) -> TokenKeys {
+    let settings = settings(&store.path, "");
+    let session = &settings.session;
+    TokenKeys::new(
+        session
+            .keys
+            .iter()
+            .map(|k| (k.id.as_str(), k.secret.expose_secret().as_bytes())),
+        &session.active_key,
+    )
+    .expect("the active key is among the keys")
+}
+
+/// The watermarks a token carries for `session`, opened with the nodes' keys.
+fn opened(store: &Store, session: &str, token: &str) -> Watermarks {
+    node_keys(store)
+        .verify(session, token)
+        .expect("a genuine token of the session")
+        .watermarks
+}
+
+/// Whether `w` names `articles/{id}` in any mark.
+fn names(w: &Watermarks, id: &str) -> bool {
+    let item = item_hash("articles", id);
+    w.writes().iter().chain(w.reads()).any(|m| m.item == item)
+}
+
+/// A request in session `id` sending `token` (if any), and the token it got back.
+async fn as_session(app: &TestApp, id: &str, token: Option<&str>, path: &str) -> (String, String, String) {
+    let mut request = app.request(reqwest::Method::GET, path).header("x-session-id", id);
+    if let Some(token) = token {
+        request = request.header("x-session-token", token);
+    }
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (token, status) = (header("x-session-token"), header("cache-status"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    (token, status, body["title"].as_str().unwrap_or("").to_owned())
+}
+
+#[actix_web::test]
+async fn a_request_naming_a_live_session_without_its_token_learns_none_of_its_marks() {
+    let store = Store::new();
+    let a = spawn_app(&store, LONG_TTL);
+    let b = spawn_app(&store, LONG_TTL);
+    for id in ["diagnosis", "pharmacy", "weather"] {
+        Client::new()
+            .put(&a, &format!("/v1/articles/{id}"), json!({"title": "old"}))
+            .await;
+        Client::new().get(&b, &format!("/v1/articles/{id}")).await; // B caches "old"
+    }
+
+    // The victim writes one article through A and reads another through B: its
+    // session is live on B with both marks (B still caches the old "diagnosis").
+    let mut victim = Client::new();
+    victim
+        .put(&a, "/v1/articles/diagnosis", json!({"title": "mine"}))
+        .await;
+    victim.get(&b, "/v1/articles/pharmacy").await;
+    let id = victim.session_id.clone().unwrap();
+    assert!(b.node.sessions().get(&id).is_some(), "live on B");
+    let carried = opened(&store, &id, victim.token.as_deref().unwrap());
+    assert!(names(&carried, "diagnosis") && names(&carried, "pharmacy"));
+
+    // Someone who knows the session id, but holds none of its tokens, reads through B.
+    let (token, status, title) = as_session(&b, &id, None, "/v1/articles/diagnosis").await;
+    assert_eq!(
+        (status.as_str(), title.as_str()),
+        ("edgecache; hit", "old"),
+        "served as any other session: the victim's marks do not show in Cache-Status"
+    );
+    let theirs = opened(&store, &id, &token);
+    assert!(
+        !names(&theirs, "pharmacy") && theirs.writes().is_empty(),
+        "the answer's token carries none of the live session's marks: {theirs:?}"
+    );
+    assert!(names(&theirs, "diagnosis"), "only what the request itself did");
+    assert_eq!(theirs.write_floor().0 + theirs.read_floor().0, 0);
+
+    // Sending that token back proves nothing of the victim's session either.
+    let (again, _, _) = as_session(&b, &id, Some(&token), "/v1/articles/weather").await;
+    let theirs = opened(&store, &id, &again);
+    assert!(
+        !names(&theirs, "pharmacy") && theirs.writes().is_empty(),
+        "{theirs:?}"
+    );
+    assert!(names(&theirs, "diagnosis") && names(&theirs, "weather"));
+    assert!(b.node.metrics().sessions_detached.get() >= 2);
+
+    // The victim's session is untouched: it still reads its write, and its token
+    // holds its marks and none of the other requests'.
+    let read = victim.get(&b, "/v1/articles/diagnosis").await;
+    assert_eq!(read.body["title"], "mine");
+    let carried = opened(&store, &id, victim.token.as_deref().unwrap());
+    assert!(names(&carried, "diagnosis") && names(&carried, "pharmacy"));
+    assert!(!names(&carried, "weather"));
+    assert_eq!(b.node.metrics().stale_own(true), 0);
+}
+
+#[actix_web::test]
+async fn tokens_over_http_do_not_reveal_which_known_ids_a_session_touched() {
+    let store = Store::new();
+    let app = spawn_app(&store, LONG_TTL);
+    let catalogue: Vec<String> = (0..2_000).map(|i| format!("sku-{i:04}")).collect();
+    for id in ["sku-0017", "sku-1234", "sku-0018", "sku-0999"] {
+        Client::new()
+            .put(&app, &format!("/v1/articles/{id}"), json!({"title": "t"}))
+            .await;
+    }
+    let mut tokens = Vec::new();
+    for ids in [["sku-0017", "sku-1234"], ["sku-0018", "sku-0999"]] {
+        let mut user = Client::new();
+        user.put(&app, &format!("/v1/articles/{}", ids[0]), json!({"title": "u"}))
+            .await;
+        user.get(&app, &format!("/v1/articles/{}", ids[1])).await;
+        tokens.push(user.token.clone().unwrap());
+    }
+    // The attacker's reversal: hash every id with the public item hash and look for
+    // it anywhere in the token's bytes.
+    for token in &tokens {
+        let bytes: Vec<u8> = token
+            .split('.')
+            .skip(2)
+            .flat_map(|part| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(part)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let found: Vec<&String> = catalogue
+            .iter()
+            .filter(|id| {
+                let hash = item_hash("articles", id).to_le_bytes();
+                bytes.windows(8).any(|w| w == hash)
+            })
+            .collect();
+        assert!(found.is_empty(), "{found:?} found in {token}");
+    }
+    assert_eq!(tokens[0].len(), tokens[1].len(), "nor told apart by length");
 }

@@ -310,11 +310,14 @@ impl Collector for NodeCollector {
         family(
             &mut e,
             "sessions_opened",
-            "Sessions that were not live on this node: new (no token) or rebuilt from their token.",
+            "Sessions that were not live on this node: new (no token) or rebuilt from their token; \
+             detached: a request that named a live session without a token of its lineage, \
+             served by a session of its own.",
             None,
             [
                 ([("start", "new")], counter(m.sessions_new.get())),
                 ([("start", "rebuilt")], counter(m.sessions_rebuilt.get())),
+                ([("start", "detached")], counter(m.sessions_detached.get())),
             ],
         )?;
         single(

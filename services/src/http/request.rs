@@ -206,12 +206,54 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
     fn etags_quote_the_version() {
         for v in [0, 7, 10, 4_096, u64::MAX] {
             assert_eq!(etag(Version(v)), format!("\"{v}\"").as_str());
+        }
+    }
+
+    /// Characters that stand for themselves in a path segment (unreserved, and `:`).
+    const PLAIN: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b':');
+
+    const ID_BYTES: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// An id is accepted exactly when it is 1 to `max` bytes of the id alphabet;
+        /// anything else is refused with the bound named, never a panic.
+        #[test]
+        fn ids_are_accepted_exactly_within_their_alphabet_and_bound(
+            id in prop_oneof!["\\PC{0,80}", "[A-Za-z0-9_.:/%-]{0,80}", "[A-Za-z0-9_.:-]{0,80}"],
+            max in 0usize..72,
+        ) {
+            let expected = (1..=max).contains(&id.len()) && id.bytes().all(|b| ID_BYTES.contains(&b));
+            match check_id(&id, max) {
+                Ok(()) => prop_assert!(expected, "{:?} accepted", id),
+                Err(ApiError::InvalidId { max: named }) => {
+                    prop_assert!(!expected, "{:?} refused", id);
+                    prop_assert_eq!(named, max);
+                }
+                Err(other) => prop_assert!(false, "{:?}: {}", id, other),
+            }
+        }
+
+        /// Every accepted id is a path segment as it stands: nothing to encode or
+        /// decode, nothing that splits a path, a query or a fragment.
+        #[test]
+        fn an_accepted_id_needs_no_encoding(id in "[A-Za-z0-9_.:-]{1,64}") {
+            prop_assert!(check_id(&id, 64).is_ok());
+            let encoded = percent_encoding::utf8_percent_encode(&id, PLAIN).to_string();
+            prop_assert_eq!(encoded, id);
         }
     }
 }

@@ -133,6 +133,9 @@ fn method_not_allowed(method: &Method, allowed: &'static str) -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    use proptest::prelude::*;
+
     use super::*;
 
     fn parsed(path: &str) -> Option<String> {
@@ -174,5 +177,76 @@ mod tests {
         assert_eq!(label("/v1/products/p1"), Some(route::ITEM));
         assert_eq!(label("/v1/products/p1/increment"), Some(route::INCREMENT));
         assert_eq!(label("/v1/products/batch-get"), Some(route::BATCH_GET));
+    }
+
+    /// What a client encodes in a path segment: everything but the unreserved
+    /// characters of RFC 3986.
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+
+    /// Strings with the characters that matter to the parser well represented.
+    fn pathish() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,40}",
+            "(/|%|%2F|%25|%FF|%C3|v1|batch-get|increment|[a-z0-9]){0,16}",
+            "/v1/(/|%|%2F|%FF|%C3%A9|batch-get|increment|[a-z0-9.:_-]){0,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Any path parses or does not; nothing panics, and the route label (taken
+        /// without decoding) names the shape the parser found.
+        #[test]
+        fn any_path_parses_or_not_and_the_label_agrees(path in pathish()) {
+            let label = label(&path);
+            match Target::parse(&path) {
+                Some(Target::Item(_)) => prop_assert_eq!(label, Some(route::ITEM)),
+                Some(Target::Increment(_)) => prop_assert_eq!(label, Some(route::INCREMENT)),
+                Some(Target::BatchGet(_)) => prop_assert_eq!(label, Some(route::BATCH_GET)),
+                None => prop_assert!(label.is_none() || path.contains('%'), "{:?}", label),
+            }
+        }
+
+        /// A collection and an id, whatever their characters, percent-encoded into a
+        /// path as a client would, come back out unchanged: as an item, as its
+        /// increment, and as a collection's batch-get.
+        #[test]
+        fn encoded_segments_come_back_as_they_went_in(
+            collection in "\\PC{1,24}",
+            id in "\\PC{1,24}",
+        ) {
+            let (c, i) = (
+                utf8_percent_encode(&collection, SEGMENT).to_string(),
+                utf8_percent_encode(&id, SEGMENT).to_string(),
+            );
+            let item = format!("/v1/{c}/{i}");
+            match Target::parse(&item) {
+                Some(Target::Item(p)) => {
+                    prop_assert_eq!(&p.collection, &collection);
+                    prop_assert_eq!(&p.id, &id);
+                }
+                Some(Target::BatchGet(name)) => {
+                    prop_assert_eq!(id.as_str(), "batch-get");
+                    prop_assert_eq!(&name, &collection);
+                }
+                _ => prop_assert!(false, "{item} did not parse"),
+            }
+            match Target::parse(&format!("{item}/increment")) {
+                Some(Target::Increment(p)) => {
+                    prop_assert_eq!(&p.collection, &collection);
+                    prop_assert_eq!(&p.id, &id);
+                }
+                _ => prop_assert!(false, "{item}/increment did not parse"),
+            }
+            for longer in [format!("{item}/other"), format!("{item}/increment/x"), format!("{item}/")] {
+                let parsed = Target::parse(&longer);
+                prop_assert!(parsed.is_none(), "{} parsed", longer);
+            }
+        }
     }
 }
