@@ -527,6 +527,22 @@ mod tests {
         }
     }
 
+    /// A session and its running actor (limits 8 marks, 4 kept values).
+    fn started() -> (Arc<Session>, Addr<SessionActor>) {
+        let limits = SessionLimits {
+            max_items: 8,
+            max_pending: 4,
+        };
+        let session = Arc::new(Session::new(
+            "s".into(),
+            Lineage::random(),
+            Watermarks::default(),
+            limits,
+        ));
+        let addr = SessionActor::new(session.clone(), Duration::from_secs(60), Box::new(|_| {})).start();
+        (session, addr)
+    }
+
     #[test]
     fn a_token_taken_in_once_is_contained_in_the_state_even_after_compaction() {
         let keys = TokenKeys::new([("k1", &[7u8; 32][..])], "k1").unwrap();
@@ -597,17 +613,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_write_given_up_before_its_turn_never_starts_one_given_up_while_running_completes() {
-        let limits = SessionLimits {
-            max_items: 8,
-            max_pending: 4,
-        };
-        let session = Arc::new(Session::new(
-            "s".into(),
-            Lineage::random(),
-            Watermarks::default(),
-            limits,
-        ));
-        let addr = SessionActor::new(session.clone(), Duration::from_secs(60), Box::new(|_| {})).start();
+        let (session, addr) = started();
         let log = Arc::new(StdMutex::new(Vec::new()));
         let key = ItemKey::new("c".into(), "k");
 
@@ -687,17 +693,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn writes_of_a_session_run_one_at_a_time_in_arrival_order() {
-        let limits = SessionLimits {
-            max_items: 8,
-            max_pending: 4,
-        };
-        let session = Arc::new(Session::new(
-            "s".into(),
-            Lineage::random(),
-            Watermarks::default(),
-            limits,
-        ));
-        let addr = SessionActor::new(session.clone(), Duration::from_secs(60), Box::new(|_| {})).start();
+        let (session, addr) = started();
         let log = Arc::new(StdMutex::new(Vec::new()));
         // The first write is slow; the second arrives while it runs.
         let first = addr.send(job(log.clone(), "first", Duration::from_millis(80), 1));
