@@ -75,10 +75,6 @@ impl ItemKey {
         &self.collection
     }
 
-    pub fn collection_arc(&self) -> &Arc<str> {
-        &self.collection
-    }
-
     pub fn id(&self) -> &str {
         &self.id
     }

@@ -50,17 +50,6 @@ pub enum SessionStart {
     Detached,
 }
 
-impl SessionStart {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionStart::Live => "live",
-            SessionStart::Rebuilt => "rebuilt",
-            SessionStart::New => "new",
-            SessionStart::Detached => "detached",
-        }
-    }
-}
-
 /// The longest session id (bytes).
 pub const MAX_SESSION_ID_BYTES: usize = 64;
 

@@ -120,10 +120,6 @@ impl ConfigFlags {
         }
         Self { rollouts }
     }
-
-    pub fn rollout(&self, strategy: Strategy) -> Rollout {
-        self.rollouts[strategy.index()]
-    }
 }
 
 impl FlagSource for ConfigFlags {

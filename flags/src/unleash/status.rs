@@ -17,16 +17,6 @@ pub enum UnleashState {
     Defaults,
 }
 
-impl UnleashState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UnleashState::Ready => "ready",
-            UnleashState::Bootstrapped => "bootstrapped",
-            UnleashState::Defaults => "defaults",
-        }
-    }
-}
-
 /// A snapshot of the Unleash client's health, for `/readyz` and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnleashStatus {

@@ -179,11 +179,6 @@ impl EmbeddedOrigin {
         })
     }
 
-    /// The path of the database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     /// Writes `seed` (collection → id → fields) if the store has never committed
     /// anything (its position is 0), and returns whether it did.
     ///

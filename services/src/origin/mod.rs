@@ -40,15 +40,6 @@ pub enum OriginTier {
     Replica,
 }
 
-impl OriginTier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OriginTier::Primary => "primary",
-            OriginTier::Replica => "replica",
-        }
-    }
-}
-
 /// A read of one or more items.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadRequest {
