@@ -72,23 +72,10 @@ mod tests {
 
     use super::super::testing::*;
     use super::*;
-    use crate::loadgen::history::RunInfo;
 
     fn run(ops: Vec<OpRecord>) -> Report {
         let history = History {
-            info: Some(RunInfo {
-                run: "r1".into(),
-                seed: 0,
-                targets: vec![],
-                sessions: 1,
-                ops: 1,
-                parallel: 1,
-                keys: 1,
-                collection: "profiles".into(),
-                field: "display_name".into(),
-                max_staleness_ms: None,
-                counter: None,
-            }),
+            info: Some(run_info(1)),
             ops,
             ..History::default()
         };

@@ -412,7 +412,25 @@ pub(crate) mod testing {
 
     use serde_json::json;
 
-    use crate::loadgen::history::{OpKind, OpRecord};
+    use crate::loadgen::history::{OpKind, OpRecord, RunInfo};
+
+    /// The run line of a one-key run over `profiles.display_name` with `sessions`
+    /// sessions, no bound and no counter.
+    pub fn run_info(sessions: usize) -> RunInfo {
+        RunInfo {
+            run: "r1".into(),
+            seed: 0,
+            targets: vec![],
+            sessions,
+            ops: 1,
+            parallel: 1,
+            keys: 1,
+            collection: "profiles".into(),
+            field: "display_name".into(),
+            max_staleness_ms: None,
+            counter: None,
+        }
+    }
 
     /// An operation of `session` at `index`, taking 10 ns from `index * 100` ns.
     pub fn op(session: &str, index: u64, op: OpKind, key: &str) -> OpRecord {

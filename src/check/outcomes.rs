@@ -315,19 +315,7 @@ mod tests {
     use crate::loadgen::history::OpKind;
 
     fn info() -> RunInfo {
-        RunInfo {
-            run: "r1".into(),
-            seed: 0,
-            targets: vec![],
-            sessions: 1,
-            ops: 1,
-            parallel: 1,
-            keys: 1,
-            collection: "profiles".into(),
-            field: "display_name".into(),
-            max_staleness_ms: None,
-            counter: None,
-        }
+        super::super::testing::run_info(1)
     }
 
     /// A PUT of `key` writing `value`, acknowledged at `version`, as attempt 0 of the

@@ -111,17 +111,8 @@ mod tests {
     fn run(bound_ms: Option<u64>, ops: Vec<OpRecord>) -> Report {
         let history = History {
             info: Some(RunInfo {
-                run: "r1".into(),
-                seed: 0,
-                targets: vec![],
-                sessions: 2,
-                ops: 1,
-                parallel: 1,
-                keys: 1,
-                collection: "profiles".into(),
-                field: "display_name".into(),
                 max_staleness_ms: bound_ms,
-                counter: None,
+                ..run_info(2)
             }),
             ops,
             ..History::default()
