@@ -27,6 +27,13 @@
 # carries a write watermark. wrk picks a session per request and sends the token it
 # was given at creation (it does not follow the tokens in the responses).
 #
+# Pinned mode (PERF_PIN=1, the default, on ≥ 2 cores): nginx, the ceiling and edge run a
+# second time as nginx-pin, ceiling-pin and edge-pin, each on core 0 with one worker
+# (taskset), driven by one wrk thread pinned to core 1: the server's capacity with the
+# client off its core, where the unpinned runs measure client and servers sharing both.
+# Both modes are in every round and in the table, each compared with its own mode's
+# nginx and ceiling. nginx runs at its measured best (scripts/perf/nginx.conf.in).
+#
 # Configurations are visited PERF_ROUNDS times (3), interleaved: each round runs every
 # configuration × key count × connections once, the configuration order rotating per
 # round. The table shows, per cell, the median requests/s over rounds, the median
@@ -61,7 +68,8 @@
 # (20) PERF_QUIET_MAX (15, % foreign CPU) PERF_OUT (target/perf) PERF_SKIP_BUILD=1
 # (use the binaries already built) PERF_CONFIGS ("nginx ceiling edge edge-pg"; a
 # subset for quick before/after comparisons while working on the hot path; ratios need
-# nginx and the ceiling) PERF_MEMORY (1; 0 skips the memory measurement).
+# nginx and the ceiling) PERF_MEMORY (1; 0 skips the memory measurement) PERF_PIN (1; 0 skips the
+# pinned mode).
 #
 # Installs what is missing with apt-get (wrk, nginx-light, curl, python3; PostgreSQL
 # 15 through scripts/pg-cluster.sh). Builds `cargo build --release` and the ceiling
@@ -90,12 +98,20 @@ want() { [[ " ${CONFIGS[*]} " == *" $1 "* ]]; }
 for cfg in "${CONFIGS[@]}"; do
     case "$cfg" in nginx | ceiling | edge | edge-pg) ;; *) echo "PERF_CONFIGS: unknown configuration $cfg" >&2; exit 2 ;; esac
 done
+# The pinned mode: a second instance of nginx, the ceiling and edge, each on core 0 with
+# one worker, driven by one wrk thread on core 1 (the server's capacity without the
+# client on its core). Configuration names end in -pin.
+PIN=${PERF_PIN:-1}
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    for cfg in nginx ceiling edge; do want "$cfg" && CONFIGS+=("$cfg-pin"); done
+fi
 OUT=${PERF_OUT:-$ROOT/target/perf}
 HELPERS=$ROOT/scripts/perf
 T_START=$SECONDS
 
-log() { printf '[perf %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
+LOG_TAG=perf
+# shellcheck source=scripts/perf/lib.sh
+source "$HELPERS/lib.sh"
 
 # -- install ----------------------------------------------------------------------------
 
@@ -146,76 +162,22 @@ EDGE=$WORK/bin/edgecache
 CEILING=$WORK/bin/$(basename "$CEILING")
 PIDS=()
 PG_STARTED=0
-
-cleanup() {
-    local rc=$? pid i
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    [ "$PG_STARTED" = 1 ] && pg_cluster_stop 2>/dev/null
-    rm -rf "$OUT/logs" && cp -r "$WORK/logs" "$OUT/logs" 2>/dev/null || true
-    rm -rf "$WORK"
-    [ "$rc" -ne 0 ] && log "exit $rc; server logs in $OUT/logs"
-    exit "$rc"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+read -r P_ORIGIN P_NGINX P_CEILING P_EDGE P_EDGE_PG P_MEM P_ORIGIN_PIN P_NGINX_PIN P_CEILING_PIN P_EDGE_PIN \
+    <<<"$(free_ports 10)"
 
-# Free TCP ports on 127.0.0.1, all bound at once so they differ.
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-EOF
-}
-read -r P_ORIGIN P_NGINX P_CEILING P_EDGE P_EDGE_PG P_MEM <<<"$(free_ports 6)"
-
-# Starts a server in the background, logging to logs/<name>.log; its PID in PID_<name>.
-start() {
-    local name=$1
-    shift
-    "$@" >"$WORK/logs/$name.log" 2>&1 &
-    PIDS+=("$!")
-    printf -v "PID_${name//-/_}" '%s' "$!"
-}
-
-# Waits (bounded) until URL answers 2xx; fails showing the server's log.
-wait_http() {
-    local name=$1 url=$2 pidvar="PID_${1//-/_}" i
-    for i in $(seq 300); do
-        curl -sf -o /dev/null "$url" && return 0
-        kill -0 "${!pidvar}" 2>/dev/null || { tail -n 30 "$WORK/logs/$name.log" >&2; die "$name exited"; }
-        sleep 0.1
-    done
-    tail -n 30 "$WORK/logs/$name.log" >&2
-    die "$name does not answer $url"
-}
-
-# An edgecache node, run from the temp dir (so no config/<env>.toml of the checkout
-# is layered in). Args: name port config [VAR=value…]
-start_edge() {
-    local name=$1 port=$2 config=$3
-    shift 3
-    start "$name" env -C "$WORK" \
-        EDGECACHE_LOG="${PERF_EDGE_LOG:-${EDGECACHE_LOG:-info}}" \
-        EDGECACHE__SERVER__LISTEN="127.0.0.1:$port" \
-        EDGECACHE__SERVER__SHUTDOWN_TIMEOUT=2s \
-        EDGECACHE__NODE__ID="$name" \
-        "$@" "$EDGE" serve --config "$config"
-    wait_http "$name" "http://127.0.0.1:$port/readyz"
-}
 
 # -- servers ----------------------------------------------------------------------------
 
 log "edgecache on the embedded origin (:$P_EDGE), $KEYS items seeded"
 python3 "$HELPERS/perf.py" config "$WORK/edge.toml" --kind embedded --keys "$KEYS"
 start_edge edge "$P_EDGE" "$WORK/edge.toml" EDGECACHE__ORIGIN__PATH="$WORK/embedded/edgecache.db"
+if want edge-pin; then
+    log "edgecache pinned to core 0 with one worker (:$P_EDGE_PIN)"
+    EDGE_PIN=0 start_edge edge-pin "$P_EDGE_PIN" "$WORK/edge.toml" \
+        EDGECACHE__ORIGIN__PATH="$WORK/embedded-pin/edgecache.db" EDGECACHE__SERVER__WORKERS=1
+fi
 
 if want edge-pg; then
     log "PostgreSQL (scripts/pg-cluster.sh) and edgecache reading through to it (:$P_EDGE_PG)"
@@ -250,14 +212,26 @@ fi
 curl -sf "http://127.0.0.1:$P_EDGE/v1/bench/k1" -o "$WORK/www/product.json" -H 'x-session-id: perf-doc'
 DOC_BYTES=$(wc -c <"$WORK/www/product.json")
 
+# Starts nginx. Args: name origin_port cache_port workers [taskset prefix…]
+start_nginx() {
+    local name=$1 origin=$2 cache=$3 workers=$4
+    shift 4
+    mkdir -p "$WORK/$name"
+    sed -e "s|@WORK@|$WORK|g" -e "s|@DIR@|$WORK/$name|g" -e "s|@ORIGIN_PORT@|$origin|g" \
+        -e "s|@CACHE_PORT@|$cache|g" -e "s|@WORKERS@|$workers|g" \
+        "$HELPERS/nginx.conf.in" >"$WORK/$name.conf"
+    nginx -t -q -c "$WORK/$name.conf" -p "$WORK/$name" 2>"$WORK/logs/$name-t.log" ||
+        { cat "$WORK/logs/$name-t.log" >&2; die "nginx -t ($name)"; }
+    start "$name" "$@" nginx -c "$WORK/$name.conf" -p "$WORK/$name"
+    wait_http "$name" "http://127.0.0.1:$cache/v1/bench/k1"
+}
 if want nginx; then
     log "nginx proxy_cache (:$P_NGINX) in front of a static origin (:$P_ORIGIN)"
-    sed -e "s|@WORK@|$WORK|g" -e "s|@ORIGIN_PORT@|$P_ORIGIN|g" -e "s|@CACHE_PORT@|$P_NGINX|g" \
-        "$HELPERS/nginx.conf.in" >"$WORK/nginx.conf"
-    nginx -t -q -c "$WORK/nginx.conf" -p "$WORK/nginx" 2>"$WORK/logs/nginx-t.log" ||
-        { cat "$WORK/logs/nginx-t.log" >&2; die "nginx -t"; }
-    start nginx nginx -c "$WORK/nginx.conf" -p "$WORK/nginx"
-    wait_http nginx "http://127.0.0.1:$P_NGINX/v1/bench/k1"
+    start_nginx nginx "$P_ORIGIN" "$P_NGINX" auto
+fi
+if want nginx-pin; then
+    log "nginx pinned to core 0 with one worker (:$P_NGINX_PIN)"
+    start_nginx nginx-pin "$P_ORIGIN_PIN" "$P_NGINX_PIN" 1 taskset -c 0
 fi
 
 if want ceiling; then
@@ -265,20 +239,29 @@ if want ceiling; then
     start ceiling "$CEILING" --port "$P_CEILING" --body "$WORK/www/product.json" --keys "$KEYS"
     wait_http ceiling "http://127.0.0.1:$P_CEILING/v1/bench/k1"
 fi
+if want ceiling-pin; then
+    log "ceiling pinned to core 0 with one worker (:$P_CEILING_PIN)"
+    start ceiling-pin taskset -c 0 "$CEILING" --port "$P_CEILING_PIN" --body "$WORK/www/product.json" \
+        --keys "$KEYS" --workers 1
+    wait_http ceiling-pin "http://127.0.0.1:$P_CEILING_PIN/v1/bench/k1"
+fi
 
 declare -A URL=(
     [nginx]="http://127.0.0.1:$P_NGINX"
     [ceiling]="http://127.0.0.1:$P_CEILING"
     [edge]="http://127.0.0.1:$P_EDGE"
     [edge-pg]="http://127.0.0.1:$P_EDGE_PG"
+    [nginx-pin]="http://127.0.0.1:$P_NGINX_PIN"
+    [ceiling-pin]="http://127.0.0.1:$P_CEILING_PIN"
+    [edge-pin]="http://127.0.0.1:$P_EDGE_PIN"
 )
 
 # -- sessions ---------------------------------------------------------------------------
 
 # Session files per configuration and key count: "-" (none) for nginx and the ceiling.
 declare -A SESS
-for cfg in nginx ceiling; do SESS[$cfg,1]=-; SESS[$cfg,$KEYS]=-; done
-for cfg in edge edge-pg; do
+for cfg in nginx ceiling nginx-pin ceiling-pin; do SESS[$cfg,1]=-; SESS[$cfg,$KEYS]=-; done
+for cfg in edge edge-pg edge-pin; do
     want "$cfg" || continue
     for keys in 1 "$KEYS"; do
         prefix=$([ "$keys" = 1 ] && echo one || echo many)
@@ -290,83 +273,16 @@ done
 
 # -- wrk --------------------------------------------------------------------------------
 
-# Runs wrk; prints its PERF_RESULT fields. Args: cfg keys conns secs [mode]
+# Runs wrk; prints its PERF_RESULT fields. Args: cfg keys conns secs [mode]. A pinned
+# configuration's wrk runs one thread on core 1.
 run_wrk() {
-    local cfg=$1 keys=$2 conns=$3 secs=$4 mode=${5:-random} out
-    out=$(wrk -t "$THREADS" -c "$conns" -d "${secs}s" -s "$HELPERS/load.lua" "${URL[$cfg]}" \
-        -- "$keys" "${SESS[$cfg,$keys]}" "$mode" bench "$THREADS" 2>&1) || { echo "$out" >&2; die "wrk against $cfg"; }
+    local cfg=$1 keys=$2 conns=$3 secs=$4 mode=${5:-random} out threads=$THREADS pin=()
+    [[ "$cfg" == *-pin ]] && { threads=1; pin=(taskset -c 1); }
+    out=$("${pin[@]}" wrk -t "$threads" -c "$conns" -d "${secs}s" -s "$HELPERS/load.lua" "${URL[$cfg]}" \
+        -- "$keys" "${SESS[$cfg,$keys]}" "$mode" bench "$threads" 2>&1) || { echo "$out" >&2; die "wrk against $cfg"; }
     echo "$out" | sed -n 's/^PERF_RESULT //p'
 }
 
-# -- the machine's other load -----------------------------------------------------------
-#
-# The cores are shared (other builds and tests): for each run, the CPU time the whole
-# machine spent (/proc/stat) minus what our servers (their process trees, PostgreSQL
-# included) and wrk spent is the *foreign* load, in % of the machine's capacity over
-# the run; steal (hypervisor) likewise. Before each run we wait (at most
-# PERF_QUIET_WAIT s, default 20) for a 0.5 s window with foreign load under
-# PERF_QUIET_MAX % (default 15).
-NCPU=$(nproc)
-TICK=$(getconf CLK_TCK)
-QUIET_WAIT=${PERF_QUIET_WAIT:-20}
-QUIET_MAX=${PERF_QUIET_MAX:-15}
-# "busy steal" ticks of the whole machine.
-sys_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat; }
-# utime+stime ticks of our servers' process trees (live processes).
-our_ticks() {
-    local roots="${PIDS[*]}" f
-    for f in "${EDGECACHE_TEST_PG_PRIMARY_DATA:-}" "${EDGECACHE_TEST_PG_REPLICA_DATA:-}"; do
-        [ -n "$f" ] && [ -f "$f/postmaster.pid" ] && roots+=" $(head -n 1 "$f/postmaster.pid")"
-    done
-    # (A process may exit between the glob and the read: cat's failure is expected.)
-    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$roots" '
-        BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) root[r[i]] = 1 }
-        { pid = $1; line = $0; sub(/^[0-9]+ \(.*\) /, "", line); split(line, f, " ")
-          parent[pid] = f[2]; t[pid] = f[12] + f[13] }
-        END { for (p in t) { q = p; d = 0
-                  while (!(q in root) && (q in parent) && q > 1 && d < 64) { q = parent[q]; d++ }
-                  if (q in root) sum += t[p] }
-              print sum + 0 }'
-}
-# Children CPU seconds of this shell so far (wrk, once reaped), from `times` — run in
-# this shell, not a $(…) subshell, whose counters start at zero.
-child_secs() {
-    times >"$WORK/times.txt"
-    CHILD_SECS=$(tail -n 1 "$WORK/times.txt" |
-        awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] } print s }')
-}
-# Start of a measured window: sets W_* globals.
-window_start() {
-    read -r W_BUSY W_STEAL <<<"$(sys_ticks)"
-    W_OURS=$(our_ticks)
-    child_secs
-    W_CHILD=$CHILD_SECS
-    W_T0=$EPOCHREALTIME
-}
-# End of a window: sets LOAD to "foreign_pct steal_pct servers_cpu_s wrk_cpu_s" (the
-# servers' CPU is the servers' trees together: idle ones add next to nothing).
-window_end() {
-    local busy steal ours t1=$EPOCHREALTIME
-    read -r busy steal <<<"$(sys_ticks)"
-    ours=$(our_ticks)
-    child_secs
-    LOAD=$(awk -v b=$((busy - W_BUSY)) -v s=$((steal - W_STEAL)) -v o=$((ours - W_OURS)) \
-        -v c0="$W_CHILD" -v c1="$CHILD_SECS" -v t0="$W_T0" -v t1="$t1" -v hz="$TICK" -v n="$NCPU" '
-        BEGIN { cap = (t1 - t0) * n; f = (b - o) / hz - (c1 - c0); if (f < 0) f = 0
-                printf "%.1f %.1f %.2f %.2f\n", 100 * f / cap, 100 * s / hz / cap, o / hz, c1 - c0 }')
-}
-# Waits (bounded) for a quiet half second.
-wait_quiet() {
-    local deadline=$((SECONDS + QUIET_WAIT)) foreign
-    while :; do
-        window_start
-        sleep 0.5
-        window_end
-        read -r foreign _ _ _ <<<"$LOAD"
-        awk -v f="$foreign" -v m="$QUIET_MAX" 'BEGIN { exit !(f < m) }' && break
-        [ "$SECONDS" -ge "$deadline" ] && { log "machine still busy (${foreign}% foreign CPU); running anyway"; break; }
-    done
-}
 
 log "warming up: every key once or more per configuration (${WARM}s each), then 1 s on k1"
 # `seq` splits the keys evenly over wrk's threads, so ≥ KEYS requests touch them all;
@@ -515,7 +431,7 @@ fi
     echo "Run: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' + uncommitted changes')."
     echo "Command: \`bash scripts/perf.sh\` (PERF_DURATION=$DURATION PERF_ROUNDS=$ROUNDS PERF_THREADS=$THREADS PERF_CONNS=\"$CONNS\" PERF_KEYS=$KEYS PERF_SESSIONS=$SESSIONS PERF_WRITERS_PCT=$WRITERS_PCT PERF_MEM_SESSIONS=$MEM_SESSIONS)."
     echo "wrk: \`wrk -t$THREADS -c{32,64} -d${DURATION}s -s scripts/perf/load.lua\`, a random key per request (1 or $KEYS keys); edgecache requests carry one of $SESSIONS sessions per node and key count (id + token), $WRITERS_PCT% of which wrote before; ${ROUNDS} interleaved rounds."
-    echo "Document: $DOC_BYTES bytes of JSON. $(nginx -v 2>&1), edgecache log level ${PERF_EDGE_LOG:-${EDGECACHE_LOG:-info}}, edgecache and the ceiling with one actix worker per core, nginx worker_processes auto."
+    echo "Document: $DOC_BYTES bytes of JSON. $(nginx -v 2>&1), edgecache log level ${PERF_EDGE_LOG:-${EDGECACHE_LOG:-info}}, unpinned: edgecache and the ceiling with one actix worker per core, nginx worker_processes auto, wrk -t$THREADS; pinned (-pin): each server on core 0 with one worker, wrk -t1 on core 1."
 } >"$WORK/meta.md"
 log "total time $((SECONDS - T_START)) s"
 echo "Total time of the run: $((SECONDS - T_START)) s (build included)." >>"$WORK/meta.md"

@@ -42,6 +42,8 @@
 #     EDGECACHE_TEST_REPLICA_DELAY    replica's recovery_min_apply_delay, default 300ms
 #                                     (a number with unit ms or s)
 #     EDGECACHE_TEST_PG_KEEP=1        on a failed start, keep the base dir for a look
+#     EDGECACHE_TEST_PG_PRELOAD       the primary's shared_preload_libraries (default
+#                                     none; scripts/session-bench.sh: pg_stat_statements)
 #
 # Every wait is bounded; a failure prints the tails of both server logs and returns 1
 # (the caller, e.g. test.sh under `set -e`, then exits non-zero). This file sets no
@@ -224,6 +226,7 @@ max_wal_senders = 10
 hot_standby = on
 fsync = on
 synchronous_commit = on
+shared_preload_libraries = '${EDGECACHE_TEST_PG_PRELOAD:-}'
 EOF
     _pg_as_postgres tee -a "$primary/pg_hba.conf" >/dev/null <<EOF || { _pg_fail "writing primary pg_hba"; return 1; }
 

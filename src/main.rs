@@ -5,6 +5,8 @@
 //! edgecache check-config [--config FILE]              validate and print the configuration
 //! edgecache loadgen --targets URL[,URL…] …            run a workload, record its history
 //! edgecache check HISTORY                             check a history's session guarantees
+//! edgecache migrate [--config FILE]                   create the PostgreSQL tables
+//! edgecache sessionbench --target URL …               measure a session workload
 //! ```
 
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use tracing_subscriber::EnvFilter;
 
 mod check;
 mod loadgen;
+mod sessionbench;
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +62,10 @@ enum Command {
     /// origin's state (not applied stays absent, acknowledged applies once, replays
     /// match) and the written field's staleness bound. Exits 1 on any violation.
     Check(check::CheckArgs),
+    /// Measure a session workload (reads and merge patches of Zipf-picked documents by
+    /// many sessions) against edgecache or another policy: throughput, latency, hit
+    /// ratio, and the stale own reads and regressions the sessions see. One JSON line.
+    Sessionbench(Box<sessionbench::SessionBenchArgs>),
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -118,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Loadgen(args)) => loadgen::run(*args),
         // 0: no violation; 1: violations; 2: the history could not be read.
+        Some(Command::Sessionbench(args)) => sessionbench::run(*args),
         Some(Command::Check(args)) => match check::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

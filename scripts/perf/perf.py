@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Helpers of scripts/perf.sh (standard library only).
 
-    perf.py config OUT --kind embedded|postgres [--primary URL] [--keys N]
+    perf.py config OUT --kind embedded|postgres [--primary URL] [--replica URL…]
+                       [--keys N] [--ttl DURATION]
         writes an edgecache --config file: a collection `bench` with the fields of
         product.json (relaxed, ttl 1h, for the embedded origin; every field strict —
-        read from the primary on every read — for PostgreSQL) and a seed of N items
+        read from the primary on every read — for PostgreSQL unless --ttl makes it
+        relaxed with that TTL and stale-while-revalidate) and a seed of N items
         k1..kN (written by the node into a fresh embedded store, or by `migrate`).
+        Used by scripts/session-bench.sh too.
     perf.py sessions URL OUT --prefix P --count N --writers-pct W --keys K
         opens N sessions on the node at URL: session P-i GETs k1 (the key the 1-key
         runs read), and W% of them first PUT one of k2..kK (so their token carries a
@@ -49,7 +52,11 @@ def cmd_config(a):
             "[origin]",
             'kind = "postgres"',
             f"primary = {json.dumps(a.primary)}",
-            "replicas = []",
+            f"replicas = {json.dumps(a.replica or [])}",
+            "",
+            "[cache]",
+            "capacity_bytes = 268435456",
+            "estimated_items = 200000",
             "",
         ]
     out += [
@@ -58,7 +65,12 @@ def cmd_config(a):
         "",
         "[collections.bench]",
     ]
-    if a.kind == "postgres":
+    if a.ttl:
+        out.append(
+            f'freshness = {{ class = "relaxed", ttl = "{a.ttl}", stale_while_revalidate = "{a.ttl}", stale_if_error = "1h" }}'
+        )
+        strict = ""
+    elif a.kind == "postgres":
         out.append('freshness = { class = "strict" }')
         strict = ', freshness = { class = "strict" }'
     else:
@@ -121,7 +133,15 @@ CONFIGS = [
     ("ceiling", "actix-web + quick_cache (ceiling)"),
     ("edge", "edgecache, embedded origin (cache hits)"),
     ("edge-pg", "edgecache, PostgreSQL read-through"),
+    ("nginx-pin", "pinned: nginx proxy_cache, 1 worker"),
+    ("ceiling-pin", "pinned: ceiling, 1 worker"),
+    ("edge-pin", "pinned: edgecache, 1 worker"),
 ]
+
+
+def base_of(cfg, base):
+    """The baseline configuration of cfg's mode: `nginx` or `nginx-pin`."""
+    return base + ("-pin" if cfg.endswith("-pin") else "")
 
 
 def fmt_us(us):
@@ -150,8 +170,9 @@ def cmd_report(a):
     by = {}
     for r in rows:
         by.setdefault((r["cfg"], r["keys"], r["conns"]), []).append(r)
-    nginx = {(r["round"], r["keys"], r["conns"]): r["rps"] for r in rows if r["cfg"] == "nginx"}
-    ceiling = {(r["round"], r["keys"], r["conns"]): r["rps"] for r in rows if r["cfg"] == "ceiling"}
+    rps_of = lambda c: {(r["round"], r["keys"], r["conns"]): r["rps"] for r in rows if r["cfg"] == c}
+    nginx_by = {m: rps_of(m) for m in ("nginx", "nginx-pin")}
+    ceiling_by = {m: rps_of(m) for m in ("ceiling", "ceiling-pin")}
     pg = {(r["round"], r["keys"], r["conns"]): r["rps"] for r in rows if r["cfg"] == "edge-pg"}
     rounds = sorted({r["round"] for r in rows})
     out += [
@@ -174,6 +195,8 @@ def cmd_report(a):
             if not rs:
                 continue
             rps = statistics.median(r["rps"] for r in rs)
+            nginx = nginx_by[base_of(cfg, "nginx")]
+            ceiling = ceiling_by[base_of(cfg, "ceiling")]
 
             def ratio(base):
                 vals = [r["rps"] / base[(r["round"], keys, conns)] for r in rs
@@ -192,27 +215,31 @@ def cmd_report(a):
                        f"{srv:.1f} µs | {cli:.1f} µs | {errs} | {foreign:.0f}% |")
     out.append("")
     # Targets of issue 6, on the 10,000-key / 64-connection row.
-    out.append("Targets (issue 6), per keys × conns: edgecache ÷ nginx (≥ 1.3), ÷ ceiling (≥ 0.8), "
-               "÷ PostgreSQL read-through (≥ 4), p99 edgecache vs nginx (≤):")
+    out.append("Targets (issue 13), per keys × conns: unpinned edgecache ÷ nginx ≥ 1.3; pinned ÷ nginx "
+               "≥ 1.4 and ÷ ceiling ≥ 0.75; p99 ≤ nginx's (issue 6: ÷ PostgreSQL read-through ≥ 4):")
     out.append("")
-    for keys, conns in groups:
-        e = {r["round"]: r for r in by.get(("edge", keys, conns), [])}
-        n = {r["round"]: r for r in by.get(("nginx", keys, conns), [])}
-        vs_pg = [e[k]["rps"] / pg[(k, keys, conns)] for k in e if pg.get((k, keys, conns))]
-        vs_n = [e[k]["rps"] / nginx[(k, keys, conns)] for k in e if nginx.get((k, keys, conns))]
-        vs_c = [e[k]["rps"] / ceiling[(k, keys, conns)] for k in e if ceiling.get((k, keys, conns))]
-        if not e:
-            continue
-        p99e = statistics.median(r["p99"] for r in e.values())
-        p99n = statistics.median(r["p99"] for r in n.values()) if n else float("nan")
-        med = lambda v: f"{statistics.median(v):.2f}" if v else "–"
-        out.append(f"- {keys:,} keys, {conns} conns: × nginx {med(vs_n)}, × ceiling {med(vs_c)}, "
-                   f"× PG read-through {med(vs_pg)}; p99 {fmt_us(p99e)} vs nginx {fmt_us(p99n)}")
+    for mode in ("", "-pin"):
+        nginx, ceiling = nginx_by["nginx" + mode], ceiling_by["ceiling" + mode]
+        for keys, conns in groups:
+            e = {r["round"]: r for r in by.get(("edge" + mode, keys, conns), [])}
+            n = {r["round"]: r for r in by.get(("nginx" + mode, keys, conns), [])}
+            vs_pg = [e[k]["rps"] / pg[(k, keys, conns)] for k in e if pg.get((k, keys, conns))]
+            vs_n = [e[k]["rps"] / nginx[(k, keys, conns)] for k in e if nginx.get((k, keys, conns))]
+            vs_c = [e[k]["rps"] / ceiling[(k, keys, conns)] for k in e if ceiling.get((k, keys, conns))]
+            if not e:
+                continue
+            p99e = statistics.median(r["p99"] for r in e.values())
+            p99n = statistics.median(r["p99"] for r in n.values()) if n else float("nan")
+            med = lambda v: f"{statistics.median(v):.2f}" if v else "–"
+            label = "pinned (servers on core 0, 1 worker; wrk on core 1)" if mode else "unpinned"
+            out.append(f"- {label}, {keys:,} keys, {conns} conns: × nginx {med(vs_n)}, × ceiling {med(vs_c)}"
+                       + (f", × PG read-through {med(vs_pg)}" if vs_pg else "")
+                       + f"; p99 {fmt_us(p99e)} vs nginx {fmt_us(p99n)}")
     out.append("")
     # Noise: the spread of nginx's (and the ceiling's) requests/s across rounds.
     out.append("Machine noise: (max − min) / median of requests/s across rounds, per configuration:")
     out.append("")
-    for cfg in ("nginx", "ceiling"):
+    for cfg in ("nginx", "ceiling", "nginx-pin", "ceiling-pin"):
         parts = []
         for keys, conns in groups:
             rs = by.get((cfg, keys, conns), [])
@@ -258,6 +285,8 @@ def main():
     c.add_argument("--kind", choices=["embedded", "postgres"], required=True)
     c.add_argument("--primary")
     c.add_argument("--keys", type=int, default=10000)
+    c.add_argument("--replica", action="append")
+    c.add_argument("--ttl")
     s = sub.add_parser("sessions")
     s.add_argument("url")
     s.add_argument("out")
