@@ -104,7 +104,10 @@ pub struct PostgresSettings {
     /// This region's hot-standby replicas; none means every read goes to the primary.
     #[serde(default, serialize_with = "redacted")]
     pub replicas: Vec<SecretString>,
-    /// Connections per server (the primary and each replica).
+    /// Connections per server (the primary and each replica). 16 by measurement
+    /// (`scripts/write-bench.sh`, 32 sessions writing on a 2-core machine): 8 and 16
+    /// wrote alike, 32 slower with a worse p99 (more backends than cores contend).
+    /// A write holds one connection for one round trip (three when keyed).
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// How long connecting, or waiting for a pooled connection, may take.

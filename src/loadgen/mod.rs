@@ -45,6 +45,7 @@ pub mod outage;
 pub mod postgres;
 pub mod session;
 pub mod workload;
+pub mod writes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -207,12 +208,17 @@ pub struct LoadgenArgs {
     /// that writes still running in the nodes end first.
     #[arg(long, value_name = "SECS", default_value_t = 3.0)]
     pub settle: f64,
+    #[command(flatten)]
+    pub writes: writes::WriteBenchArgs,
 }
 
 /// Runs the workload and writes the history. Fails only when the run cannot start:
 /// bad arguments, an output file that cannot be created, a counter that cannot be
 /// created, a `--pg-url` that cannot be reached.
 pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    if let Some(mode) = args.writes.write_bench {
+        return writes::run(&args, mode);
+    }
     if args.sessions == 0
         || args.keys == 0
         || args.parallel == 0

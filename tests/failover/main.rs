@@ -517,3 +517,71 @@ async fn with_the_primary_down_past_replica_max_lag_a_replayed_replica_serves_ea
     .await;
     assert!(writable, "writes work again once the primary is back");
 }
+
+/// Statements are prepared once per connection (issue 18). A restart of the primary
+/// closes every pooled connection, and their prepared statements with them: the
+/// connections opened after it prepare their own, and every kind of write works again.
+#[actix_web::test]
+async fn after_a_restart_of_the_primary_every_kind_of_write_prepares_its_statements_again() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = pg::cluster();
+    let table = unique("restart").replace('-', "_");
+    let settings = pg.settings(&pg::shop(&table)).await;
+    let node = spawn_with(&settings);
+    let item = format!("/v1/{table}/cup");
+    let keyed = |key: &'static str| {
+        let request = node.request(reqwest::Method::PUT, &item);
+        async move {
+            Client::new()
+                .send_with(
+                    request,
+                    Some(("application/json", json!({"label": "keyed", "stock": 1}))),
+                    &[("idempotency-key", key)],
+                )
+                .await
+        }
+    };
+    // Every statement prepared on the connections before the restart.
+    let mut c = Client::new();
+    assert_eq!(
+        c.put(&node, &item, json!({"label": "cup", "stock": 1}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(c.patch(&node, &item, json!({"label": "mug"})).await.status, 200);
+    assert_eq!(
+        c.increment(&node, &item, json!({"field": "stock", "by": 1}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(keyed("restart-key-0001").await.status, 200);
+
+    pg.stop_primary();
+    pg.start_primary();
+    let back = eventually(Duration::from_secs(15), || async {
+        Client::new()
+            .put(&node, &item, json!({"label": "back", "stock": 1}))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(back, "writes work again after the restart");
+    let patched = c.patch(&node, &item, json!({"label": "bowl"})).await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let incremented = c
+        .increment(&node, &item, json!({"field": "stock", "by": 2}))
+        .await;
+    assert_eq!(incremented.status, 200, "{}", incremented.body);
+    assert_eq!(incremented.body["stock"], 3);
+    let replayed = keyed("restart-key-0001").await;
+    assert_eq!(replayed.header("idempotent-replayed"), "true");
+    assert_eq!(keyed("restart-key-0002").await.status, 200);
+    let read = Client::new().get(&node, &item).await;
+    assert_eq!(
+        (read.body["label"].as_str(), read.body["stock"].as_i64()),
+        (Some("keyed"), Some(1))
+    );
+}

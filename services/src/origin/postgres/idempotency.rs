@@ -13,6 +13,8 @@ use std::time::Duration;
 use deadpool_postgres::GenericClient;
 use edgecache_actors::{Fields, Version};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
 use super::pg_error;
 use crate::origin::{Idempotency, IdempotencySweep, OriginError, WriteError};
@@ -27,16 +29,16 @@ pub const CREATE: &[&str] = &[
 
 /// Claims `$1` for this transaction unless a record younger than `$3` seconds holds
 /// it (an older one is taken over). Returns a row when claimed.
-const CLAIM: &str =
+pub const CLAIM: &str =
     "INSERT INTO edgecache_idempotency (key, fingerprint, recorded_at) VALUES ($1, $2, now()) \
      ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, recorded_at = excluded.recorded_at, \
      created = NULL, version = NULL, deleted = NULL, doc = NULL \
      WHERE edgecache_idempotency.recorded_at < now() - make_interval(secs => $3) RETURNING 1";
 
-const SELECT: &str =
+pub const SELECT: &str =
     "SELECT fingerprint, created, version, deleted, doc FROM edgecache_idempotency WHERE key = $1";
 
-const RECORD: &str =
+pub const RECORD: &str =
     "UPDATE edgecache_idempotency SET created = $2, version = $3, deleted = $4, doc = $5 WHERE key = $1";
 
 /// What a write applied, before its position is known.
@@ -46,31 +48,28 @@ pub struct Applied {
     pub created: bool,
 }
 
-/// Claims `key` inside the open transaction `tx`, waiting up to the key's
-/// `in_flight_wait` for a transaction that holds it. `Ok(None)`: claimed, go on and
-/// write; `Ok(Some(_))`: the key's recorded outcome (write nothing).
-pub async fn claim(tx: &impl GenericClient, key: &Idempotency) -> Result<Option<Applied>, WriteError> {
-    // The bound covers the claim and, after it, the item's row lock: a busy row past
-    // it fails the write before anything is applied.
-    let wait = key.in_flight_wait.as_millis().max(1);
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = {wait}"))
-        .await
-        .map_err(|e| pg_error("write failed", e))?;
+/// Claims `key` with the prepared [`CLAIM`] inside the open transaction, waiting up to
+/// the transaction's `lock_timeout` (the key's `in_flight_wait`, set with `BEGIN`) for
+/// a transaction that holds it. `true`: claimed, go on and write; `false`: the key has
+/// a record ([`replayed`] reads it; write nothing).
+pub async fn claim(
+    client: &impl GenericClient,
+    statement: &Statement,
+    key: &Idempotency,
+) -> Result<bool, WriteError> {
     let retention = key.retention.as_secs_f64();
-    let claimed = tx
-        .query_opt(CLAIM, &[&key.key, &&key.fingerprint[..], &retention])
+    let claimed = client
+        .query_opt(statement, &[&key.key, &&key.fingerprint[..], &retention])
         .await
         .map_err(|e| match e.code() {
             Some(code) if code == &SqlState::LOCK_NOT_AVAILABLE => WriteError::KeyInFlight,
             _ => pg_error("claiming the idempotency key", e).into(),
         })?;
-    if claimed.is_some() {
-        return Ok(None);
-    }
-    let row = tx
-        .query_one(SELECT, &[&key.key])
-        .await
-        .map_err(|e| pg_error("reading the idempotency record", e))?;
+    Ok(claimed.is_some())
+}
+
+/// The recorded outcome of `key`, from its row as [`SELECT`] reads it.
+pub fn replayed(row: &Row, key: &Idempotency) -> Result<Applied, WriteError> {
     let unreadable = |e| OriginError::internal("unreadable idempotency record", e);
     let fingerprint: &[u8] = row.try_get(0).map_err(unreadable)?;
     if fingerprint != key.fingerprint {
@@ -98,31 +97,42 @@ pub async fn claim(tx: &impl GenericClient, key: &Idempotency) -> Result<Option<
         ),
         None => None,
     };
-    Ok(Some(Applied {
+    Ok(Applied {
         version: Version(version.max(0) as u64),
         fields,
         created,
-    }))
+    })
 }
 
-/// Fills the claimed record of `key` with what the write applied.
-pub async fn record(
-    tx: &impl GenericClient,
-    key: &Idempotency,
-    applied: &Applied,
-) -> Result<(), OriginError> {
-    let doc = applied
-        .fields
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| OriginError::internal("serializing an idempotency record", e))?;
-    let version = applied.version.0 as i64;
-    let deleted = applied.fields.is_none();
-    tx.execute(RECORD, &[&key.key, &applied.created, &version, &deleted, &doc])
-        .await
-        .map_err(|e| pg_error("recording the idempotency key", e))?;
-    Ok(())
+/// The parameters of [`RECORD`]: what a write applied, for its claimed key.
+pub struct Record<'a> {
+    key: &'a str,
+    created: bool,
+    version: i64,
+    deleted: bool,
+    doc: Option<String>,
+}
+
+impl<'a> Record<'a> {
+    pub fn new(key: &'a Idempotency, applied: &Applied) -> Result<Self, OriginError> {
+        let doc = applied
+            .fields
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| OriginError::internal("serializing an idempotency record", e))?;
+        Ok(Record {
+            key: &key.key,
+            created: applied.created,
+            version: applied.version.0 as i64,
+            deleted: applied.fields.is_none(),
+            doc,
+        })
+    }
+
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [&self.key, &self.created, &self.version, &self.deleted, &self.doc]
+    }
 }
 
 /// Deletes the records older than `retention` and counts the rest.

@@ -19,6 +19,7 @@ mod idempotency;
 mod jsonb;
 mod replicas;
 mod table;
+mod write;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -26,17 +27,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use edgecache_actors::{Doc, Fields, ItemKey, Position, Version};
+use edgecache_actors::{Doc, ItemKey, Position, Version};
 use edgecache_config::{PostgresSettings, Settings};
 use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret;
-use serde_json::Value;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{Config, NoTls};
 
-use self::idempotency::Applied;
 use self::replicas::{Replica, Replicas};
 use self::table::{Stored, TableDef};
 use super::{
@@ -482,7 +481,7 @@ impl Origin for PostgresOrigin {
 
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Committed, WriteError>> {
         let inner = self.inner.clone();
-        let run = self.run(async move { write(&inner, op).await });
+        let run = self.run(async move { write::write(&inner, op).await });
         Box::pin(async move { run.await? })
     }
 
@@ -524,334 +523,23 @@ impl Origin for PostgresOrigin {
     }
 }
 
-/// The notification payload of a change.
-fn payload(collection: &str, id: &str, version: Version) -> String {
-    serde_json::json!({"c": collection, "i": id, "v": version.0}).to_string()
-}
-
-async fn write(inner: &Inner, op: WriteOp) -> Result<Committed, WriteError> {
-    let def = table(inner, &op.key)?;
-    let mut client = inner.primary.get().await.map_err(pool_error)?;
-    let (applied, replayed) = match (&op.kind, &op.idempotency) {
-        // One statement, committed on its own: if its answer is lost, so is the
-        // knowledge of whether it committed.
-        (WriteOpKind::Increment { field, by, min, max }, None) => {
-            let applied = increment(&client, inner, def, &op, field, *by, *min, *max)
-                .await
-                .map_err(|e| match e {
-                    Failed::Statement(e) if e.code().is_none() => {
-                        WriteError::OutcomeUnknown(pg_error("increment failed", e))
-                    }
-                    other => other.into(),
-                })?;
-            (applied, false)
-        }
-        _ => in_transaction(&mut client, inner, def, &op).await?,
-    };
-    let position = position_after_commit(inner, &client).await;
-    Ok(Committed {
-        doc: Doc {
-            version: applied.version,
-            position,
-            fields: applied.fields.map(Arc::new),
-        },
-        created: applied.created,
-        replayed,
-    })
-}
-
-/// A position at or after the commit of a write that just committed on `client`: the
-/// primary's WAL position read after the commit returned, on `client`, else on
-/// another connection. If neither answers, the write still stands (it committed) and
-/// its position is the most conservative one: no replica reaches it, so the session's
-/// reads of the item go to the primary.
-async fn position_after_commit(inner: &Inner, client: &deadpool_postgres::Client) -> Position {
-    let first = match primary_lsn(client).await {
-        Ok(position) => return position,
-        Err(e) => e,
-    };
-    let second = match inner.primary.get().await {
-        Ok(other) => primary_lsn(&other).await,
-        Err(e) => Err(pool_error(e)),
-    };
-    second.unwrap_or_else(|e| {
-        tracing::warn!(cause = %first, retry = %e, "committed, but the position after the commit is unknown; the session reads the item from the primary");
-        Position(u64::MAX)
-    })
-}
-
 /// The primary's current WAL position.
 async fn primary_lsn(client: &deadpool_postgres::Client) -> Result<Position, OriginError> {
-    let row = client
-        .query_one(PRIMARY_LSN, &[])
+    let statement = client
+        .prepare_cached(PRIMARY_LSN)
         .await
         .map_err(|e| pg_error("reading the primary's position", e))?;
+    let row = client
+        .query_one(&statement, &[])
+        .await
+        .map_err(|e| pg_error("reading the primary's position", e))?;
+    lsn(&row)
+}
+
+/// The LSN in the first column of `row`, as a position.
+fn lsn(row: &tokio_postgres::Row) -> Result<Position, OriginError> {
     let lsn: PgLsn = row
         .try_get(0)
         .map_err(|e| OriginError::internal("unreadable LSN", e))?;
     Ok(Position(u64::from(lsn)))
-}
-
-/// A statement of a write that failed, or the write's own verdict.
-enum Failed {
-    Statement(tokio_postgres::Error),
-    Write(WriteError),
-}
-
-impl From<WriteError> for Failed {
-    fn from(e: WriteError) -> Self {
-        Failed::Write(e)
-    }
-}
-
-impl From<OriginError> for Failed {
-    fn from(e: OriginError) -> Self {
-        Failed::Write(e.into())
-    }
-}
-
-impl From<Failed> for WriteError {
-    fn from(e: Failed) -> Self {
-        match e {
-            Failed::Statement(e) => pg_error("write failed", e).into(),
-            Failed::Write(e) => e,
-        }
-    }
-}
-
-/// An error of `COMMIT`. Only an answer that says the transaction rolled back
-/// (serialization failure, deferred constraint) means "not applied"; a lost
-/// connection or a server going down may come after the commit record is durable.
-fn commit_error(e: tokio_postgres::Error) -> WriteError {
-    let rolled_back = e
-        .code()
-        .is_some_and(|code| matches!(&code.code()[..2], "40" | "23"));
-    let error = pg_error("commit failed", e);
-    if rolled_back {
-        error.into()
-    } else {
-        WriteError::OutcomeUnknown(error)
-    }
-}
-
-/// Runs a write in one transaction, with its idempotency record when keyed: either
-/// the write and its record commit together, or neither does. Returns what was
-/// applied and whether it is a replay of the key's recorded outcome.
-async fn in_transaction(
-    client: &mut deadpool_postgres::Client,
-    inner: &Inner,
-    def: &TableDef,
-    op: &WriteOp,
-) -> Result<(Applied, bool), WriteError> {
-    for _ in 0..3 {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| pg_error("write failed", e))?;
-        if let Some(key) = &op.idempotency {
-            if let Some(recorded) = idempotency::claim(&tx, key).await? {
-                // Nothing was written: the transaction rolls back when dropped.
-                return Ok((recorded, true));
-            }
-        }
-        let applied = match &op.kind {
-            WriteOpKind::Increment { field, by, min, max } => {
-                increment(&tx, inner, def, op, field, *by, *min, *max).await?
-            }
-            _ => match replace(&tx, inner, def, op).await? {
-                Some(applied) => applied,
-                // Another writer created the item between our look and our insert:
-                // look again, now that the row exists to be locked.
-                None => continue,
-            },
-        };
-        if let Some(key) = &op.idempotency {
-            idempotency::record(&tx, key, &applied).await?;
-        }
-        tx.commit().await.map_err(commit_error)?;
-        return Ok((applied, false));
-    }
-    Err(OriginError::Unavailable {
-        reason: "concurrent creation kept conflicting".into(),
-        source: None,
-    }
-    .into())
-}
-
-/// Adds `by` to `field` in one statement, within its bounds; on no change, says why.
-#[allow(clippy::too_many_arguments)]
-async fn increment(
-    client: &impl GenericClient,
-    inner: &Inner,
-    def: &TableDef,
-    op: &WriteOp,
-    field: &str,
-    by: i64,
-    min: Option<i64>,
-    max: Option<i64>,
-) -> Result<Applied, Failed> {
-    let sql = def.increment(field).ok_or_else(|| WriteError::NotAnInteger {
-        field: field.to_owned(),
-    })?;
-    let if_match = op.if_match.map(|v| v.0 as i64);
-    let id = op.key.id();
-    let collection = op.key.collection();
-    let params: [&(dyn ToSql + Sync); 7] = [&id, &by, &if_match, &min, &max, &inner.channel, &collection];
-    let row = client.query_opt(&sql, &params).await.map_err(Failed::Statement)?;
-    match row {
-        Some(row) => {
-            let stored = def.stored(&row, 0)?;
-            Ok(Applied {
-                version: stored.version,
-                fields: stored.fields,
-                created: false,
-            })
-        }
-        None => Err(diagnose_increment(client, def, op, field, by, min, max)
-            .await
-            .into()),
-    }
-}
-
-/// Puts, patches or deletes inside `tx`: locks the row, checks the precondition,
-/// writes the new version and notifies the change feed. `None`: the item was created
-/// concurrently (retry).
-async fn replace(
-    tx: &impl GenericClient,
-    inner: &Inner,
-    def: &TableDef,
-    op: &WriteOp,
-) -> Result<Option<Applied>, WriteError> {
-    let row = tx
-        .query_opt(&def.lock, &[&op.key.id()])
-        .await
-        .map_err(|e| pg_error("write failed", e))?;
-    let current = match &row {
-        Some(row) => Some(def.stored(row, 0)?),
-        None => None,
-    };
-    let (row_version, existing) = match current {
-        Some(s) => (s.version, s.fields),
-        None => (Version(0), None),
-    };
-    let visible = if existing.is_some() {
-        row_version
-    } else {
-        Version(0)
-    };
-    if let Some(expected) = op.if_match {
-        if expected != visible {
-            return Err(WriteError::VersionMismatch {
-                expected,
-                current: visible,
-            });
-        }
-    }
-    let new_fields: Option<Fields> = match &op.kind {
-        WriteOpKind::Put(fields) => Some((**fields).clone()),
-        WriteOpKind::Patch(patch) => {
-            let Some(existing) = existing.clone() else {
-                return Err(WriteError::NotFound);
-            };
-            let mut merged = Value::Object(existing);
-            json_patch::merge(&mut merged, &Value::Object((**patch).clone()));
-            match merged {
-                Value::Object(map) => Some(map),
-                _ => unreachable!("a merge onto an object with an object patch is an object"),
-            }
-        }
-        WriteOpKind::Delete if existing.is_none() => return Err(WriteError::NotFound),
-        WriteOpKind::Delete => None,
-        WriteOpKind::Increment { .. } => unreachable!("increments take their own statement"),
-    };
-    let version = Version(row_version.0 + 1);
-    let values = def.values(new_fields.as_ref())?;
-    let version_param = version.0 as i64;
-    let deleted = new_fields.is_none();
-    let id = op.key.id();
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&id, &version_param, &deleted];
-    params.extend(values.iter().map(|v| &**v as &(dyn ToSql + Sync)));
-    let sql = if row.is_some() { def.update() } else { def.insert() };
-    let changed = tx
-        .execute(&sql, &params)
-        .await
-        .map_err(|e| pg_error("write failed", e))?;
-    if changed == 0 {
-        return Ok(None);
-    }
-    let note = payload(op.key.collection(), op.key.id(), version);
-    tx.execute("SELECT pg_notify($1, $2)", &[&inner.channel, &note])
-        .await
-        .map_err(|e| pg_error("write failed", e))?;
-    Ok(Some(Applied {
-        version,
-        fields: new_fields,
-        created: existing.is_none(),
-    }))
-}
-
-/// Why an increment changed nothing: read the row and say.
-async fn diagnose_increment(
-    client: &impl GenericClient,
-    def: &TableDef,
-    op: &WriteOp,
-    field: &str,
-    by: i64,
-    min: Option<i64>,
-    max: Option<i64>,
-) -> WriteError {
-    let row = match client.query_opt(&def.select, &[&op.key.id()]).await {
-        Ok(row) => row,
-        Err(e) => return pg_error("increment failed", e).into(),
-    };
-    let stored = match row.map(|r| def.stored(&r, 0)).transpose() {
-        Ok(stored) => stored,
-        Err(e) => return e.into(),
-    };
-    let Some(Stored {
-        version,
-        fields: Some(fields),
-    }) = stored
-    else {
-        return WriteError::NotFound;
-    };
-    if let Some(expected) = op.if_match {
-        if expected != version {
-            return WriteError::VersionMismatch {
-                expected,
-                current: version,
-            };
-        }
-    }
-    let Some(current) = fields.get(field).and_then(Value::as_i64) else {
-        return WriteError::NotAnInteger {
-            field: field.to_owned(),
-        };
-    };
-    let next = current.checked_add(by);
-    let bound = match (next, min, max) {
-        (Some(n), Some(min), _) if n < min => min,
-        (Some(n), _, Some(max)) if n > max => max,
-        (None, _, _) => {
-            if by < 0 {
-                min.unwrap_or(i64::MIN)
-            } else {
-                max.unwrap_or(i64::MAX)
-            }
-        }
-        // The row changed between the increment and this look: report it as a
-        // conflict on the bound the client gave, or as a version mismatch.
-        _ => {
-            return WriteError::VersionMismatch {
-                expected: op.if_match.unwrap_or(version),
-                current: version,
-            }
-        }
-    };
-    WriteError::BoundCrossed {
-        field: field.to_owned(),
-        current,
-        by,
-        bound,
-    }
 }

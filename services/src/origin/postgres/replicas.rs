@@ -224,10 +224,12 @@ fn keeps_rotation(staleness: Duration, max_lag: Duration, replayed: u64, primary
     staleness <= max_lag || primary_last.is_some_and(|last| replayed >= last)
 }
 
-/// An LSN from a one-value query, or `None` if the server does not answer.
+/// An LSN from a one-value query (prepared once per connection), or `None` if the
+/// server does not answer.
 async fn lsn(pool: &Pool, sql: &str) -> Option<u64> {
     let client = pool.get().await.ok()?;
-    let row = client.query_one(sql, &[]).await.ok()?;
+    let statement = client.prepare_cached(sql).await.ok()?;
+    let row = client.query_one(&statement, &[]).await.ok()?;
     row.try_get::<_, Option<PgLsn>>(0).ok().flatten().map(u64::from)
 }
 

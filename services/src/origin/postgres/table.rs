@@ -1,10 +1,17 @@
 //! A collection's table: the SQL the origin runs on it and the conversion between
-//! rows and documents. Identifiers come from validated configuration and are quoted.
+//! rows and documents. Identifiers come from validated configuration and are quoted
+//! with `postgres_protocol`'s `escape_identifier` (libpq's `PQescapeIdentifier`).
+//!
+//! Every statement is built once, when the origin opens, and prepared once per
+//! connection (deadpool-postgres' statement cache): a write sends one `Bind`/`Execute`
+//! of a named statement, never a `Parse`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use edgecache_actors::{Fields, Version};
 use edgecache_config::{Collection, FieldType};
+use postgres_protocol::escape::escape_identifier as quote;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -20,7 +27,7 @@ struct Column {
     kind: FieldType,
 }
 
-/// How a collection is stored.
+/// How a collection is stored, and the statements the origin runs on it.
 #[derive(Debug)]
 pub struct TableDef {
     pub collection: Arc<str>,
@@ -33,6 +40,12 @@ pub struct TableDef {
     pub select: String,
     /// The same with `FOR UPDATE`.
     pub lock: String,
+    /// See [`TableDef::update`].
+    update: String,
+    /// See [`TableDef::upsert`].
+    upsert: String,
+    /// See [`TableDef::increment`], by integer field.
+    increments: HashMap<String, String>,
 }
 
 /// A row as read: its version and fields (`None`: absent or a tombstone).
@@ -41,8 +54,15 @@ pub struct Stored {
     pub fields: Option<Fields>,
 }
 
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
+impl Stored {
+    /// The version a precondition compares with: 0 for an absent item or a tombstone.
+    pub fn visible(&self) -> Version {
+        if self.fields.is_some() {
+            self.version
+        } else {
+            Version(0)
+        }
+    }
 }
 
 impl TableDef {
@@ -63,7 +83,7 @@ impl TableDef {
         let projection = format!("{version}, {tombstone}, {}", list.join(", "));
         let select = format!("SELECT {projection} FROM {table} WHERE {key} = $1");
         let lock = format!("{select} FOR UPDATE");
-        Self {
+        let mut def = Self {
             collection: name.into(),
             table,
             key,
@@ -72,7 +92,19 @@ impl TableDef {
             columns,
             select,
             lock,
-        }
+            update: String::new(),
+            upsert: String::new(),
+            increments: HashMap::new(),
+        };
+        def.update = def.build_update();
+        def.upsert = def.build_upsert();
+        def.increments = def
+            .columns
+            .iter()
+            .filter(|c| c.kind == FieldType::Integer)
+            .map(|c| (c.field.clone(), def.build_increment(c)))
+            .collect();
+        def
     }
 
     /// Reads a row of [`TableDef::select`], its columns starting at `offset`.
@@ -114,41 +146,98 @@ impl TableDef {
         })
     }
 
-    /// `UPDATE … SET version = $2, tombstone = $3, columns = $4… WHERE key = $1`
-    pub fn update(&self) -> String {
+    /// One statement that replaces, patches or deletes an existing item: it checks
+    /// the precondition on the row, raises the version in SQL and notifies the change
+    /// feed — or changes nothing (the item is absent or a tombstone, or not at the
+    /// version asked for). Committed on its own it is the whole write.
+    ///
+    /// `$1` key, `$2` the version the item must be at (NULL: any), `$3` whether the
+    /// row becomes a tombstone, `$4` the notification channel, `$5` the collection;
+    /// then per column, `$6 + 2i` whether to set it and `$7 + 2i` its value
+    /// ([`TableDef::update_params`]). Returns the row as [`TableDef::select`] does,
+    /// then the notification's `void`.
+    pub fn update(&self) -> &str {
+        &self.update
+    }
+
+    fn build_update(&self) -> String {
         let sets: Vec<String> = self
             .columns
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{} = ${}", c.name, i + 4))
+            .map(|(i, c)| {
+                let (flag, value) = (6 + 2 * i, 7 + 2 * i);
+                let (name, kind) = (&c.name, sql_type(c.kind));
+                format!("{name} = CASE WHEN ${flag}::bool THEN ${value}::{kind} ELSE {name} END")
+            })
+            .collect();
+        let returning: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        let projected: Vec<String> = self.columns.iter().map(|c| format!("u.{}", c.name)).collect();
+        format!(
+            "WITH u AS (UPDATE {table} SET {version} = {version} + 1, {tombstone} = $3::bool, {sets} \
+             WHERE {key} = $1::text AND NOT {tombstone} AND ($2::int8 IS NULL OR {version} = $2::int8) \
+             RETURNING {version}, {tombstone}, {returning}) \
+             SELECT u.{version}, u.{tombstone}, {projected}, \
+             pg_notify($4::text, json_build_object('c', $5::text, 'i', $1::text, 'v', u.{version})::text) FROM u",
+            table = self.table,
+            version = self.version,
+            tombstone = self.tombstone,
+            key = self.key,
+            sets = sets.join(", "),
+            returning = returning.join(", "),
+            projected = projected.join(", "),
+        )
+    }
+
+    /// One statement that creates or replaces an item (a PUT without a version to
+    /// match): it inserts the row at version 1, or raises the existing row's version
+    /// in SQL and replaces its columns, and notifies the change feed. Committed on its
+    /// own it is the whole write.
+    ///
+    /// `$1` key, `$2` create only (`If-None-Match: *`: an existing row is replaced
+    /// only if it is a tombstone), `$3` the notification channel, `$4` the collection,
+    /// `$5…` the columns ([`TableDef::values`]). Returns the new version, whether the
+    /// item was created (absent or a tombstone before), and the notification's `void`;
+    /// no row when it changed nothing: create-only on a live item, or a row created
+    /// by another transaction since this statement's snapshot (`old` did not lock it,
+    /// so the statement leaves it alone and the caller runs it again).
+    pub fn upsert(&self) -> &str {
+        &self.upsert
+    }
+
+    fn build_upsert(&self) -> String {
+        let names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        let params: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}", i + 5, sql_type(c.kind)))
+            .collect();
+        let sets: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{0} = excluded.{0}", c.name))
             .collect();
         format!(
-            "UPDATE {} SET {} = $2, {} = $3, {} WHERE {} = $1",
-            self.table,
-            self.version,
-            self.tombstone,
-            sets.join(", "),
-            self.key
+            "WITH old AS MATERIALIZED (SELECT {tombstone} FROM {table} WHERE {key} = $1::text FOR UPDATE), \
+             w AS (INSERT INTO {table} AS r ({key}, {version}, {tombstone}, {names}) \
+             VALUES ($1::text, 1, false, {params}) \
+             ON CONFLICT ({key}) DO UPDATE SET {version} = r.{version} + 1, {tombstone} = false, {sets} \
+             WHERE EXISTS (SELECT 1 FROM old) AND (NOT $2::bool OR r.{tombstone}) \
+             RETURNING r.{version}) \
+             SELECT w.{version}, coalesce((SELECT o.{tombstone} FROM old o), true), \
+             pg_notify($3::text, json_build_object('c', $4::text, 'i', $1::text, 'v', w.{version})::text) FROM w",
+            table = self.table,
+            version = self.version,
+            tombstone = self.tombstone,
+            key = self.key,
+            names = names.join(", "),
+            params = params.join(", "),
+            sets = sets.join(", "),
         )
     }
 
-    /// `INSERT … ON CONFLICT DO NOTHING` with the parameters of [`TableDef::update`].
-    pub fn insert(&self) -> String {
-        let names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
-        let params: Vec<String> = (0..self.columns.len()).map(|i| format!("${}", i + 4)).collect();
-        format!(
-            "INSERT INTO {} ({}, {}, {}, {}) VALUES ($1, $2, $3, {}) ON CONFLICT ({}) DO NOTHING",
-            self.table,
-            self.key,
-            self.version,
-            self.tombstone,
-            names.join(", "),
-            params.join(", "),
-            self.key
-        )
-    }
-
-    /// The parameters `$4…` of [`TableDef::update`]/[`TableDef::insert`] for `fields`.
+    /// The parameters `$5…` of [`TableDef::upsert`] for `fields`.
     ///
     /// Every value must fit its column exactly, as the data model's canonical form
     /// guarantees (`plan::CollectionPlan::check_value`): a value that does not is an
@@ -156,68 +245,110 @@ impl TableDef {
     pub fn values(&self, fields: Option<&Fields>) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, OriginError> {
         self.columns
             .iter()
-            .map(|c| {
-                let value = fields.and_then(|f| f.get(&c.field)).filter(|v| !v.is_null());
-                let param: Box<dyn ToSql + Sync + Send> = match (c.kind, value) {
-                    (FieldType::String, None) => Box::new(None::<String>),
-                    (FieldType::String, Some(Value::String(s))) => Box::new(Some(s.clone())),
-                    (FieldType::Integer, None) => Box::new(None::<i64>),
-                    (FieldType::Integer, Some(Value::Number(n))) if n.is_i64() => Box::new(n.as_i64()),
-                    (FieldType::Number, None) => Box::new(None::<f64>),
-                    (FieldType::Number, Some(Value::Number(n))) if n.is_f64() => Box::new(n.as_f64()),
-                    (FieldType::Boolean, None) => Box::new(None::<bool>),
-                    (FieldType::Boolean, Some(Value::Bool(b))) => Box::new(Some(*b)),
-                    (FieldType::Json, None) => Box::new(None::<Jsonb>),
-                    (FieldType::Json, Some(v)) => Box::new(Some(Jsonb(v.clone()))),
-                    (kind, Some(_)) => {
-                        return Err(OriginError::Internal {
-                            reason: format!(
-                                "field `{}` of {} holds a value a {} column cannot store exactly",
-                                c.field,
-                                self.collection,
-                                kind.as_str()
-                            ),
-                            source: None,
-                        })
-                    }
-                };
-                Ok(param)
-            })
+            .map(|c| self.param(c, fields.and_then(|f| f.get(&c.field))))
             .collect()
+    }
+
+    /// The parameters `$6…` of [`TableDef::update`] that set every column to
+    /// `fields` (absent fields to NULL; `None`: every column NULL, for a tombstone).
+    pub fn replace_params(
+        &self,
+        fields: Option<&Fields>,
+    ) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, OriginError> {
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::with_capacity(2 * self.columns.len());
+        for c in &self.columns {
+            params.push(Box::new(true));
+            params.push(self.param(c, fields.and_then(|f| f.get(&c.field)))?);
+        }
+        Ok(params)
+    }
+
+    /// The parameters `$6…` of [`TableDef::update`] that apply the merge patch
+    /// `patch` column by column: its members set their columns (`null` clears one),
+    /// the other columns keep their values. `None`: the patch merges an object into a
+    /// `json` field, which RFC 7396 does member by member, recursively — the caller
+    /// reads the item and merges it first.
+    pub fn patch_params(
+        &self,
+        patch: &Fields,
+    ) -> Result<Option<Vec<Box<dyn ToSql + Sync + Send>>>, OriginError> {
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::with_capacity(2 * self.columns.len());
+        for c in &self.columns {
+            let value = patch.get(&c.field);
+            if c.kind == FieldType::Json && value.is_some_and(Value::is_object) {
+                return Ok(None);
+            }
+            params.push(Box::new(value.is_some()));
+            params.push(self.param(c, value)?);
+        }
+        Ok(Some(params))
+    }
+
+    /// `value` of column `c` as a parameter of its type (`None` or `null`: NULL).
+    fn param(&self, c: &Column, value: Option<&Value>) -> Result<Box<dyn ToSql + Sync + Send>, OriginError> {
+        let value = value.filter(|v| !v.is_null());
+        let param: Box<dyn ToSql + Sync + Send> = match (c.kind, value) {
+            (FieldType::String, None) => Box::new(None::<String>),
+            (FieldType::String, Some(Value::String(s))) => Box::new(Some(s.clone())),
+            (FieldType::Integer, None) => Box::new(None::<i64>),
+            (FieldType::Integer, Some(Value::Number(n))) if n.is_i64() => Box::new(n.as_i64()),
+            (FieldType::Number, None) => Box::new(None::<f64>),
+            (FieldType::Number, Some(Value::Number(n))) if n.is_f64() => Box::new(n.as_f64()),
+            (FieldType::Boolean, None) => Box::new(None::<bool>),
+            (FieldType::Boolean, Some(Value::Bool(b))) => Box::new(Some(*b)),
+            (FieldType::Json, None) => Box::new(None::<Jsonb>),
+            (FieldType::Json, Some(v)) => Box::new(Some(Jsonb(v.clone()))),
+            (kind, Some(_)) => {
+                return Err(OriginError::Internal {
+                    reason: format!(
+                        "field `{}` of {} holds a value a {} column cannot store exactly",
+                        c.field,
+                        self.collection,
+                        kind.as_str()
+                    ),
+                    source: None,
+                })
+            }
+        };
+        Ok(param)
     }
 
     /// One statement that adds `$2` to an integer field within bounds `$4`/`$5`, if
     /// the item exists and (with `$3`) is at that version, bumps the version and
-    /// notifies the change feed (`$6` channel) — or changes nothing.
+    /// notifies the change feed (`$6` channel, `$7` collection) — or changes nothing.
+    /// `None`: the field is not an integer field.
     ///
     /// The sum is checked in `numeric`, against the bounds and the bigint range, so a
     /// sum past i64 matches no row (the caller reports the crossed bound) instead of
     /// failing the statement with an int8 overflow. Only a row that passes all that
     /// computes the bigint sum in `SET`.
-    pub fn increment(&self, field: &str) -> Option<String> {
-        let column = self
-            .columns
-            .iter()
-            .find(|c| c.field == field && c.kind == FieldType::Integer)?;
+    pub fn increment(&self, field: &str) -> Option<&str> {
+        self.increments.get(field).map(String::as_str)
+    }
+
+    fn build_increment(&self, column: &Column) -> String {
         let col = &column.name;
         let returning: Vec<String> = self.columns.iter().map(|c| format!("u.{}", c.name)).collect();
-        Some(format!(
-            "WITH u AS (UPDATE {table} SET {col} = {col} + $2, {version} = {version} + 1 \
-             WHERE {key} = $1 AND NOT {tombstone} AND ($3::int8 IS NULL OR {version} = $3) \
+        let list: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        format!(
+            "WITH u AS (UPDATE {table} SET {col} = {col} + $2::int8, {version} = {version} + 1 \
+             WHERE {key} = $1::text AND NOT {tombstone} AND ($3::int8 IS NULL OR {version} = $3::int8) \
              AND {col} IS NOT NULL \
              AND {col}::numeric + $2::int8 BETWEEN {min} AND {max} \
-             AND ($4::int8 IS NULL OR {col}::numeric + $2::int8 >= $4) \
-             AND ($5::int8 IS NULL OR {col}::numeric + $2::int8 <= $5) RETURNING *) \
+             AND ($4::int8 IS NULL OR {col}::numeric + $2::int8 >= $4::int8) \
+             AND ($5::int8 IS NULL OR {col}::numeric + $2::int8 <= $5::int8) \
+             RETURNING {version}, {tombstone}, {list}) \
              SELECT u.{version}, u.{tombstone}, {cols}, \
-             pg_notify($6, json_build_object('c', $7::text, 'i', $1::text, 'v', u.{version})::text) FROM u",
+             pg_notify($6::text, json_build_object('c', $7::text, 'i', $1::text, 'v', u.{version})::text) FROM u",
             table = self.table,
             version = self.version,
             tombstone = self.tombstone,
             key = self.key,
+            list = list.join(", "),
             cols = returning.join(", "),
             min = i64::MIN,
             max = i64::MAX,
-        ))
+        )
     }
 
     /// The statements that create the table (or add missing columns).
@@ -227,13 +358,7 @@ impl TableDef {
             self.table, self.key, self.version, self.tombstone
         )];
         for c in &self.columns {
-            let kind = match c.kind {
-                FieldType::String => "text",
-                FieldType::Integer => "bigint",
-                FieldType::Number => "double precision",
-                FieldType::Boolean => "boolean",
-                FieldType::Json => "jsonb",
-            };
+            let kind = sql_type(c.kind);
             statements.push(format!(
                 "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {kind}",
                 self.table, c.name
@@ -245,6 +370,17 @@ impl TableDef {
     /// Whether the table holds no row.
     pub fn is_empty_sql(&self) -> String {
         format!("SELECT NOT EXISTS (SELECT 1 FROM {})", self.table)
+    }
+}
+
+/// The column type of a field type.
+fn sql_type(kind: FieldType) -> &'static str {
+    match kind {
+        FieldType::String => "text",
+        FieldType::Integer => "bigint",
+        FieldType::Number => "double precision",
+        FieldType::Boolean => "boolean",
+        FieldType::Json => "jsonb",
     }
 }
 
@@ -284,5 +420,43 @@ mod tests {
             ),
             "the sum is checked without int8 overflow: {increment}"
         );
+    }
+
+    #[test]
+    fn a_merge_patch_goes_column_by_column_unless_it_merges_an_object_into_json() {
+        let settings = edgecache_config::load(&edgecache_config::Sources {
+            dir: Some("/nonexistent".into()),
+            skip_env: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let def = TableDef::new("products", &settings.collections["products"]);
+        let columns = settings.collections["products"].fields.len();
+        let patch = |v: Value| v.as_object().unwrap().clone();
+        let flat = def.patch_params(&patch(
+            serde_json::json!({"name": "x", "tags": [1], "price": null}),
+        ));
+        assert_eq!(
+            flat.unwrap().unwrap().len(),
+            2 * columns,
+            "a flag and a value per column"
+        );
+        let nested = def.patch_params(&patch(serde_json::json!({"tags": {"a": 1}})));
+        assert!(
+            nested.unwrap().is_none(),
+            "an object into a json field merges recursively"
+        );
+        assert_eq!(def.replace_params(None).unwrap().len(), 2 * columns);
+        assert!(def.update().contains("\"name\" = CASE WHEN $"));
+        assert!(def
+            .update()
+            .contains("WHERE \"id\" = $1::text AND NOT \"deleted\""));
+        assert!(def.upsert().contains("ON CONFLICT (\"id\") DO UPDATE"));
+        assert!(
+            def.upsert().contains("FOR UPDATE"),
+            "the existing row is locked first"
+        );
+        // Identifiers are quoted as libpq quotes them.
+        assert_eq!(quote("we\"ird"), "\"we\"\"ird\"");
     }
 }
