@@ -19,13 +19,13 @@ use tokio::time::Instant;
 
 use crate::cache::{document_json, CacheEntry, Fill, SharedCache};
 use crate::freshness::Verdict;
-use crate::metrics::{CellId, Metrics, ServedRead, Tier};
+use crate::metrics::{CellId, Gauges, Metrics, Scrape, ServedRead};
 use crate::origin::{
     Change, Committed, Idempotency, MaxStaleness, OriginError, OriginTier, ReadRequest, SharedOrigin,
     TierPolicy, WriteError, WriteOp,
 };
 use crate::plan::{CollectionPlan, Collections};
-use crate::CacheStatus;
+use crate::{CacheStatus, Tier};
 
 /// One edge node's data plane. Shared by every worker (`Arc<Node>`).
 pub struct Node {
@@ -269,6 +269,19 @@ impl Node {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The node's counters and gauges as of now, for `/metrics`.
+    pub fn scrape(&self) -> Scrape {
+        let (cache_entries, cache_bytes) = self.cache.usage();
+        Scrape {
+            metrics: self.metrics.clone(),
+            gauges: Gauges {
+                live_sessions: self.sessions.len(),
+                cache_entries,
+                cache_bytes,
+            },
+        }
     }
 
     pub fn sessions(&self) -> &SessionRegistry {

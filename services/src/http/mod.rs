@@ -14,6 +14,7 @@ mod increment;
 mod items;
 pub mod metrics;
 mod request;
+pub mod route;
 mod v1;
 
 use actix_web::{web, HttpRequest, HttpResponse, Resource};
@@ -22,10 +23,8 @@ pub use admin::AdminAuth;
 pub use error::{ApiError, ErrorChain, PROBLEM_TYPE_PREFIX};
 pub use request::{SESSION_ID, SESSION_TOKEN, USER_ID};
 
-use crate::metrics::route;
-
 /// Mounts every route. Every resource is named by its full template, the `route`
-/// label of the HTTP metrics ([`crate::metrics::ROUTES`]).
+/// label of the HTTP metrics ([`route::ROUTES`]).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", route::HEALTHZ).route(web::get().to(health::healthz)))
         .service(resource("/readyz", route::READYZ).route(web::get().to(health::readyz)))

@@ -18,8 +18,7 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, Error, HttpRequest, HttpResponse, ResponseError};
 
-use super::{batch, increment, items, ApiError};
-use crate::metrics::route;
+use super::{batch, increment, items, route, ApiError};
 use crate::Node;
 
 /// An item's collection and id, as the path names them (decoded).
