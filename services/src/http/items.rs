@@ -14,7 +14,7 @@ use super::request::{
 use super::v1::ItemPath;
 use super::{idempotency, ApiError};
 use crate::node::{ReadOutcome, SessionCtx};
-use crate::origin::{OriginError, ReadRequest, WriteOp, WriteOpKind};
+use crate::origin::{WriteOp, WriteOpKind};
 use crate::plan::{Body, CollectionPlan};
 use crate::Node;
 
@@ -124,7 +124,7 @@ pub async fn put_item(
             Precondition::Version(v) => Some(v),
             Precondition::Absent => Some(Version(0)),
             // Replace only: condition the write on the version the primary has now.
-            Precondition::Exists => match current_version(node, &key).await? {
+            Precondition::Exists => match node.current_version(&key).await? {
                 Version(0) => return Err(ApiError::PreconditionFailed { current: 0 }),
                 v => Some(v),
             },
@@ -274,15 +274,6 @@ pub fn version_condition(pre: Precondition) -> Result<Option<Version>, ApiError>
             "If-None-Match: * applies to PUT only".into(),
         )),
     }
-}
-
-async fn current_version(node: &Node, key: &ItemKey) -> Result<Version, OriginError> {
-    let read = node.origin().read(key.clone(), ReadRequest::PRIMARY).await?;
-    Ok(if read.doc.exists() {
-        read.doc.version
-    } else {
-        Version(0)
-    })
 }
 
 /// A written document as the response body, with its ETag.
