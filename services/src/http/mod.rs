@@ -1,5 +1,9 @@
 //! The REST API: routes grouped per resource, one file each; every error is
 //! problem+json ([`ApiError`]).
+//!
+//! Files import only files before them in: route, error, bearer, admin, metrics,
+//! health, request, idempotency, write, items, increment, batch, v1, forward, cluster,
+//! envelope (this module mounts them all).
 
 pub mod admin;
 mod batch;
@@ -16,6 +20,7 @@ pub mod metrics;
 mod request;
 pub mod route;
 mod v1;
+mod write;
 
 use actix_web::{web, HttpRequest, HttpResponse, Resource};
 
@@ -55,23 +60,5 @@ fn resource(path: &str, template: &'static str) -> Resource {
 }
 
 async fn not_found(request: HttpRequest) -> HttpResponse {
-    no_route(&request)
-}
-
-fn no_route(request: &HttpRequest) -> HttpResponse {
-    ApiError::InvalidRequest(format!("no route for {} {}", request.method(), request.path()))
-        .error_response_with(actix_web::http::StatusCode::NOT_FOUND, "no-route")
-}
-
-impl ApiError {
-    /// A problem response with another status and type than the error's own.
-    fn error_response_with(&self, status: actix_web::http::StatusCode, slug: &str) -> HttpResponse {
-        error::problem(
-            status,
-            slug,
-            status.canonical_reason().unwrap_or("Error"),
-            self.to_string(),
-        )
-        .to_actix_response()
-    }
+    error::no_route(&request)
 }
