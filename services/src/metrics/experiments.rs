@@ -231,6 +231,7 @@ impl Experiments {
     }
 
     /// Records a read served in `cell`.
+    #[inline]
     pub fn read(&self, cell: CellId, read: &ServedRead) {
         let cell = &self.cell(cell).counts[stripe()];
         cell.reads[read.tier as usize][status_index(read.status)].inc();

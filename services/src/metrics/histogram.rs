@@ -28,6 +28,7 @@ impl LogHistogram {
         }
     }
 
+    #[inline]
     fn index(micros: u64) -> usize {
         if micros < SUB {
             return micros as usize;
@@ -51,6 +52,7 @@ impl LogHistogram {
         (SUB + j % SUB + 1) << shift
     }
 
+    #[inline]
     pub(super) fn record(&self, micros: u64) {
         self.buckets[Self::index(micros)].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);

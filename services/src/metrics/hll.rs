@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The hash a session id is counted under in the HyperLogLogs: eight bytes at a time,
 /// then murmur3's 64-bit finaliser, so every bit of the result depends on every byte.
+#[inline]
 pub(super) fn session_hash(session_id: &str) -> u64 {
     let bytes = session_id.as_bytes();
     let mut h = 0x9e37_79b9_7f4a_7c15_u64 ^ bytes.len() as u64;
@@ -43,6 +44,7 @@ impl Hll {
         }
     }
 
+    #[inline]
     pub(super) fn insert(&self, hash: u64) {
         let index = (hash >> (64 - HLL_BITS)) as usize;
         // The rank of the first 1 bit after the index bits (a guard bit bounds it).

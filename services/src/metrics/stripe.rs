@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(super) const STRIPES: usize = 8;
 
 /// The stripe of the calling thread: threads take stripes in turn as they first count.
+#[inline]
 pub(super) fn stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
