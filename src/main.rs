@@ -3,6 +3,7 @@
 //! ```text
 //! edgecache [serve] [--config FILE] [--listen ADDR]   run a node (the default)
 //! edgecache check-config [--config FILE]              validate and print the configuration
+//! edgecache migrate [--config FILE]                   create the PostgreSQL tables
 //! edgecache loadgen --targets URL[,URL…] …            run a workload, record its history
 //! edgecache check HISTORY                             check a history's session guarantees
 //! edgecache migrate [--config FILE]                   create the PostgreSQL tables

@@ -1,5 +1,6 @@
-//! The node's table of live sessions: bounded, least-recently-used sessions evicted,
-//! idle ones passivated; a session that is not live is rebuilt from its token.
+//! The node's table of live sessions: bounded (past the bound, quick_cache's S3-FIFO
+//! policy evicts a cold session: not strictly the least recently used), idle ones
+//! passivated; a session that is not live is rebuilt from its token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,10 +240,13 @@ impl SessionRegistry {
         Arc::new(LiveSession { session, addr })
     }
 
-    /// Stops every live session (node shutdown). Their state lives on in the tokens.
+    /// Stops every live session now (node shutdown): each actor is sent
+    /// [`Passivate`](crate::session::Passivate), or stops at its next tick if its
+    /// mailbox is full. Their state lives on in the tokens.
     pub fn passivate_all(&self) {
         for (_, handle) in self.table.iter() {
             handle.session.retire();
+            let _ = handle.addr.try_send(crate::session::Passivate);
         }
         self.table.clear();
     }
@@ -301,6 +305,24 @@ mod tests {
             carried.lineage.unwrap(),
             "the lineage carries on"
         );
+    }
+
+    #[actix_rt::test]
+    async fn passivating_all_stops_every_actor_now_not_at_its_next_tick() {
+        // A long lease: the idle check ticks every 5 s, so only `Passivate` stops the
+        // actors within the second allowed here.
+        let reg = registry(16, Duration::from_secs(60));
+        let handles: Vec<_> = ["s1", "s2"].map(|id| reg.open(id, None).0).into();
+        reg.passivate_all();
+        assert_eq!(reg.len(), 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while handles.iter().any(|h| h.addr.connected()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for handle in &handles {
+            assert!(!handle.addr.connected(), "{} stopped", handle.session.id());
+            assert!(handle.session.is_retired());
+        }
     }
 
     #[actix_rt::test]

@@ -411,7 +411,9 @@ impl<T: Send + 'static, E: Send + 'static> Message for Write<T, E> {
     type Result = Option<Result<(Doc, T), E>>;
 }
 
-/// Asks the actor to stop now (node shutdown).
+/// Asks the actor to stop now: sent when a session that is not kept is released
+/// ([`crate::LiveSession::release`]) and to every live session at node shutdown
+/// ([`crate::SessionRegistry::passivate_all`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Passivate;

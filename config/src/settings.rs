@@ -64,7 +64,8 @@ fn default_readiness_interval() -> Duration {
     Duration::from_secs(1)
 }
 
-/// Who this node is, for flags (Unleash context) and, later, the cluster.
+/// Who this node is: its id names it to its peers (session ownership, forwarding
+/// proofs) and, with its region, to the flags (Unleash context).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSettings {
@@ -195,7 +196,8 @@ pub struct SessionSettings {
     /// on in the token the client holds).
     #[serde(with = "humantime_serde")]
     pub idle_lease: Duration,
-    /// Most live session actors on this node; the least recently used is evicted.
+    /// Most live session actors on this node; past it the table evicts a cold one
+    /// (quick_cache's S3-FIFO policy, not strictly the least recently used).
     pub max_live: usize,
     /// Most written values a session keeps to answer its own reads.
     pub max_pending_writes: usize,

@@ -13,7 +13,9 @@ pub mod plan;
 pub mod readiness;
 mod startup;
 mod telemetry;
+mod tier;
 
 pub use cache_status::CacheStatus;
 pub use node::{Node, ReadError, ReadOutcome, SessionCtx, SessionError, WriteFailure};
 pub use startup::{migrate, Application, StartError};
+pub use tier::Tier;

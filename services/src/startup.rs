@@ -107,7 +107,7 @@ impl Application {
             .listen(listener)
             .map_err(|source| StartError::Bind { addr, source })?
             .run();
-        tracing::info!(port, node = %settings.node.id, origin = node.origin().kind(), "edge node listening");
+        tracing::info!(port, node = %settings.node.id, origin = node.origin_kind(), "edge node listening");
         Ok(Self {
             port,
             server,

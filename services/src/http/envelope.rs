@@ -20,19 +20,13 @@ use actix_web::{Error, ResponseError};
 use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
+use super::error::Failure;
 use super::{forward, v1, ApiError};
 use crate::cluster::Cluster;
 use crate::telemetry::{self, REQUEST_ID};
 use crate::Node;
 
 const NODE_HEADER: HeaderName = HeaderName::from_static("x-edgecache-node");
-
-/// What the log line of a failed request (5xx) says: the problem and the whole cause
-/// chain. Error responses carry it in their extensions; only the log sees it.
-pub struct Failure {
-    pub problem: &'static str,
-    pub cause: String,
-}
 
 /// The middleware factory (`App::wrap`).
 pub struct Envelope {

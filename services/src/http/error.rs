@@ -4,11 +4,10 @@
 use std::fmt;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use edgecache_actors::TokenError;
 use http_api_problem::HttpApiProblem;
 
-use super::envelope::Failure;
 use crate::node::{ReadError, SessionError, WriteFailure};
 use crate::origin::{OriginError, WriteError};
 use crate::plan::InvalidInput;
@@ -19,6 +18,14 @@ pub const PROBLEM_TYPE_PREFIX: &str = "urn:problem:edgecache:";
 /// The slug of a request refused because it claims to be forwarded without proof (a
 /// forwarding node that gets it back serves the request itself).
 pub const FORWARDED_WITHOUT_PROOF: &str = "forwarded-without-proof";
+
+/// What the log line of a failed request (5xx) says: the problem and the whole cause
+/// chain. Error responses carry it in their extensions; only the log sees it
+/// (`http::envelope` writes it).
+pub struct Failure {
+    pub problem: &'static str,
+    pub cause: String,
+}
 
 /// What went wrong, by whose fault.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +127,17 @@ impl ApiError {
             ApiError::ForwardedWithoutProof(_) => FORWARDED_WITHOUT_PROOF,
             ApiError::Internal(_) => "internal",
         }
+    }
+
+    /// A problem response with another status and type than the error's own.
+    pub fn error_response_with(&self, status: StatusCode, slug: &str) -> HttpResponse {
+        problem(
+            status,
+            slug,
+            status.canonical_reason().unwrap_or("Error"),
+            self.to_string(),
+        )
+        .to_actix_response()
     }
 
     fn title(&self) -> &'static str {
@@ -260,4 +278,10 @@ pub fn problem(status: StatusCode, slug: &str, title: &str, detail: String) -> H
         .type_url(format!("{PROBLEM_TYPE_PREFIX}{slug}"))
         .title(title)
         .detail(detail)
+}
+
+/// 404 `no-route`: nothing is mounted at the request's path.
+pub fn no_route(request: &HttpRequest) -> HttpResponse {
+    ApiError::InvalidRequest(format!("no route for {} {}", request.method(), request.path()))
+        .error_response_with(StatusCode::NOT_FOUND, "no-route")
 }

@@ -21,11 +21,10 @@ use std::sync::atomic::Ordering;
 use actix_web::body::BoxBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
-use actix_web::{web, Error, HttpMessage, HttpResponse, ResponseError};
-use futures_util::StreamExt;
+use actix_web::{Error, HttpMessage, HttpResponse, ResponseError};
 
 use super::error::FORWARDED_WITHOUT_PROOF;
-use super::request::{SESSION_ID, USER_ID};
+use super::request::{read_bounded, BodyError, SESSION_ID, USER_ID};
 use super::ApiError;
 use crate::cluster::{Cluster, Peer, ProofError, PROOF_HEADER};
 use crate::Node;
@@ -108,17 +107,14 @@ where
 {
     // Read the body (bounded), to send it on — and to serve it here if we must.
     let limit = node.limits().max_body_bytes;
-    let mut body = web::BytesMut::new();
-    let mut payload = request.take_payload();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk?;
-        if body.len() + chunk.len() > limit {
+    let body = match read_bounded(&mut request.take_payload(), limit).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
             let response = ApiError::BodyTooLarge { limit }.error_response();
             return Ok(request.into_response(response));
         }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.freeze();
+        Err(BodyError::Read(e)) => return Err(e.into()),
+    };
 
     let method =
         reqwest::Method::from_bytes(request.method().as_str().as_bytes()).expect("a method is a method");

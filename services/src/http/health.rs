@@ -42,11 +42,11 @@ pub async fn readyz(
         "status": "ready",
         "node": node.node_id(),
         "origin": {
-            "kind": node.origin().kind(),
+            "kind": node.origin_kind(),
             "position": position.0,
             "checked_ms_ago": age.as_millis() as u64,
         },
-        "live_sessions": node.sessions().len(),
+        "live_sessions": node.live_sessions(),
         "peers": peers,
         "forwarded": cluster.forwarded.load(Ordering::Relaxed),
         "forward_failures": cluster.forward_failures.load(Ordering::Relaxed),

@@ -6,20 +6,17 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
-use edgecache_actors::{Fields, ItemKey, Version};
+use edgecache_actors::Fields;
 
-use super::request::{
-    check_id, etag, open_session, parse_object, precondition, read_body, respond, Precondition,
-};
-use super::v1::ItemPath;
-use super::{idempotency, ApiError};
-use crate::node::{ReadOutcome, SessionCtx};
-use crate::origin::{OriginError, ReadRequest, WriteOp, WriteOpKind};
+use super::request::{check_id, etag, open_session, parse_object, read_body, respond, ItemPath};
+use super::write::{document_response, write, JSON_TYPE};
+use super::ApiError;
+use crate::node::ReadOutcome;
+use crate::origin::WriteOpKind;
 use crate::plan::{Body, CollectionPlan};
 use crate::Node;
 
 const JSON: &[&str] = &["application/json"];
-const JSON_TYPE: header::HeaderValue = header::HeaderValue::from_static("application/json");
 const MERGE_PATCH: &[&str] = &["application/merge-patch+json", "application/json"];
 
 /// Whether the query asks for `explain=true` (`false` or absent: no; other parameters
@@ -109,45 +106,19 @@ pub async fn put_item(
     request: &HttpRequest,
     payload: Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let Prepared {
-        key,
-        pre,
-        session,
-        plan,
-        idempotency_key,
-    } = prepare_write(node, path, request)?;
-    let result = async {
+    let read = |plan: Arc<CollectionPlan>| async move {
         let fields = read_document(node, &plan, &path.id, request, payload, Body::Document).await?;
-        let idempotency = idempotency::bind(node, idempotency_key, "PUT", &key, pre, &fields)?;
-        let if_match = match pre {
-            Precondition::None => None,
-            Precondition::Version(v) => Some(v),
-            Precondition::Absent => Some(Version(0)),
-            // Replace only: condition the write on the version the primary has now.
-            Precondition::Exists => match current_version(node, &key).await? {
-                Version(0) => return Err(ApiError::PreconditionFailed { current: 0 }),
-                v => Some(v),
-            },
-        };
-        let op = WriteOp {
-            key,
-            if_match,
-            kind: WriteOpKind::Put(Arc::new(fields)),
-            idempotency,
-        };
-        let committed = node.write(&session, op).await?;
+        Ok((fields, |fields| WriteOpKind::Put(Arc::new(fields))))
+    };
+    write(node, path, request, "PUT", read, |committed| {
         let status = if committed.created {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         };
-        Ok(idempotency::mark(
-            document_response(status, &path.id, &committed.doc),
-            committed.replayed,
-        ))
-    }
-    .await;
-    Ok(respond(node, request, &session, result))
+        document_response(status, &path.id, &committed.doc)
+    })
+    .await
 }
 
 /// `PATCH /v1/{collection}/{id}`: applies a JSON merge patch (RFC 7396).
@@ -158,30 +129,14 @@ pub async fn patch_item(
     request: &HttpRequest,
     payload: Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let Prepared {
-        key,
-        pre,
-        session,
-        plan,
-        idempotency_key,
-    } = prepare_write(node, path, request)?;
-    let result = async {
+    let read = |plan: Arc<CollectionPlan>| async move {
         let patch = read_document(node, &plan, &path.id, request, payload, Body::MergePatch).await?;
-        let idempotency = idempotency::bind(node, idempotency_key, "PATCH", &key, pre, &patch)?;
-        let op = WriteOp {
-            key,
-            if_match: version_condition(pre)?,
-            kind: WriteOpKind::Patch(Arc::new(patch)),
-            idempotency,
-        };
-        let committed = node.write(&session, op).await?;
-        Ok(idempotency::mark(
-            document_response(StatusCode::OK, &path.id, &committed.doc),
-            committed.replayed,
-        ))
-    }
-    .await;
-    Ok(respond(node, request, &session, result))
+        Ok((patch, |patch| WriteOpKind::Patch(Arc::new(patch))))
+    };
+    write(node, path, request, "PATCH", read, |committed| {
+        document_response(StatusCode::OK, &path.id, &committed.doc)
+    })
+    .await
 }
 
 /// `DELETE /v1/{collection}/{id}`: 204, or 404 if there is no such item.
@@ -191,59 +146,13 @@ pub async fn delete_item(
     path: &ItemPath<'_>,
     request: &HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let Prepared {
-        key,
-        pre,
-        session,
-        idempotency_key,
-        ..
-    } = prepare_write(node, path, request)?;
-    let result = async {
-        let idempotency = idempotency::bind(node, idempotency_key, "DELETE", &key, pre, &())?;
-        let op = WriteOp {
-            key,
-            if_match: version_condition(pre)?,
-            kind: WriteOpKind::Delete,
-            idempotency,
-        };
-        let committed = node.write(&session, op).await?;
-        let response = HttpResponse::NoContent()
+    let read = |_| async { Ok(((), |()| WriteOpKind::Delete)) };
+    write(node, path, request, "DELETE", read, |committed| {
+        HttpResponse::NoContent()
             .insert_header((header::ETAG, etag(committed.doc.version)))
-            .finish();
-        Ok(idempotency::mark(response, committed.replayed))
-    }
-    .await;
-    Ok(respond(node, request, &session, result))
-}
-
-/// What every write checks before it reads its body: the id, the collection, the
-/// precondition, the `Idempotency-Key` and the session.
-pub struct Prepared {
-    pub key: ItemKey,
-    pub pre: Precondition,
-    pub session: SessionCtx,
-    pub plan: Arc<CollectionPlan>,
-    /// Bound to the request with [`idempotency::bind`] once the body is read.
-    pub idempotency_key: Option<String>,
-}
-
-pub fn prepare_write(node: &Node, path: &ItemPath<'_>, request: &HttpRequest) -> Result<Prepared, ApiError> {
-    check_id(&path.id, node.limits().max_id_bytes)?;
-    let plan = node
-        .collection(&path.collection)
-        .ok_or_else(|| ApiError::UnknownCollection(path.collection.clone().into_owned()))?
-        .clone();
-    let pre = precondition(request)?;
-    let idempotency_key = idempotency::key(request, node.max_idempotency_key_bytes())?;
-    let session = open_session(node, request)?;
-    let key = ItemKey::new(plan.name.clone(), &path.id);
-    Ok(Prepared {
-        key,
-        pre,
-        session,
-        plan,
-        idempotency_key,
+            .finish()
     })
+    .await
 }
 
 /// Reads a document or merge patch body, checks it against the data model and
@@ -262,37 +171,4 @@ async fn read_document(
     };
     let body = read_body(request, payload, node.limits().max_body_bytes, accept).await?;
     Ok(plan.check_document(id, parse_object(&body)?, kind)?)
-}
-
-/// The If-Match version of a write that requires the item to exist anyway
-/// (patch, delete, increment): `*` adds nothing, create-only makes no sense.
-pub fn version_condition(pre: Precondition) -> Result<Option<Version>, ApiError> {
-    match pre {
-        Precondition::None | Precondition::Exists => Ok(None),
-        Precondition::Version(v) => Ok(Some(v)),
-        Precondition::Absent => Err(ApiError::InvalidRequest(
-            "If-None-Match: * applies to PUT only".into(),
-        )),
-    }
-}
-
-async fn current_version(node: &Node, key: &ItemKey) -> Result<Version, OriginError> {
-    let read = node.origin().read(key.clone(), ReadRequest::PRIMARY).await?;
-    Ok(if read.doc.exists() {
-        read.doc.version
-    } else {
-        Version(0)
-    })
-}
-
-/// A written document as the response body, with its ETag.
-pub fn document_response(status: StatusCode, id: &str, doc: &edgecache_actors::Doc) -> HttpResponse {
-    let body = match &doc.fields {
-        Some(fields) => crate::cache::document_json(id, fields.iter()),
-        None => Vec::new(),
-    };
-    HttpResponse::build(status)
-        .insert_header((header::CONTENT_TYPE, JSON_TYPE))
-        .insert_header((header::ETAG, etag(doc.version)))
-        .body(body)
 }

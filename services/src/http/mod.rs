@@ -1,5 +1,9 @@
 //! The REST API: routes grouped per resource, one file each; every error is
 //! problem+json ([`ApiError`]).
+//!
+//! Files import only files before them in: route, error, bearer, admin, metrics,
+//! health, request, idempotency, write, items, increment, batch, v1, forward, cluster,
+//! envelope (this module mounts them all).
 
 pub mod admin;
 mod batch;
@@ -14,7 +18,9 @@ mod increment;
 mod items;
 pub mod metrics;
 mod request;
+pub mod route;
 mod v1;
+mod write;
 
 use actix_web::{web, HttpRequest, HttpResponse, Resource};
 
@@ -22,10 +28,8 @@ pub use admin::AdminAuth;
 pub use error::{ApiError, ErrorChain, PROBLEM_TYPE_PREFIX};
 pub use request::{SESSION_ID, SESSION_TOKEN, USER_ID};
 
-use crate::metrics::route;
-
 /// Mounts every route. Every resource is named by its full template, the `route`
-/// label of the HTTP metrics ([`crate::metrics::ROUTES`]).
+/// label of the HTTP metrics ([`route::ROUTES`]).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", route::HEALTHZ).route(web::get().to(health::healthz)))
         .service(resource("/readyz", route::READYZ).route(web::get().to(health::readyz)))
@@ -56,23 +60,5 @@ fn resource(path: &str, template: &'static str) -> Resource {
 }
 
 async fn not_found(request: HttpRequest) -> HttpResponse {
-    no_route(&request)
-}
-
-fn no_route(request: &HttpRequest) -> HttpResponse {
-    ApiError::InvalidRequest(format!("no route for {} {}", request.method(), request.path()))
-        .error_response_with(actix_web::http::StatusCode::NOT_FOUND, "no-route")
-}
-
-impl ApiError {
-    /// A problem response with another status and type than the error's own.
-    fn error_response_with(&self, status: actix_web::http::StatusCode, slug: &str) -> HttpResponse {
-        error::problem(
-            status,
-            slug,
-            status.canonical_reason().unwrap_or("Error"),
-            self.to_string(),
-        )
-        .to_actix_response()
-    }
+    error::no_route(&request)
 }

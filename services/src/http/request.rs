@@ -1,7 +1,10 @@
-//! Reading what a request carries: its session headers, ids, preconditions and JSON
-//! body, each with a bound and a clear error.
+//! Reading what a request carries: its item path, session headers, ids,
+//! preconditions and JSON body, each with a bound and a clear error.
+
+use std::borrow::Cow;
 
 use actix_web::dev::Payload;
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use edgecache_actors::{Fields, Version};
@@ -11,6 +14,12 @@ use serde::de::DeserializeOwned;
 use super::ApiError;
 use crate::node::SessionCtx;
 use crate::Node;
+
+/// An item's collection and id, as the path names them (decoded).
+pub struct ItemPath<'a> {
+    pub collection: Cow<'a, str>,
+    pub id: Cow<'a, str>,
+}
 
 pub const SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
 pub const SESSION_TOKEN: HeaderName = HeaderName::from_static("x-session-token");
@@ -156,12 +165,27 @@ pub async fn read_body(
             return Err(ApiError::BodyTooLarge { limit });
         }
     }
+    read_bounded(&mut payload, limit).await.map_err(|err| match err {
+        BodyError::TooLarge => ApiError::BodyTooLarge { limit },
+        BodyError::Read(e) => ApiError::InvalidRequest(format!("the request body could not be read: {e}")),
+    })
+}
+
+/// Why a bounded body read stopped short.
+pub enum BodyError {
+    /// The body is longer than the limit.
+    TooLarge,
+    /// The body could not be read.
+    Read(PayloadError),
+}
+
+/// Reads a request body of at most `limit` bytes, stopping at the first chunk past it.
+pub async fn read_bounded(payload: &mut Payload, limit: usize) -> Result<web::Bytes, BodyError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::InvalidRequest(format!("the request body could not be read: {e}")))?;
+        let chunk = chunk.map_err(BodyError::Read)?;
         if body.len() + chunk.len() > limit {
-            return Err(ApiError::BodyTooLarge { limit });
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }

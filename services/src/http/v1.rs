@@ -18,15 +18,10 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, Error, HttpRequest, HttpResponse, ResponseError};
 
-use super::{batch, increment, items, ApiError};
-use crate::metrics::route;
+use super::error::no_route;
+use super::request::ItemPath;
+use super::{batch, increment, items, route, ApiError};
 use crate::Node;
-
-/// An item's collection and id, as the path names them (decoded).
-pub struct ItemPath<'a> {
-    pub collection: Cow<'a, str>,
-    pub id: Cow<'a, str>,
-}
 
 /// What a `/v1` path addresses.
 enum Target<'a> {
@@ -98,7 +93,7 @@ pub async fn serve(request: ServiceRequest) -> Result<ServiceResponse, Error> {
 
 async fn answer(node: &Node, request: &HttpRequest, payload: Payload) -> HttpResponse {
     let Some(target) = Target::parse(request.path()) else {
-        return super::no_route(request);
+        return no_route(request);
     };
     let method = request.method();
     let result = match target {

@@ -31,6 +31,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use super::write_op::increment_within;
 use super::{
     Committed, Idempotency, IdempotencySweep, Origin, OriginError, OriginRead, OriginTier, ReadRequest,
     WriteError, WriteOp, WriteOpKind,
@@ -579,7 +580,7 @@ fn apply(
                 .get(field)
                 .and_then(Value::as_i64)
                 .ok_or_else(|| WriteError::NotAnInteger { field: field.clone() })?;
-            let value = increment(field, value, *by, *min, *max)?;
+            let value = increment_within(field, value, *by, *min, *max)?;
             doc.insert(field.clone(), Value::from(value));
             (Some(Arc::new(doc)), false)
         }
@@ -625,37 +626,6 @@ fn merge_patch(doc: &mut Fields, patch: &Fields) {
             json_patch::merge(doc.entry(name.as_str()).or_insert(Value::Null), value);
         }
     }
-}
-
-/// `current + by`, unless that overflows or falls outside `[min, max]`. An overflow
-/// reports the bound it passed, or `i64::MIN`/`i64::MAX` without one.
-fn increment(
-    field: &str,
-    current: i64,
-    by: i64,
-    min: Option<i64>,
-    max: Option<i64>,
-) -> Result<i64, WriteError> {
-    let crossed = |bound| WriteError::BoundCrossed {
-        field: field.to_owned(),
-        current,
-        by,
-        bound,
-    };
-    let Some(value) = current.checked_add(by) else {
-        return Err(crossed(if by > 0 {
-            max.unwrap_or(i64::MAX)
-        } else {
-            min.unwrap_or(i64::MIN)
-        }));
-    };
-    if let Some(min) = min.filter(|&min| value < min) {
-        return Err(crossed(min));
-    }
-    if let Some(max) = max.filter(|&max| value > max) {
-        return Err(crossed(max));
-    }
-    Ok(value)
 }
 
 /// Reads one item and the meta position in one statement (one snapshot).

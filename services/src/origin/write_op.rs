@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use edgecache_actors::{Doc, Fields, ItemKey, Version};
 
+use super::WriteError;
+
 /// One write of one item, applied atomically by the origin.
 #[derive(Debug, Clone)]
 pub struct WriteOp {
@@ -65,4 +67,36 @@ pub struct Committed {
     /// `Idempotency-Key` (nothing was written now). `doc` is the item as that write
     /// left it; its position is at or after that write's commit.
     pub replayed: bool,
+}
+
+/// `current + by`, unless that overflows or falls outside `[min, max]`: the one
+/// bound check of an increment, whichever origin applies it. An overflow reports the
+/// bound it passed, or `i64::MIN`/`i64::MAX` without one.
+pub(super) fn increment_within(
+    field: &str,
+    current: i64,
+    by: i64,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> Result<i64, WriteError> {
+    let crossed = |bound| WriteError::BoundCrossed {
+        field: field.to_owned(),
+        current,
+        by,
+        bound,
+    };
+    let Some(value) = current.checked_add(by) else {
+        return Err(crossed(if by > 0 {
+            max.unwrap_or(i64::MAX)
+        } else {
+            min.unwrap_or(i64::MIN)
+        }));
+    };
+    if let Some(min) = min.filter(|&min| value < min) {
+        return Err(crossed(min));
+    }
+    if let Some(max) = max.filter(|&max| value > max) {
+        return Err(crossed(max));
+    }
+    Ok(value)
 }

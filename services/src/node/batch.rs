@@ -1,0 +1,46 @@
+//! Batch reads: the items the cache lacks are fetched in one origin round trip, then
+//! each is read as on its own.
+
+use edgecache_actors::{ItemKey, KeyRef, Position};
+use edgecache_flags::Strategy;
+
+use super::{Node, ReadError, ReadOutcome, SessionCtx};
+use crate::cache::CacheEntry;
+use crate::origin::ReadRequest;
+
+impl Node {
+    /// Reads several items; a missing one comes back with `fields: None`. Items the
+    /// cache lacks are fetched in one origin round trip first.
+    pub async fn read_batch(
+        &self,
+        s: &SessionCtx,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<Vec<ReadOutcome>, ReadError> {
+        let plan = self
+            .collections
+            .get(collection)
+            .ok_or_else(|| ReadError::UnknownCollection(collection.to_owned()))?;
+        let absent: Vec<ItemKey> = ids
+            .iter()
+            .filter(|id| self.cache.get(KeyRef::new(&plan.name, id)).is_none())
+            .map(|id| ItemKey::new(plan.name.clone(), id))
+            .collect();
+        if !absent.is_empty() {
+            let strict = s.strategies.is_on(Strategy::StrictFields);
+            let request = ReadRequest::at_least(Position(0), false, plan.max_staleness(strict, self.plain));
+            match self.origin.read_many(absent.clone(), request).await {
+                Ok(reads) => {
+                    for (item, read) in absent.iter().zip(reads) {
+                        self.cache
+                            .offer(item, CacheEntry::read(item, read.doc, read.as_of, read.tier));
+                    }
+                }
+                // Each read below retries on its own and reports its own failure.
+                Err(err) => tracing::warn!(cause = %err, "batch prefetch failed"),
+            }
+        }
+        let reads = ids.iter().map(|id| self.read(s, collection, id, false));
+        futures_util::future::join_all(reads).await.into_iter().collect()
+    }
+}

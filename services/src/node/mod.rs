@@ -1,0 +1,216 @@
+//! The edge node's data plane: sessions, the read path and the write path. The REST
+//! layer is a thin shell around [`Node`]; benches call it directly.
+//!
+//! Split along the data's way through a node, one file each: `session` opens a
+//! request's session (live, merged with its token, rebuilt, new or detached);
+//! `read` serves one item (session, cache, origin; strict fields from the primary);
+//! `batch` prefetches a batch's misses in one origin round trip, then reads each;
+//! `write` applies a write in the session's order and keeps the idempotency store;
+//! `explain` says where each field came from; `error` names why an operation failed.
+//! Handlers ask [`Node`] questions; they do not reach into its origin, cache or
+//! session table.
+
+mod batch;
+mod error;
+mod explain;
+mod read;
+mod session;
+mod write;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgecache_actors::{ItemKey, SessionLimits, SessionRegistry, TokenKeys};
+use edgecache_config::{Freshness, IdempotencySettings, Settings};
+use edgecache_flags::{FlagContext, FlagSource, Strategy};
+use secrecy::ExposeSecret;
+
+pub use error::{ReadError, SessionError, WriteFailure};
+pub use explain::FieldSource;
+pub use read::ReadOutcome;
+pub use session::{valid_session_id, SessionCtx};
+
+use crate::cache::SharedCache;
+use crate::metrics::{Gauges, Metrics, Scrape};
+use crate::origin::{Change, SharedOrigin};
+use crate::plan::{CollectionPlan, Collections};
+
+/// One edge node's data plane. Shared by every worker (`Arc<Node>`).
+pub struct Node {
+    collections: Collections,
+    origin: SharedOrigin,
+    cache: SharedCache,
+    sessions: SessionRegistry,
+    keys: TokenKeys,
+    flags: Arc<dyn FlagSource>,
+    metrics: Arc<Metrics>,
+    node_id: String,
+    region: String,
+    /// The class strict fields get when the strict-fields strategy is off.
+    plain: Freshness,
+    write_timeout: Duration,
+    idempotency: IdempotencySettings,
+    /// Set while the origin holds `idempotency.max_records` records or more (as of
+    /// the last sweep).
+    idempotency_full: AtomicBool,
+    limits: ApiLimits,
+}
+
+/// Bounds of what one request may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    pub max_id_bytes: usize,
+    pub max_batch: usize,
+    pub max_body_bytes: usize,
+    /// Longest `X-User-Id` a session is opened with.
+    pub max_user_id_bytes: usize,
+    /// Most bytes of request headers (names and values).
+    pub max_header_bytes: usize,
+}
+
+impl Node {
+    /// A node over `origin`, configured by `settings`, with strategies from `flags`.
+    /// It follows the origin's change feed: an entry older than a change committed
+    /// through another node is dropped.
+    pub fn new(settings: &Settings, origin: SharedOrigin, flags: Arc<dyn FlagSource>) -> Self {
+        let session = &settings.session;
+        let keys = TokenKeys::new(
+            session
+                .keys
+                .iter()
+                .map(|k| (k.id.as_str(), k.secret.expose_secret().as_bytes())),
+            &session.active_key,
+        )
+        .expect("validated: the active key is among the keys");
+        let cache = SharedCache::new(
+            settings.cache.capacity_bytes,
+            settings.cache.estimated_items,
+            settings.cache.fill_deadline,
+        );
+        let metrics = Arc::new(Metrics::default());
+        origin.subscribe({
+            let cache = cache.clone();
+            let metrics = metrics.clone();
+            Arc::new(move |change| match change {
+                Change::Item {
+                    collection,
+                    id,
+                    version,
+                } => {
+                    if cache.invalidate_older(&ItemKey::new(collection.into(), &id), version) {
+                        metrics.invalidations.inc();
+                    }
+                }
+                Change::Reset => {
+                    tracing::warn!("the change feed may have missed changes; clearing the cache");
+                    cache.clear();
+                }
+            })
+        });
+        let limits = SessionLimits {
+            max_items: session.max_token_items,
+            max_pending: session.max_pending_writes,
+        };
+        Self {
+            collections: Collections::new(&settings.collections),
+            origin,
+            cache,
+            sessions: SessionRegistry::new(session.max_live, session.idle_lease, limits)
+                .with_pending_budget(session.max_pending_bytes),
+            keys,
+            flags,
+            metrics,
+            node_id: settings.node.id.clone(),
+            region: settings.node.region.clone(),
+            plain: Freshness::Relaxed {
+                ttl: settings.cache.plain_ttl,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+            },
+            write_timeout: session.write_timeout,
+            idempotency: settings.idempotency.clone(),
+            idempotency_full: AtomicBool::new(false),
+            limits: ApiLimits {
+                max_id_bytes: settings.api.max_id_bytes,
+                max_batch: settings.api.max_batch,
+                max_body_bytes: settings.server.max_body_bytes,
+                max_user_id_bytes: settings.api.max_user_id_bytes,
+                max_header_bytes: settings.api.max_header_bytes,
+            },
+        }
+    }
+
+    /// Whether session affinity is on for this session (forwarding to its owner).
+    pub fn affinity_on(&self, session_id: &str, user_id: &str) -> bool {
+        let ctx = FlagContext {
+            session_id,
+            user_id,
+            node: &self.node_id,
+            region: &self.region,
+        };
+        self.flags.arm(Strategy::SessionAffinity, &ctx).enabled
+    }
+
+    /// Where the strategy flags come from now (`/readyz`).
+    pub fn flag_status(&self) -> Option<String> {
+        self.flags.status()
+    }
+
+    pub fn limits(&self) -> ApiLimits {
+        self.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The node's counters and gauges as of now, for `/metrics`.
+    pub fn scrape(&self) -> Scrape {
+        let (cache_entries, cache_bytes) = self.cache.usage();
+        Scrape {
+            metrics: self.metrics.clone(),
+            gauges: Gauges {
+                live_sessions: self.sessions.len(),
+                cache_entries,
+                cache_bytes,
+            },
+        }
+    }
+
+    // The node's parts, for start-up, tests and benches; handlers ask the narrow
+    // questions below and above instead.
+
+    /// The session table.
+    pub fn sessions(&self) -> &SessionRegistry {
+        &self.sessions
+    }
+
+    /// The origin.
+    pub fn origin(&self) -> &SharedOrigin {
+        &self.origin
+    }
+
+    /// The shared cache.
+    pub fn cache(&self) -> &SharedCache {
+        &self.cache
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn collection(&self, name: &str) -> Option<&Arc<CollectionPlan>> {
+        self.collections.get(name)
+    }
+
+    /// The kind of origin the node reads and writes (`embedded`, `postgres`).
+    pub fn origin_kind(&self) -> &'static str {
+        self.origin.kind()
+    }
+
+    /// Sessions live on this node now.
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}

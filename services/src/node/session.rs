@@ -1,0 +1,203 @@
+//! Opening a request's session: the live one (merging in a newer token of its
+//! lineage), one rebuilt from its token, a new one, or a detached one for a request
+//! that names a live session without its token; then its strategy arms, evaluated
+//! once per session while the flags and the user stay the same.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use edgecache_actors::{Session, SessionHandle, SessionStart};
+use edgecache_flags::{FlagContext, Strategies};
+
+use super::{Node, SessionError};
+use crate::metrics::CellId;
+
+/// A request's session: its state, its actor when live, its strategy arms, and how it
+/// was found.
+pub struct SessionCtx {
+    /// The state the request reads and records into, and whose token answers it.
+    pub session: Arc<Session>,
+    /// The session's actor and table entry; `None` for a session minted for a request
+    /// that named none, which becomes live only when it writes.
+    pub(super) live: Option<SessionHandle>,
+    pub strategies: Strategies,
+    pub start: SessionStart,
+    /// Where the request's reads are counted: the experiment cell of `strategies`.
+    pub experiment: CellId,
+}
+
+impl SessionCtx {
+    pub fn id(&self) -> &str {
+        self.session.id()
+    }
+
+    /// Whether the session is in the node's table (a named one is; an anonymous
+    /// request's is not until it writes).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+}
+
+impl Drop for SessionCtx {
+    fn drop(&mut self) {
+        if let Some(live) = &self.live {
+            live.release();
+        }
+    }
+}
+
+impl Node {
+    /// Opens the request's session: the live one (taking in a newer token), else one
+    /// rebuilt from the token, else a new one; a request with no session id gets a
+    /// new id. Then evaluates its strategies. A user id longer than
+    /// `api.max_user_id_bytes` opens nothing: the session would keep it.
+    ///
+    /// A session id is a name anyone may send; a token is what a request proves with
+    /// that it holds the session. A request that names a live session without a token
+    /// of its lineage ([`edgecache_actors::Lineage`]: none, or one issued to another
+    /// holder of the name) is served by a detached session of its own, from its token
+    /// if any: it sees none of the live session's marks (nor, through `Cache-Status`,
+    /// their effect), adds nothing to them, and its answer's token carries only what
+    /// it did itself. Clients that send their tokens keep every guarantee; one that
+    /// sends none has nothing to carry guarantees with from request to request.
+    pub fn open_session(
+        &self,
+        session_id: Option<&str>,
+        user_id: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<SessionCtx, SessionError> {
+        let max = self.limits.max_user_id_bytes;
+        if user_id.is_some_and(|user| user.len() > max) {
+            return Err(SessionError::UserIdTooLong { max });
+        }
+        let (session, live, start) = match session_id {
+            Some(id) if valid_session_id(id) => {
+                let (handle, start) = self.open_named(id, token)?;
+                (handle.session.clone(), Some(handle), start)
+            }
+            Some(_) => return Err(SessionError::InvalidId),
+            None if token.is_some() => return Err(SessionError::TokenWithoutSession),
+            // Nothing to look up or keep: the session lives in this request (and in
+            // the token it answers with) until it writes.
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                (self.sessions.anonymous(&id), None, SessionStart::New)
+            }
+        };
+        match start {
+            SessionStart::Rebuilt => self.metrics.sessions_rebuilt.inc(),
+            SessionStart::New => self.metrics.sessions_new.inc(),
+            SessionStart::Detached => self.metrics.sessions_detached.inc(),
+            SessionStart::Live => {}
+        }
+        session.touch();
+        // Evaluated once per session while the flags and the user stay the same.
+        let generation = self.flags.generation();
+        let kept = session.state().strategies(generation, user_id);
+        let strategies = match kept {
+            Some(strategies) => strategies,
+            None => {
+                let strategies = self.flags.strategies(&FlagContext {
+                    session_id: session.id(),
+                    user_id: user_id.unwrap_or(session.id()),
+                    node: &self.node_id,
+                    region: &self.region,
+                });
+                session.state().keep_strategies(generation, user_id, strategies);
+                strategies
+            }
+        };
+        let experiment =
+            self.metrics
+                .experiments
+                .session_seen(session.id(), &strategies, session.counted_in());
+        Ok(SessionCtx {
+            session,
+            live,
+            strategies,
+            start,
+            experiment,
+        })
+    }
+
+    /// The named session `id`: the live one (taking in a newer token), else one
+    /// rebuilt from the token, else a new one, live in the table.
+    fn open_named(
+        &self,
+        id: &str,
+        token: Option<&str>,
+    ) -> Result<(SessionHandle, SessionStart), SessionError> {
+        Ok(match (self.sessions.get(id), token) {
+            // No token of the live session: a session of its own, so the request
+            // learns nothing of the live one's marks.
+            (Some(_), None) => (self.sessions.detached(id, None), SessionStart::Detached),
+            (Some(live), Some(token)) => self.take_in(id, live, token, None)?,
+            (None, token) => {
+                let carried = token.map(|t| self.keys.verify(id, t)).transpose()?;
+                let (handle, start) = self.sessions.open(id, carried.as_ref());
+                match (start, token, carried) {
+                    // Rebuilt from this token: remembered, so it is not merged again.
+                    (SessionStart::Rebuilt, Some(token), Some(carried)) => {
+                        handle.session.state().merge_token(
+                            token,
+                            &carried.watermarks,
+                            self.sessions.limits(),
+                        );
+                        (handle, start)
+                    }
+                    // A parallel request of the session opened it first, from its own
+                    // token: this one's is taken in all the same, if of its lineage.
+                    (SessionStart::Live, Some(token), Some(carried)) => {
+                        self.take_in(id, handle, token, Some(carried))?
+                    }
+                    (SessionStart::Live, None, _) => {
+                        (self.sessions.detached(id, None), SessionStart::Detached)
+                    }
+                    _ => (handle, start),
+                }
+            }
+        })
+    }
+
+    /// A request's `token` for the `live` session `id` (`carried`: what it carries,
+    /// if already verified): taken in when it is of the session's lineage (or is the
+    /// last one issued or taken in), else the request gets a detached session of its
+    /// own, from its token.
+    fn take_in(
+        &self,
+        id: &str,
+        live: SessionHandle,
+        token: &str,
+        carried: Option<edgecache_actors::Carried>,
+    ) -> Result<(SessionHandle, SessionStart), SessionError> {
+        let mut state = live.session.state();
+        if state.contains(token) {
+            drop(state);
+            return Ok((live, SessionStart::Live));
+        }
+        let carried = match carried {
+            Some(carried) => carried,
+            None => self.keys.verify(id, token)?,
+        };
+        if carried.lineage == Some(state.lineage()) {
+            state.merge_token(token, &carried.watermarks, self.sessions.limits());
+            drop(state);
+            return Ok((live, SessionStart::Live));
+        }
+        drop(state);
+        Ok((self.sessions.detached(id, Some(&carried)), SessionStart::Detached))
+    }
+
+    /// The token to send back: the session's current watermarks, signed.
+    pub fn token(&self, s: &SessionCtx) -> Bytes {
+        s.session.state().token(s.id(), &self.keys)
+    }
+}
+
+/// Session ids: 1 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=edgecache_actors::MAX_SESSION_ID_BYTES).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
