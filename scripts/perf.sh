@@ -306,7 +306,7 @@ done
         curl -s -D - -o /dev/null "${URL[$cfg]}/v1/bench/k$((KEYS / 2))" -H "x-session-id: perf-check-$cfg" | tr -d '\r' || true
     done
 } >"$WORK/logs/responses.txt"
-grep -A20 -- '--- edge:' "$WORK/logs/responses.txt" | grep -qi '^cache-status: edgecache; hit' ||
+grep -A20 -- '--- edge:' "$WORK/logs/responses.txt" | grep -qi '^cache-status: edge; hit' ||
     log "warning: edge's check read was not a cache hit (see target/perf/logs/responses.txt)"
 
 RESULTS=$OUT/results.tsv

@@ -1,3 +1,5 @@
+use actix_web::http::header::HeaderValue;
+
 /// How a read was served, as logs, metrics and the `Cache-Status` header (RFC 9211)
 /// name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,22 +45,98 @@ impl CacheStatus {
         )
     }
 
-    /// The `Cache-Status` header value. `strict` says the strict fields were read
-    /// from the primary for this response.
-    pub fn header(self, strict: bool) -> &'static str {
+    /// The `Cache-Status` parameters after the cache's name. `strict` says the strict
+    /// fields were read from the primary for this response.
+    pub fn params(self, strict: bool) -> &'static str {
         match (self, strict) {
-            (CacheStatus::Hit, false) => "edgecache; hit",
-            (CacheStatus::Hit, true) => "edgecache; hit; detail=strict-from-primary",
-            (CacheStatus::Stale, false) => "edgecache; hit; detail=stale-while-revalidate",
-            (CacheStatus::Stale, true) => {
-                "edgecache; hit; detail=\"stale-while-revalidate strict-from-primary\""
-            }
-            (CacheStatus::StaleIfError, _) => "edgecache; hit; detail=stale-if-error",
-            (CacheStatus::Session, false) => "edgecache; hit; detail=session",
-            (CacheStatus::Session, true) => "edgecache; hit; detail=\"session strict-from-primary\"",
-            (CacheStatus::Miss, _) => "edgecache; fwd=uri-miss; stored",
-            (CacheStatus::Expired, _) => "edgecache; fwd=stale; fwd-status=200; stored",
-            (CacheStatus::Watermark, _) => "edgecache; fwd=miss; detail=session-watermark; stored",
+            (CacheStatus::Hit, false) => "hit",
+            (CacheStatus::Hit, true) => "hit; detail=strict-from-primary",
+            (CacheStatus::Stale, false) => "hit; detail=stale-while-revalidate",
+            (CacheStatus::Stale, true) => "hit; detail=\"stale-while-revalidate strict-from-primary\"",
+            (CacheStatus::StaleIfError, _) => "hit; detail=stale-if-error",
+            (CacheStatus::Session, false) => "hit; detail=session",
+            (CacheStatus::Session, true) => "hit; detail=\"session strict-from-primary\"",
+            (CacheStatus::Miss, _) => "fwd=uri-miss; stored",
+            (CacheStatus::Expired, _) => "fwd=stale; fwd-status=200; stored",
+            (CacheStatus::Watermark, _) => "fwd=miss; detail=session-watermark; stored",
         }
+    }
+
+    const ALL: [CacheStatus; 7] = [
+        CacheStatus::Hit,
+        CacheStatus::Stale,
+        CacheStatus::StaleIfError,
+        CacheStatus::Session,
+        CacheStatus::Miss,
+        CacheStatus::Expired,
+        CacheStatus::Watermark,
+    ];
+}
+
+/// Every `Cache-Status` value this node answers, made once: RFC 9211 names the cache
+/// first, and the node's id is that name (`edge-1; hit`), so an answer that carries
+/// Cache-Status needs no `X-Edgecache-Node` beside it. Made at start-up and kept for
+/// the process's life (a few dozen bytes per node), so a hit copies no bytes and
+/// counts no references to set the header.
+pub struct CacheStatusHeaders {
+    /// By `CacheStatus as usize * 2 + strict`.
+    values: [HeaderValue; CacheStatus::ALL.len() * 2],
+}
+
+impl CacheStatusHeaders {
+    pub fn new(node_id: &str) -> Self {
+        // An sf-token starts with a letter (or `*`); node ids may start with a digit,
+        // and are then sent as an sf-string. Validated ids need no escaping.
+        let name = if node_id.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            node_id.to_owned()
+        } else {
+            format!("\"{node_id}\"")
+        };
+        let values = std::array::from_fn(|i| {
+            let status = CacheStatus::ALL[i / 2];
+            let text: &'static str =
+                Box::leak(format!("{name}; {}", status.params(i % 2 == 1)).into_boxed_str());
+            HeaderValue::from_static(text)
+        });
+        Self { values }
+    }
+
+    pub fn get(&self, status: CacheStatus, strict: bool) -> HeaderValue {
+        self.values[status as usize * 2 + usize::from(strict)].clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_names_the_cache() {
+        let headers = CacheStatusHeaders::new("edge-1");
+        assert_eq!(headers.get(CacheStatus::Hit, false), "edge-1; hit");
+        assert_eq!(
+            headers.get(CacheStatus::Hit, true),
+            "edge-1; hit; detail=strict-from-primary"
+        );
+        assert_eq!(
+            headers.get(CacheStatus::Watermark, false),
+            "edge-1; fwd=miss; detail=session-watermark; stored"
+        );
+        for status in CacheStatus::ALL {
+            for strict in [false, true] {
+                let value = headers.get(status, strict);
+                let value = value.to_str().unwrap();
+                assert_eq!(value.strip_prefix("edge-1; "), Some(status.params(strict)));
+                assert_eq!(value.contains("; hit"), status.is_hit(), "{value}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_id_that_is_not_a_token_is_a_string() {
+        assert_eq!(
+            CacheStatusHeaders::new("007").get(CacheStatus::Miss, false),
+            "\"007\"; fwd=uri-miss; stored"
+        );
     }
 }

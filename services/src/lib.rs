@@ -15,7 +15,7 @@ mod startup;
 mod telemetry;
 mod tier;
 
-pub use cache_status::CacheStatus;
+pub use cache_status::{CacheStatus, CacheStatusHeaders};
 pub use node::{Node, ReadError, ReadOutcome, SessionCtx, SessionError, WriteFailure};
 pub use startup::{migrate, Application, StartError};
 pub use tier::Tier;

@@ -12,6 +12,7 @@ use super::workload::Request;
 const SESSION_ID: &str = "x-session-id";
 const SESSION_TOKEN: &str = "x-session-token";
 const NODE: &str = "x-edgecache-node";
+const CACHE_STATUS: &str = "cache-status";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
@@ -198,8 +199,13 @@ fn read_headers(headers: &HeaderMap, record: &mut OpRecord) -> Option<String> {
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     record.version = text(ETAG.as_str()).and_then(parse_etag);
     record.replayed = text(IDEMPOTENT_REPLAYED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    if let Some(node) = text(NODE) {
-        record.served_by = node.to_owned();
+    // A read names its node first in Cache-Status (RFC 9211), anything else in
+    // X-Edgecache-Node.
+    let cache = text(CACHE_STATUS)
+        .and_then(|v| v.split_once("; "))
+        .map(|(name, _)| name);
+    if let Some(node) = cache.or_else(|| text(NODE)) {
+        record.served_by = node.trim_matches('"').to_owned();
     }
     // A token is kept even when the body is then lost: the node issued it after the
     // operation, so it reflects whatever the operation did.

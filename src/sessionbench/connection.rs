@@ -25,7 +25,7 @@ pub struct Answer {
     /// The document's version, from the `ETag`.
     pub version: Option<u64>,
     /// Served by the cache without an origin read (nginx's `X-Cache-Status` HIT, STALE,
-    /// UPDATING or REVALIDATED when present, else edgecache's `Cache-Status: …; hit`
+    /// UPDATING or REVALIDATED when present, else edgecache's `Cache-Status: <node>; hit`
     /// without `strict-from-primary`).
     pub hit: bool,
     pub token: Option<HeaderValue>,
@@ -79,9 +79,11 @@ impl Connection {
         let version = head.get(ETAG).and_then(|v| parse_etag(v.as_bytes()));
         let hit = match head.get("x-cache-status") {
             Some(v) => matches!(v.as_bytes(), b"HIT" | b"STALE" | b"UPDATING" | b"REVALIDATED"),
+            // `<node>; hit…`: the node's name, then the status.
             None => head.get("cache-status").is_some_and(|v| {
                 let v = v.as_bytes();
-                v.starts_with(b"edgecache; hit") && !v.windows(STRICT.len()).any(|w| w == STRICT)
+                let params = v.iter().position(|&b| b == b';').map_or(v, |i| &v[i..]);
+                params.starts_with(b"; hit") && !params.windows(STRICT.len()).any(|w| w == STRICT)
             }),
         };
         let token = head.get("x-session-token").cloned();

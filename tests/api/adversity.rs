@@ -98,7 +98,7 @@ async fn a_session_evicted_while_its_write_is_in_flight_answers_with_a_token_tha
             read.body["title"],
             "v2",
             "trial {trial}: the answer's token holds the write (read through B: {})",
-            read.header("cache-status")
+            read.cache_status()
         );
     }
 }

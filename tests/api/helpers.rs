@@ -129,6 +129,20 @@ impl Reply {
         self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 
+    /// The `Cache-Status` without the cache's name (`hit`, `fwd=uri-miss; stored`, …).
+    pub fn cache_status(&self) -> &str {
+        cache_status_params(self.header("cache-status"))
+    }
+
+    /// The node that answered: the cache named first in `Cache-Status` (a read), else
+    /// `X-Edgecache-Node`.
+    pub fn node(&self) -> &str {
+        match self.header("cache-status").split_once("; ") {
+            Some((name, _)) => name,
+            None => self.header("x-edgecache-node"),
+        }
+    }
+
     /// The problem `type` slug of an error response.
     pub fn problem(&self) -> &str {
         assert_eq!(
@@ -320,4 +334,9 @@ pub fn unique(prefix: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// A `Cache-Status` value without the cache's name: what follows the first `; `.
+pub fn cache_status_params(value: &str) -> &str {
+    value.split_once("; ").map_or(value, |(_, params)| params)
 }

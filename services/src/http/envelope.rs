@@ -27,6 +27,7 @@ use crate::telemetry::{self, REQUEST_ID};
 use crate::Node;
 
 const NODE_HEADER: HeaderName = HeaderName::from_static("x-edgecache-node");
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// The middleware factory (`App::wrap`).
 pub struct Envelope {
@@ -163,8 +164,10 @@ where
                     }
                     let headers = response.headers_mut();
                     headers.insert(REQUEST_ID, id);
-                    // A relayed answer names the node that served it.
-                    if !headers.contains_key(NODE_HEADER) {
+                    // Every answer names the node that served it: a read in its
+                    // Cache-Status (RFC 9211 names the cache first), anything else in
+                    // X-Edgecache-Node; a relayed answer keeps the owner's.
+                    if !headers.contains_key(NODE_HEADER) && !headers.contains_key(CACHE_STATUS) {
                         headers.insert(NODE_HEADER, shared.node_header.clone());
                     }
                     Ok(response)

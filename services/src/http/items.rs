@@ -52,13 +52,13 @@ pub async fn get_item(
     let result = node.read(&session, &path.collection, &path.id, explain).await;
     let result = result.map_err(ApiError::from).and_then(|outcome| {
         tracing::Span::current().record("cache_status", outcome.status.as_str());
-        read_response(&path.id, outcome)
+        read_response(node, &path.id, outcome)
     });
     Ok(respond(node, request, &session, result))
 }
 
 /// The response of a read: the document with its ETag, Cache-Status and Age, or 404.
-pub fn read_response(id: &str, outcome: ReadOutcome) -> Result<HttpResponse, ApiError> {
+pub fn read_response(node: &Node, id: &str, outcome: ReadOutcome) -> Result<HttpResponse, ApiError> {
     let mut response = if outcome.doc.exists() {
         let mut builder = HttpResponse::Ok();
         builder
@@ -87,7 +87,7 @@ pub fn read_response(id: &str, outcome: ReadOutcome) -> Result<HttpResponse, Api
     let headers = response.headers_mut();
     headers.insert(
         header::HeaderName::from_static("cache-status"),
-        header::HeaderValue::from_static(outcome.status.header(outcome.strict_from_primary)),
+        node.cache_status_header(outcome.status, outcome.strict_from_primary),
     );
     headers.insert(header::AGE, header::HeaderValue::from(outcome.age.as_secs()));
     // Responses are per session: shared caches in front must not store them.

@@ -21,6 +21,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::header::HeaderValue;
 use edgecache_actors::{ItemKey, SessionLimits, SessionRegistry, TokenKeys};
 use edgecache_config::{Freshness, IdempotencySettings, Settings};
 use edgecache_flags::{FlagContext, FlagSource, Strategy};
@@ -32,6 +33,7 @@ pub use read::ReadOutcome;
 pub use session::{valid_session_id, SessionCtx};
 
 use crate::cache::SharedCache;
+use crate::cache_status::{CacheStatus, CacheStatusHeaders};
 use crate::metrics::{Gauges, Metrics, Scrape};
 use crate::origin::{Change, SharedOrigin};
 use crate::plan::{CollectionPlan, Collections};
@@ -46,6 +48,8 @@ pub struct Node {
     flags: Arc<dyn FlagSource>,
     metrics: Arc<Metrics>,
     node_id: String,
+    /// The Cache-Status values, naming this node.
+    cache_status: CacheStatusHeaders,
     region: String,
     /// The class strict fields get when the strict-fields strategy is off.
     plain: Freshness,
@@ -122,6 +126,7 @@ impl Node {
             flags,
             metrics,
             node_id: settings.node.id.clone(),
+            cache_status: CacheStatusHeaders::new(&settings.node.id),
             region: settings.node.region.clone(),
             plain: Freshness::Relaxed {
                 ttl: settings.cache.plain_ttl,
@@ -198,6 +203,12 @@ impl Node {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The `Cache-Status` header of a read served as `status` (`strict`: its strict
+    /// fields came from the primary), naming this node.
+    pub fn cache_status_header(&self, status: CacheStatus, strict: bool) -> HeaderValue {
+        self.cache_status.get(status, strict)
     }
 
     pub fn collection(&self, name: &str) -> Option<&Arc<CollectionPlan>> {
