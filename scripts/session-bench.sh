@@ -5,7 +5,9 @@
 #     bash scripts/session-bench.sh     # as root (apt-get, PostgreSQL via runuser); ~6 min
 #
 # One PostgreSQL primary with a streaming replica 300 ms behind (scripts/pg-cluster.sh),
-# a collection `bench` of SB_DOCS (100,000) product documents, and four systems:
+# a collection `bench` of SB_DOCS (100,000) product documents — in two databases of
+# that server, one for edgecache and one for the origin of the others, so that each
+# system sees its own writes only — and four systems:
 #
 #   edgecache     an edgecache node on the primary and the replica, the collection
 #                 relaxed (TTL SB_TTL, 60 s, and as much stale-while-revalidate), every
@@ -123,14 +125,21 @@ PSQL=("$EDGECACHE_TEST_PG_BIN/psql" "$EDGECACHE_TEST_PG_PRIMARY" -X -q -t -A -v 
 "${PSQL[@]}" -c "ALTER SYSTEM SET synchronous_commit = '$PG_SYNC'" -c "SELECT pg_reload_conf()" >/dev/null ||
     die "setting synchronous_commit"
 
+# Two databases on the one server: `edgecache` for the edgecache node, `origin` for the
+# origin behind nginx (and read-through). Each system then sees only its own writes —
+# the nginx systems' writes do not invalidate edgecache's cache between its runs, nor
+# the other way round — while sharing the server, its CPU and its replica.
+"${PSQL[@]}" -c "CREATE DATABASE origin" >/dev/null || die "CREATE DATABASE origin"
+ORIGIN_URL=${EDGECACHE_TEST_PG_PRIMARY%/*}/origin
 python3 "$HELPERS/perf.py" config "$WORK/edge.toml" --kind postgres --keys 1 --ttl "$TTL" \
     --primary "$EDGECACHE_TEST_PG_PRIMARY" --replica "$EDGECACHE_TEST_PG_REPLICA"
-python3 "$HELPERS/perf.py" config "$WORK/origin.toml" --kind postgres --keys 1 \
-    --primary "$EDGECACHE_TEST_PG_PRIMARY"
-(cd "$WORK" && EDGECACHE_LOG=warn "$EDGE" migrate --config "$WORK/origin.toml") \
-    >"$WORK/logs/migrate.log" 2>&1 || { cat "$WORK/logs/migrate.log" >&2; die "edgecache migrate"; }
-log "seeding k2…k$DOCS (copies of k1)"
-"${PSQL[@]}" >>"$WORK/logs/migrate.log" 2>&1 <<SQL || { cat "$WORK/logs/migrate.log" >&2; die "seeding"; }
+python3 "$HELPERS/perf.py" config "$WORK/origin.toml" --kind postgres --keys 1 --primary "$ORIGIN_URL"
+# `migrate` creates the table and seeds k1; k2…kN are copies of k1 made in one statement.
+seed() {
+    local config=$1 url=$2
+    (cd "$WORK" && EDGECACHE_LOG=warn "$EDGE" migrate --config "$config") >>"$WORK/logs/migrate.log" 2>&1 ||
+        { cat "$WORK/logs/migrate.log" >&2; die "edgecache migrate ($config)"; }
+    "$EDGECACHE_TEST_PG_BIN/psql" "$url" -X -q -v ON_ERROR_STOP=1 >>"$WORK/logs/migrate.log" 2>&1 <<SQL ||
 DO \$\$
 DECLARE cols text;
 BEGIN
@@ -143,6 +152,11 @@ END
 \$\$;
 ANALYZE bench;
 SQL
+        { cat "$WORK/logs/migrate.log" >&2; die "seeding ($url)"; }
+}
+log "seeding k1…k$DOCS in both databases"
+seed "$WORK/edge.toml" "$EDGECACHE_TEST_PG_PRIMARY"
+seed "$WORK/origin.toml" "$ORIGIN_URL"
 # Until the replica has replayed the seed (its 300 ms delay, and the copy itself).
 for _ in $(seq 300); do
     n=$("$EDGECACHE_TEST_PG_BIN/psql" "$EDGECACHE_TEST_PG_REPLICA" -X -q -t -A -c "SELECT count(*) FROM bench" 2>/dev/null || echo 0)
@@ -151,7 +165,7 @@ for _ in $(seq 300); do
 done
 [ "$n" = "$DOCS" ] || die "the replica holds $n of $DOCS documents"
 
-log "edgecache (:$P_EDGE) on the primary and the replica; the origin (:$P_ORIGIN) on the primary"
+log "edgecache (:$P_EDGE) on the primary and the replica; the origin (:$P_ORIGIN) on the primary (database origin)"
 start_edge edgecache "$P_EDGE" "$WORK/edge.toml"
 start_edge origin "$P_ORIGIN" "$WORK/origin.toml"
 
