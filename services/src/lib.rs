@@ -11,11 +11,13 @@ pub mod node;
 pub mod origin;
 pub mod plan;
 pub mod readiness;
+pub mod shutdown;
 mod startup;
 mod telemetry;
 mod tier;
 
 pub use cache_status::CacheStatus;
 pub use node::{Node, ReadError, ReadOutcome, SessionCtx, SessionError, WriteFailure};
+pub use shutdown::Shutdown;
 pub use startup::{migrate, Application, StartError};
 pub use tier::Tier;

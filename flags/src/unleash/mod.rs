@@ -239,6 +239,10 @@ impl FlagSource for UnleashFlags {
         Some(UnleashFlags::status(self).to_string())
     }
 
+    fn stop(&self) {
+        UnleashFlags::stop(self);
+    }
+
     fn generation(&self) -> u64 {
         self.shared.generation.load(Ordering::Acquire)
     }
