@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use edgecache_actors::Version;
 use futures_util::future::poll_fn;
+use postgres_protocol::escape::escape_identifier;
 use serde::Deserialize;
 use tokio_postgres::{AsyncMessage, Config, NoTls};
 
@@ -26,7 +27,9 @@ pub async fn follow(config: Config, channel: String, sink: ChangeSink) {
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
-                let sql = format!("LISTEN \"{channel}\"");
+                // Quoted as libpq's PQescapeIdentifier does: the channel is configured,
+                // not ours to trust blindly (settings validate it too).
+                let sql = format!("LISTEN {}", escape_identifier(&channel));
                 let listen = client.batch_execute(&sql);
                 // The connection must be driven for the LISTEN to complete.
                 let mut listen = std::pin::pin!(listen);
