@@ -5,6 +5,7 @@ pub mod cache;
 mod cache_status;
 pub mod cluster;
 pub mod freshness;
+pub mod hash;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -71,12 +71,7 @@ pub struct Cluster {
 /// The stable rendezvous weight of `node` for `session`.
 fn weight(node: &str, session: &str) -> u64 {
     // FNV-1a, then a splitmix64 finaliser so similar ids spread evenly.
-    let mut h = edgecache_actors::item_hash(node, session);
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    crate::hash::splitmix64_mix(edgecache_actors::item_hash(node, session))
 }
 
 impl Cluster {
