@@ -1,6 +1,7 @@
 //! The edge node's services: origins, the shared cache, the read and write paths and
 //! the REST API.
 
+pub mod backoff;
 pub mod cache;
 mod cache_status;
 pub mod cluster;
