@@ -175,8 +175,9 @@ mod tests {
 
     #[test]
     fn item_hash_is_stable_and_separates_collection_from_id() {
-        // Pinned: tokens issued by one build must verify on the next.
-        assert_eq!(item_hash("products", "p1"), item_hash("products", "p1"));
+        // Pinned: tokens issued by one build must verify on the next. FNV-1a 64 of
+        // "products/p1", and of "/" alone below.
+        assert_eq!(item_hash("products", "p1"), 0xd118_63bf_afc6_a909);
         assert_eq!(
             item_hash("", ""),
             (0xcbf2_9ce4_8422_2325_u64 ^ u64::from(b'/')).wrapping_mul(0x0000_0100_0000_01b3)

@@ -32,7 +32,12 @@ fn normalized_hash(group: &str, stickiness: &str) -> u32 {
 }
 
 /// MurmurHash3 (x86, 32 bits) of `parts` concatenated, without allocating: this runs
-/// for every percentage rollout of every request.
+/// for every percentage rollout of every new session, so of every anonymous request.
+///
+/// Kept rather than the `murmur3` crate (the test oracle below): the crate hashes
+/// through `io::Read`, and fed `"<flag>:<session id>"` through `Read::chain` it took
+/// 1.5–1.9× as long (163–181 ns against 94–108 ns per hash, release build, on a busy
+/// 2-core Xeon), for the same values.
 fn murmur3_32(parts: &[&[u8]], seed: u32) -> u32 {
     const C1: u32 = 0xcc9e_2d51;
     const C2: u32 = 0x1b87_3593;

@@ -64,6 +64,10 @@ pub trait FlagSource: Send + Sync + 'static {
         None
     }
 
+    /// Stops whatever the source runs in the background (a poll loop); the flags
+    /// known now stay in force. Nothing to stop by default.
+    fn stop(&self) {}
+
     /// Every strategy evaluated once for this request.
     fn strategies(&self, ctx: &FlagContext<'_>) -> Strategies {
         let mut arms = [Arm::OFF; Strategy::ALL.len()];

@@ -487,7 +487,8 @@ async fn a_bootstrap_file_without_unleash_gives_the_files_flags() {
     );
 }
 
-/// Evaluation runs on every request: it must stay cheap once flags are fetched.
+/// Evaluation runs once per session (so on every anonymous request, which opens a new
+/// one) and again when the flags change: it must stay cheap once flags are fetched.
 #[tokio::test]
 async fn evaluation_is_cheap() {
     let env = env();

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use edgecache_actors::{Doc, ItemKey, KeyRef, Version};
 use parking_lot::Mutex;
 use quick_cache::sync::EntryAction;
-use quick_cache::sync::{Cache, EntryResult};
-use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+use quick_cache::sync::{Cache, DefaultLifecycle, EntryResult};
+use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
 use tokio::time::Instant;
 
 use crate::origin::OriginTier;
@@ -116,16 +116,12 @@ impl Weighter<ItemKey, Arc<CacheEntry>> for ByBytes {
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct NoLifecycle;
+/// quick_cache's default lifecycle: up to two entries evicted by an insert are
+/// dropped after the shard's lock is released, not under it (freeing a body is then
+/// no other request's wait). Reads (`get`) never involve the lifecycle.
+type Lifecycle = DefaultLifecycle<ItemKey, Arc<CacheEntry>>;
 
-impl Lifecycle<ItemKey, Arc<CacheEntry>> for NoLifecycle {
-    type RequestState = ();
-    fn begin_request(&self) -> Self::RequestState {}
-    fn on_evict(&self, _: &mut (), _: ItemKey, _: Arc<CacheEntry>) {}
-}
-
-type Inner = Cache<ItemKey, Arc<CacheEntry>, ByBytes, DefaultHashBuilder, NoLifecycle>;
+type Inner = Cache<ItemKey, Arc<CacheEntry>, ByBytes, DefaultHashBuilder, Lifecycle>;
 
 /// The outcome of waiting on a coalesced fill.
 pub enum Fill<E> {
@@ -158,7 +154,7 @@ impl SharedCache {
                 options,
                 ByBytes,
                 DefaultHashBuilder::default(),
-                NoLifecycle,
+                Lifecycle::default(),
             )),
             refreshing: Arc::new(Mutex::new(HashSet::new())),
             max_refreshes: 256,

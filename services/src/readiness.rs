@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::origin::SharedOrigin;
+use crate::shutdown::Shutdown;
 
 /// The longest a readiness ping may take before it counts as failed.
 pub const MAX_PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,12 +49,14 @@ pub struct Readiness {
 
 impl Readiness {
     /// Starts sampling `origin` every `interval` on the current runtime; the task
-    /// ends when the returned value is dropped.
-    pub fn start(origin: SharedOrigin, interval: Duration) -> Self {
+    /// ends when `shutdown` fires, or at its next sample once the returned value is
+    /// dropped.
+    pub fn start(origin: SharedOrigin, interval: Duration, shutdown: &Shutdown) -> Self {
         let (tx, samples) = watch::channel(None);
         let timeout = interval.min(MAX_PING_TIMEOUT);
         let pings = Arc::new(AtomicU64::new(0));
-        tokio::spawn(sample_forever(origin, interval, timeout, tx, pings.clone()));
+        let sampler = sample_forever(origin, interval, timeout, tx, pings.clone());
+        shutdown.spawn("readiness sampler", sampler);
         Self {
             samples,
             interval,
@@ -200,7 +203,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn readiness_answers_from_the_last_sample_and_pings_once_per_interval() {
         let origin = Arc::new(Pinged::default());
-        let readiness = Readiness::start(origin.clone(), Duration::from_secs(1));
+        let readiness = Readiness::start(origin.clone(), Duration::from_secs(1), &Shutdown::new());
         for _ in 0..100 {
             assert!(matches!(
                 readiness.check().await,
@@ -238,7 +241,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_ping_that_never_returns_makes_the_node_not_ready() {
         let origin = Arc::new(Pinged::default());
-        let readiness = Readiness::start(origin.clone(), Duration::from_millis(200));
+        let readiness = Readiness::start(origin.clone(), Duration::from_millis(200), &Shutdown::new());
         assert!(matches!(readiness.check().await, Ready::Yes { .. }));
         origin.hangs.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
@@ -13,6 +14,9 @@ use crate::http::envelope::Envelope;
 use crate::origin::{EmbeddedOrigin, OriginError, PostgresOrigin, SharedOrigin};
 use crate::readiness::Readiness;
 use crate::Node;
+
+/// How long a stopping node waits for its background tasks once the server stopped.
+pub const BACKGROUND_STOP: Duration = Duration::from_secs(2);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +72,12 @@ impl Application {
         flags: Arc<dyn FlagSource>,
         origin: SharedOrigin,
     ) -> Result<Self, StartError> {
+        let node = Arc::new(Node::new(settings, origin.clone(), flags));
         let readiness = web::Data::new(Readiness::start(
-            origin.clone(),
+            origin,
             settings.server.readiness_interval,
+            node.shutdown(),
         ));
-        let node = Arc::new(Node::new(settings, origin, flags));
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let port = listener
@@ -80,10 +85,11 @@ impl Application {
             .map_err(|source| StartError::Bind { addr, source })?
             .port();
 
-        actix_web::rt::spawn(node.clone().sweep_idempotency());
+        let shutdown = node.shutdown();
+        shutdown.spawn("idempotency sweeper", node.clone().sweep_idempotency());
         let cluster = Arc::new(Cluster::new(&settings.node.id, &settings.cluster));
         if !cluster.is_solo() {
-            actix_web::rt::spawn(cluster.clone().watch());
+            shutdown.spawn("cluster health checks", cluster.clone().watch());
         }
         let data = web::Data::from(node.clone());
         let cluster_data = web::Data::new(cluster.clone());
@@ -139,7 +145,9 @@ impl Application {
     /// Serves until the server stops. On SIGTERM or ctrl-c the node tells its peers it
     /// is leaving (so they stop forwarding to it), stops accepting, lets in-flight
     /// requests finish (up to the shutdown timeout) and passivates every session;
-    /// the sessions go on elsewhere from their tokens.
+    /// the sessions go on elsewhere from their tokens. However the server stopped,
+    /// the node then fires its [`Shutdown`](crate::Shutdown) and waits (at most
+    /// [`BACKGROUND_STOP`]) for its background tasks to end.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let cluster = self.cluster.clone();
@@ -152,6 +160,7 @@ impl Application {
         });
         let result = self.server.await;
         self.node.sessions().passivate_all();
+        self.node.stop_background(BACKGROUND_STOP).await;
         tracing::info!("edge node stopped");
         result
     }

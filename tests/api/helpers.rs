@@ -59,6 +59,8 @@ pub struct TestApp {
     pub node: Arc<Node>,
     pub cluster: Arc<edgecache_services::cluster::Cluster>,
     handle: actix_web::dev::ServerHandle,
+    /// The node's `run_until_stopped`, which ends once its background tasks have.
+    run: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
     client: reqwest::Client,
 }
 
@@ -84,12 +86,13 @@ fn serve(app: Application) -> TestApp {
     let node = app.node();
     let cluster = app.cluster();
     let handle = app.handle();
-    actix_web::rt::spawn(app.run_until_stopped());
+    let run = actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         address,
         node,
         cluster,
         handle,
+        run,
         client: reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
@@ -103,9 +106,14 @@ impl TestApp {
         self.client.request(method, format!("{}{}", self.address, path))
     }
 
-    /// Stops the node gracefully.
+    /// Stops the node gracefully, and returns once it has stopped (its background
+    /// tasks included).
     pub async fn stop(self) {
         self.handle.stop(true).await;
+        self.run
+            .await
+            .expect("the node's run task did not panic")
+            .expect("the node stopped cleanly");
     }
 }
 

@@ -200,3 +200,44 @@ async fn increments_and_conditional_writes_are_single_atomic_statements_on_the_p
     assert_eq!(stale_etag.status(), 412);
     assert_eq!(Client::new().get(&b, &item).await.body["label"], "cup");
 }
+
+#[actix_web::test]
+async fn a_stopped_node_ends_its_background_tasks_and_closes_its_change_feed() {
+    let pg = cluster();
+    let channel = format!("edgecache_stop_{}", unique("c").replace('-', "_"));
+    let extra = format!("notify_channel = \"{channel}\"\n{}", collection("stops"));
+    let settings = pg.settings(&extra).await;
+    let app = spawn_with(&settings);
+    let node = app.node.clone();
+    // The feed's connection, as the primary sees it.
+    let listening = format!("SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"{channel}\"'");
+    let followed = eventually(Duration::from_secs(5), || async {
+        pg.psql(&pg.primary, &[&listening]) == "1"
+    })
+    .await;
+    assert!(followed, "the change feed listens on {channel}");
+    let mut running = node.shutdown().running();
+    running.sort_unstable();
+    assert_eq!(
+        running,
+        [
+            "change feed",
+            "idempotency sweeper",
+            "readiness sampler",
+            "replica sampler"
+        ]
+    );
+
+    app.stop().await;
+    assert!(node.shutdown().is_fired());
+    assert_eq!(
+        node.shutdown().running(),
+        Vec::<&str>::new(),
+        "tasks still running after stop"
+    );
+    let closed = eventually(Duration::from_secs(2), || async {
+        pg.psql(&pg.primary, &[&listening]) == "0"
+    })
+    .await;
+    assert!(closed, "the primary still lists the change feed's connection");
+}

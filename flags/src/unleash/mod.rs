@@ -6,7 +6,8 @@
 //! (so a change made in Unleash takes effect without a restart), registers the node
 //! once and sends the evaluation metrics that the SDK counted since the last fetch.
 //!
-//! What is evaluated, per request:
+//! What a session's strategies are evaluated against (once per session, and again
+//! when the flags change, see [`FlagSource::generation`]):
 //! * before the first successful fetch and without a bootstrap file: the configured
 //!   defaults ([`ConfigFlags`]). The SDK alone would answer `false` for every flag
 //!   until then, whatever default it is given;
@@ -237,6 +238,10 @@ impl FlagSource for UnleashFlags {
 
     fn status(&self) -> Option<String> {
         Some(UnleashFlags::status(self).to_string())
+    }
+
+    fn stop(&self) {
+        UnleashFlags::stop(self);
     }
 
     fn generation(&self) -> u64 {

@@ -3,8 +3,6 @@
 //! Here a status outside 2xx is an error that says what happened, and every request
 //! is bounded in time (the SDK's client has no timeout).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use unleash_api_client::http::{Request, Response, Transport, TransportRef};
@@ -20,40 +18,31 @@ impl CheckedTransport {
     }
 }
 
-// The trait is declared with `async_trait`; this is its expansion, written out so the
-// crate needs no macro dependency for one impl.
+// The SDK declares the trait with `async_trait`, so the impl uses it too.
+#[async_trait::async_trait]
 impl Transport for CheckedTransport {
-    fn execute<'life0, 'async_trait>(
-        &'life0 self,
-        request: Request,
-    ) -> Pin<Box<dyn Future<Output = Result<Response, anyhow::Error>> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let url = request.url.clone();
-            let response = match tokio::time::timeout(self.timeout, self.inner.execute(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(error)) => {
-                    // reqwest's message names the URL already.
-                    let text = format!("{error:#}");
-                    if text.contains(&url) {
-                        anyhow::bail!(text)
-                    }
-                    anyhow::bail!("request to {url} failed: {text}")
+    async fn execute(&self, request: Request) -> Result<Response, anyhow::Error> {
+        let url = request.url.clone();
+        let response = match tokio::time::timeout(self.timeout, self.inner.execute(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                // reqwest's message names the URL already.
+                let text = format!("{error:#}");
+                if text.contains(&url) {
+                    anyhow::bail!(text)
                 }
-                Err(_) => anyhow::bail!("request to {url} timed out after {:?}", self.timeout),
-            };
-            if (200..300).contains(&response.status) {
-                return Ok(response);
+                anyhow::bail!("request to {url} failed: {text}")
             }
-            Err(anyhow::anyhow!(status_error(
-                response.status,
-                &url,
-                &response.body
-            )))
-        })
+            Err(_) => anyhow::bail!("request to {url} timed out after {:?}", self.timeout),
+        };
+        if (200..300).contains(&response.status) {
+            return Ok(response);
+        }
+        Err(anyhow::anyhow!(status_error(
+            response.status,
+            &url,
+            &response.body
+        )))
     }
 }
 

@@ -23,12 +23,18 @@ use std::time::{Duration, SystemTime};
 
 use edgecache_config::ClusterSettings;
 
+use crate::backoff::Schedule;
+
 pub use proof::{Keys, ProofError, Proven, PROOF_HEADER, PROOF_WINDOW};
 
 /// The peer route a health check asks (authenticated, unlike `/healthz`).
 pub const HEALTH_PATH: &str = "/cluster/health";
 /// The peer route a leave announcement is posted to.
 pub const LEAVE_PATH: &str = "/cluster/leave";
+
+/// A failing peer out of rotation is checked at least once every this many health
+/// intervals.
+pub const MAX_BACKOFF_INTERVALS: u32 = 4;
 
 /// One peer node.
 pub struct Peer {
@@ -71,12 +77,7 @@ pub struct Cluster {
 /// The stable rendezvous weight of `node` for `session`.
 fn weight(node: &str, session: &str) -> u64 {
     // FNV-1a, then a splitmix64 finaliser so similar ids spread evenly.
-    let mut h = edgecache_actors::item_hash(node, session);
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    crate::hash::splitmix64_mix(edgecache_actors::item_hash(node, session))
 }
 
 impl Cluster {
@@ -201,26 +202,60 @@ impl Cluster {
         request
     }
 
-    /// Checks every peer's [`HEALTH_PATH`] each `health_interval`, forever. A peer
-    /// that answers 401 refuses this node's proofs: it counts as failed.
+    /// Checks every peer's [`HEALTH_PATH`] each `health_interval`, until the task is
+    /// dropped (at shutdown). A peer that answers 401 refuses this node's proofs: it
+    /// counts as failed. A peer out of rotation that still fails is checked on a
+    /// jittered back-off (at most [`MAX_BACKOFF_INTERVALS`] intervals apart), so the
+    /// nodes of a group do not all call it at the same instants.
     pub async fn watch(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(self.settings.health_interval);
+        let interval = self.settings.health_interval;
+        let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let this = &*self;
+        let mut schedules: Vec<Schedule> = this
+            .peers
+            .iter()
+            .map(|_| Schedule::new(interval, interval * MAX_BACKOFF_INTERVALS))
+            .collect();
         loop {
             ticker.tick().await;
-            let checks = this.peers.iter().map(|peer| async move {
-                let epoch = peer.epoch();
-                match this.call(peer, reqwest::Method::GET, HEALTH_PATH).send().await {
-                    Ok(response) if response.status().is_success() => this.succeeded(peer, epoch),
-                    Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => this.failed(
-                        peer,
-                        "it refuses this node's proof (another cluster secret, or clocks too far apart)",
-                    ),
-                    Ok(response) => this.failed(peer, format!("health check answered {}", response.status())),
-                    Err(e) => this.failed(peer, e),
-                }
-            });
+            let now = tokio::time::Instant::now();
+            let checks = this
+                .peers
+                .iter()
+                .zip(&mut schedules)
+                .filter(|(_, schedule)| schedule.due(now))
+                .map(|(peer, schedule)| async move {
+                    let epoch = peer.epoch();
+                    let answered = match this.call(peer, reqwest::Method::GET, HEALTH_PATH).send().await {
+                        Ok(response) if response.status().is_success() => {
+                            this.succeeded(peer, epoch);
+                            true
+                        }
+                        Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                            this.failed(
+                                peer,
+                                "it refuses this node's proof (another cluster secret, or clocks too far apart)",
+                            );
+                            false
+                        }
+                        Ok(response) => {
+                            this.failed(peer, format!("health check answered {}", response.status()));
+                            false
+                        }
+                        Err(e) => {
+                            this.failed(peer, e);
+                            false
+                        }
+                    };
+                    // Checked every tick until it leaves the rotation: the failure
+                    // threshold counts consecutive checks.
+                    if answered {
+                        schedule.answered();
+                    } else if !peer.in_rotation() {
+                        schedule.failed(now);
+                    }
+                });
             futures_util::future::join_all(checks).await;
         }
     }

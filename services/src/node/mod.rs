@@ -35,8 +35,9 @@ pub use session::{valid_session_id, SessionCtx};
 use crate::cache::SharedCache;
 use crate::cache_status::{CacheStatus, CacheStatusHeaders};
 use crate::metrics::{Gauges, Metrics, Scrape};
-use crate::origin::{Change, SharedOrigin};
+use crate::origin::{Change, ChangeSink, SharedOrigin};
 use crate::plan::{CollectionPlan, Collections};
+use crate::shutdown::Shutdown;
 
 /// One edge node's data plane. Shared by every worker (`Arc<Node>`).
 pub struct Node {
@@ -59,6 +60,8 @@ pub struct Node {
     /// the last sweep).
     idempotency_full: AtomicBool,
     limits: ApiLimits,
+    /// The signal the node's background tasks select on.
+    shutdown: Shutdown,
 }
 
 /// Bounds of what one request may carry.
@@ -75,8 +78,9 @@ pub struct ApiLimits {
 
 impl Node {
     /// A node over `origin`, configured by `settings`, with strategies from `flags`.
-    /// It follows the origin's change feed: an entry older than a change committed
-    /// through another node is dropped.
+    /// It starts the origin's background tasks under the node's [`Shutdown`] and
+    /// follows its change feed: an entry older than a change committed through another
+    /// node is dropped.
     pub fn new(settings: &Settings, origin: SharedOrigin, flags: Arc<dyn FlagSource>) -> Self {
         let session = &settings.session;
         let keys = TokenKeys::new(
@@ -93,7 +97,8 @@ impl Node {
             settings.cache.fill_deadline,
         );
         let metrics = Arc::new(Metrics::default());
-        origin.subscribe({
+        let shutdown = Shutdown::new();
+        let sink: ChangeSink = {
             let cache = cache.clone();
             let metrics = metrics.clone();
             Arc::new(move |change| match change {
@@ -111,7 +116,8 @@ impl Node {
                     cache.clear();
                 }
             })
-        });
+        };
+        origin.start(sink, &shutdown);
         let limits = SessionLimits {
             max_items: session.max_token_items,
             max_pending: session.max_pending_writes,
@@ -136,6 +142,7 @@ impl Node {
             write_timeout: session.write_timeout,
             idempotency: settings.idempotency.clone(),
             idempotency_full: AtomicBool::new(false),
+            shutdown,
             limits: ApiLimits {
                 max_id_bytes: settings.api.max_id_bytes,
                 max_batch: settings.api.max_batch,
@@ -218,6 +225,20 @@ impl Node {
     /// The kind of origin the node reads and writes (`embedded`, `postgres`).
     pub fn origin_kind(&self) -> &'static str {
         self.origin.kind()
+    }
+
+    /// The signal the node's background tasks select on; start-up spawns its own
+    /// tasks under it.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Stops the node's background work: the flag source's poll loop, then every task
+    /// under [`Node::shutdown`], waiting for them at most `within`. Returns the names
+    /// of the tasks that did not end in time (aborted, and logged).
+    pub async fn stop_background(&self, within: Duration) -> Vec<&'static str> {
+        self.flags.stop();
+        self.shutdown.stop(within).await
     }
 
     /// Sessions live on this node now.

@@ -18,6 +18,8 @@ use edgecache_actors::{Doc, ItemKey, Position};
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
+use crate::shutdown::Shutdown;
+
 pub use embedded::EmbeddedOrigin;
 pub use error::{OriginError, WriteError};
 pub use postgres::PostgresOrigin;
@@ -176,11 +178,13 @@ pub trait Origin: Send + Sync + 'static {
     /// A short name for logs and `/readyz` (`embedded`, `postgres`).
     fn kind(&self) -> &'static str;
 
-    /// Delivers every change committed through any node to `sink`, for as long as
-    /// the origin lives. An origin without a change feed drops the sink: other
-    /// nodes' writes then show when cache entries expire.
-    fn subscribe(&self, sink: ChangeSink) {
-        drop(sink);
+    /// Starts the origin's background work, every task under `shutdown`: delivering
+    /// every change committed through any node to `sink`, and the origin's own upkeep
+    /// (the PostgreSQL origin samples its replicas, which enter the rotation only
+    /// then). An origin without a change feed drops the sink: other nodes' writes then
+    /// show when cache entries expire.
+    fn start(&self, sink: ChangeSink, shutdown: &Shutdown) {
+        let _ = (sink, shutdown);
     }
 }
 

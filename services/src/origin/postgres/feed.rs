@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use edgecache_actors::Version;
 use futures_util::future::poll_fn;
+use postgres_protocol::escape::escape_identifier;
 use serde::Deserialize;
 use tokio_postgres::{AsyncMessage, Config, NoTls};
 
+use crate::backoff::Backoff;
 use crate::origin::{Change, ChangeSink};
 
 #[derive(Deserialize)]
@@ -19,14 +21,23 @@ struct Payload {
     v: u64,
 }
 
-/// Follows the channel forever, reconnecting with a bounded back-off.
+/// The first reconnect waits up to this long; each failure doubles it, up to
+/// [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Follows the channel until the task is dropped (at shutdown), reconnecting with a
+/// bounded, jittered back-off: every node lost its connection at the same instant
+/// when the primary went away, and they must not all come back at the same instant.
 pub async fn follow(config: Config, channel: String, sink: ChangeSink) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(BASE_BACKOFF, MAX_BACKOFF);
     let mut connected_before = false;
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
-                let sql = format!("LISTEN \"{channel}\"");
+                // Quoted as libpq's PQescapeIdentifier does: the channel is configured,
+                // not ours to trust blindly (settings validate it too).
+                let sql = format!("LISTEN {}", escape_identifier(&channel));
                 let listen = client.batch_execute(&sql);
                 // The connection must be driven for the LISTEN to complete.
                 let mut listen = std::pin::pin!(listen);
@@ -47,7 +58,7 @@ pub async fn follow(config: Config, channel: String, sink: ChangeSink) {
                         sink(Change::Reset);
                     }
                     connected_before = true;
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     tracing::info!(%channel, "change feed following");
                     while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
                         match message {
@@ -72,9 +83,12 @@ pub async fn follow(config: Config, channel: String, sink: ChangeSink) {
                     }
                 }
             }
-            Err(e) => tracing::warn!(cause = %e, ?backoff, "change feed: cannot connect to the primary"),
+            Err(e) => tracing::warn!(
+                cause = %e,
+                failures = backoff.failures() + 1,
+                "change feed: cannot connect to the primary"
+            ),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }

@@ -38,6 +38,8 @@ use tokio_postgres::{Config, NoTls};
 
 use self::replicas::{Replica, Replicas};
 use self::table::{Stored, TableDef};
+use crate::shutdown::Shutdown;
+
 use super::{
     ChangeSink, Committed, IdempotencySweep, Origin, OriginError, OriginRead, OriginTier, ReadRequest,
     ReplicaWait, TierPolicy, WriteError, WriteOp, WriteOpKind,
@@ -57,6 +59,10 @@ struct Inner {
     replica_wait: Duration,
     channel: String,
     follow_changes: bool,
+    /// How often the replica sampler looks, and the lag past which a replica leaves
+    /// the rotation.
+    health_interval: Duration,
+    replica_max_lag: Duration,
 }
 
 /// A PostgreSQL primary and its replicas. Cheap to clone.
@@ -141,8 +147,8 @@ fn pool_error(e: deadpool_postgres::PoolError) -> OriginError {
 
 impl PostgresOrigin {
     /// Connects lazily to the primary and replicas of `pg` (nothing is dialled until
-    /// the first use), for the collections of `settings`, and starts the replica
-    /// sampler.
+    /// the first use), for the collections of `settings`. The replica sampler and the
+    /// change feed start with [`Origin::start`]; until then no replica is in rotation.
     pub fn open(settings: &Settings, pg: &PostgresSettings) -> Result<Self, OriginError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -168,15 +174,6 @@ impl PostgresOrigin {
                 (def.collection.clone(), def)
             })
             .collect();
-        if !replicas.all.is_empty() {
-            let sampler = replicas::sample(
-                primary.clone(),
-                replicas.clone(),
-                pg.health_interval,
-                pg.replica_max_lag,
-            );
-            runtime.handle().spawn(sampler);
-        }
         Ok(Self {
             inner: Arc::new(Inner {
                 primary,
@@ -186,6 +183,8 @@ impl PostgresOrigin {
                 replica_wait: pg.replica_wait,
                 channel: pg.notify_channel.clone(),
                 follow_changes: pg.change_feed,
+                health_interval: pg.health_interval,
+                replica_max_lag: pg.replica_max_lag,
             }),
             runtime,
         })
@@ -510,16 +509,21 @@ impl Origin for PostgresOrigin {
         "postgres"
     }
 
-    fn subscribe(&self, sink: ChangeSink) {
-        if !self.inner.follow_changes {
-            return;
+    fn start(&self, sink: ChangeSink, shutdown: &Shutdown) {
+        let inner = &self.inner;
+        if !inner.replicas.all.is_empty() {
+            let sampler = replicas::sample(
+                inner.primary.clone(),
+                inner.replicas.clone(),
+                inner.health_interval,
+                inner.replica_max_lag,
+            );
+            shutdown.spawn_on(self.runtime.handle(), "replica sampler", sampler);
         }
-        let follow = feed::follow(
-            self.inner.primary_config.clone(),
-            self.inner.channel.clone(),
-            sink,
-        );
-        self.runtime.handle().spawn(follow);
+        if inner.follow_changes {
+            let follow = feed::follow(inner.primary_config.clone(), inner.channel.clone(), sink);
+            shutdown.spawn_on(self.runtime.handle(), "change feed", follow);
+        }
     }
 }
 

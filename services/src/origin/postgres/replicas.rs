@@ -18,6 +18,8 @@ use edgecache_actors::Position;
 use tokio::time::Instant;
 use tokio_postgres::types::PgLsn;
 
+use crate::backoff::Schedule;
+
 /// One replica.
 pub struct Replica {
     pub name: String,
@@ -160,7 +162,13 @@ impl History {
     }
 }
 
-/// Samples the primary's and every replica's position each `interval`, forever.
+/// A server that does not answer is sampled again at least once every this many
+/// intervals (on a jittered back-off, so that nodes do not all reconnect at once).
+const MAX_BACKOFF_INTERVALS: u32 = 4;
+
+/// Samples the primary's and every replica's position each `interval`, until the task
+/// is dropped (at shutdown). A server that did not answer is sampled again on a
+/// jittered back-off, at most [`MAX_BACKOFF_INTERVALS`] intervals apart.
 ///
 /// A replica further behind than `max_lag` leaves the rotation; so does one that does
 /// not answer. While the primary does not answer, a replica is judged against the
@@ -173,24 +181,35 @@ pub async fn sample(primary: Pool, replicas: Arc<Replicas>, interval: Duration, 
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let schedule = || Schedule::new(interval, interval * MAX_BACKOFF_INTERVALS);
+    let mut primary_schedule = schedule();
+    let mut replica_schedules: Vec<Schedule> = replicas.all.iter().map(|_| schedule()).collect();
     loop {
         ticker.tick().await;
         let deadline = interval.max(Duration::from_millis(200));
         // Taken before the question: the primary was at the answer then or later.
         let asked = Instant::now();
-        let primary_lsn = tokio::time::timeout(deadline, lsn(&primary, "SELECT pg_current_wal_lsn()")).await;
-        let primary_seen = match primary_lsn {
-            Ok(Some(p)) => {
+        let mut primary_seen = false;
+        if primary_schedule.due(asked) {
+            let primary_lsn =
+                tokio::time::timeout(deadline, lsn(&primary, "SELECT pg_current_wal_lsn()")).await;
+            if let Ok(Some(p)) = primary_lsn {
                 history.push(asked, p);
-                true
+                primary_seen = true;
+                primary_schedule.answered();
+            } else {
+                primary_schedule.failed(asked);
             }
-            _ => false,
-        };
-        for replica in &replicas.all {
+        }
+        for (replica, schedule) in replicas.all.iter().zip(&mut replica_schedules) {
+            if !schedule.due(Instant::now()) {
+                continue; // out of rotation since it stopped answering
+            }
             let replayed =
                 tokio::time::timeout(deadline, lsn(&replica.pool, "SELECT pg_last_wal_replay_lsn()")).await;
             match replayed {
                 Ok(Some(position)) => {
+                    schedule.answered();
                     replica.saw(Position(position));
                     if let Some(at) = history.covered(position) {
                         replica.caught_up_to(at);
@@ -207,6 +226,7 @@ pub async fn sample(primary: Pool, replicas: Arc<Replicas>, interval: Duration, 
                     }
                 }
                 _ => {
+                    schedule.failed(Instant::now());
                     if replica.in_rotation.swap(false, Ordering::AcqRel) {
                         tracing::warn!(replica = %replica.name, "replica out of rotation: not answering");
                     }

@@ -36,6 +36,7 @@ use tokio_postgres::Row;
 use super::idempotency::{self, Applied, Record};
 use super::table::{Stored, TableDef};
 use super::{lsn, pg_error, pool_error, primary_lsn, table, Inner, PRIMARY_LSN};
+use crate::origin::write_op::increment_within;
 use crate::origin::{Committed, OriginError, WriteError, WriteOp, WriteOpKind};
 
 /// How often a statement that changed nothing, while nothing now stops it (the row
@@ -367,31 +368,14 @@ async fn diagnose_increment(
             field: field.to_owned(),
         };
     };
-    let next = current.checked_add(by);
-    let bound = match (next, min, max) {
-        (Some(n), Some(min), _) if n < min => min,
-        (Some(n), _, Some(max)) if n > max => max,
-        (None, _, _) => {
-            if by < 0 {
-                min.unwrap_or(i64::MIN)
-            } else {
-                max.unwrap_or(i64::MAX)
-            }
-        }
+    match increment_within(field, current, by, min, max) {
+        Err(crossed) => crossed,
         // The row changed between the increment and this look: report it as a
-        // conflict on the bound the client gave, or as a version mismatch.
-        _ => {
-            return WriteError::VersionMismatch {
-                expected: op.if_match.unwrap_or(version),
-                current: version,
-            }
-        }
-    };
-    WriteError::BoundCrossed {
-        field: field.to_owned(),
-        current,
-        by,
-        bound,
+        // version mismatch.
+        Ok(_) => WriteError::VersionMismatch {
+            expected: op.if_match.unwrap_or(version),
+            current: version,
+        },
     }
 }
 
