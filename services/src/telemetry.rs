@@ -64,14 +64,12 @@ fn seed() -> u64 {
     high ^ low.rotate_left(29)
 }
 
-/// SplitMix64: a full-period 64-bit generator with well-mixed outputs.
+/// The next of a per-thread SplitMix64 sequence.
 fn splitmix64(state: &Cell<u64>) -> u64 {
-    let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut next = state.get();
+    let value = crate::hash::splitmix64(&mut next);
     state.set(next);
-    let mut z = next;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    value
 }
 
 /// The request span; disabled (and free) unless [`REQUEST_TARGET`] is enabled at

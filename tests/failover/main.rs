@@ -529,14 +529,17 @@ async fn after_a_restart_of_the_primary_every_kind_of_write_prepares_its_stateme
     let settings = pg.settings(&pg::shop(&table)).await;
     let node = spawn_with(&settings);
     let item = format!("/v1/{table}/cup");
-    let keyed = |key: &'static str| {
+    // Keys unique to the run: idempotency records outlive a test on a shared cluster.
+    let (first_key, second_key) = (format!("{table}-key-1"), format!("{table}-key-2"));
+    let keyed = |key: &str| {
+        let key = key.to_owned();
         let request = node.request(reqwest::Method::PUT, &item);
         async move {
             Client::new()
                 .send_with(
                     request,
                     Some(("application/json", json!({"label": "keyed", "stock": 1}))),
-                    &[("idempotency-key", key)],
+                    &[("idempotency-key", &key)],
                 )
                 .await
         }
@@ -556,7 +559,7 @@ async fn after_a_restart_of_the_primary_every_kind_of_write_prepares_its_stateme
             .status,
         200
     );
-    assert_eq!(keyed("restart-key-0001").await.status, 200);
+    assert_eq!(keyed(&first_key).await.status, 200);
 
     pg.stop_primary();
     pg.start_primary();
@@ -576,9 +579,9 @@ async fn after_a_restart_of_the_primary_every_kind_of_write_prepares_its_stateme
         .await;
     assert_eq!(incremented.status, 200, "{}", incremented.body);
     assert_eq!(incremented.body["stock"], 3);
-    let replayed = keyed("restart-key-0001").await;
+    let replayed = keyed(&first_key).await;
     assert_eq!(replayed.header("idempotent-replayed"), "true");
-    assert_eq!(keyed("restart-key-0002").await.status, 200);
+    assert_eq!(keyed(&second_key).await.status, 200);
     let read = Client::new().get(&node, &item).await;
     assert_eq!(
         (read.body["label"].as_str(), read.body["stock"].as_i64()),
