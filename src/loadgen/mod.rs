@@ -230,9 +230,8 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     if !positive(args.timeout) {
         bail!("--timeout must be positive");
     }
-    if !(args.retry_delay.is_finite() && args.retry_delay >= 0.0)
-        || !(args.settle.is_finite() && args.settle >= 0.0)
-    {
+    let at_least_zero = |x: f64| x.is_finite() && x >= 0.0;
+    if !at_least_zero(args.retry_delay) || !at_least_zero(args.settle) {
         bail!("--retry-delay and --settle must be 0 or more");
     }
     let non_negative = |x: Option<f64>| x.is_none_or(|x| x.is_finite() && x >= 0.0);

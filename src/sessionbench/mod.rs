@@ -254,9 +254,9 @@ async fn drive(
             Policy::Ttl | Policy::ReadThrough => {}
         }
         if connection.is_none() {
-            match Connection::open(&authority).await {
-                Ok(c) => connection = Some(c),
-                Err(_) => {
+            match tokio::time::timeout(plan.timeout, Connection::open(&authority)).await {
+                Ok(Ok(c)) => connection = Some(c),
+                Ok(Err(_)) | Err(_) => {
                     tally.transport_error();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
