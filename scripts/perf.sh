@@ -185,26 +185,9 @@ if want edge-pg; then
     source "$ROOT/scripts/pg-cluster.sh"
     PG_STARTED=1
     pg_cluster_start || die "starting PostgreSQL"
-    # `migrate` creates the tables and seeds k1 (it writes a seed one committed write at a
-    # time: 10,000 items took 34 s); k2…kN are copies of k1's row made in one statement.
     python3 "$HELPERS/perf.py" config "$WORK/edge-pg.toml" --kind postgres \
         --primary "$EDGECACHE_TEST_PG_PRIMARY" --keys 1
-    (cd "$WORK" && EDGECACHE_LOG=warn "$EDGE" migrate --config "$WORK/edge-pg.toml") \
-        >"$WORK/logs/migrate.log" 2>&1 || { cat "$WORK/logs/migrate.log" >&2; die "edgecache migrate"; }
-    "$EDGECACHE_TEST_PG_BIN/psql" "$EDGECACHE_TEST_PG_PRIMARY" -X -q -v ON_ERROR_STOP=1 \
-        >>"$WORK/logs/migrate.log" 2>&1 <<SQL || { cat "$WORK/logs/migrate.log" >&2; die "copying k1 to k2…k$KEYS"; }
-DO \$\$
-DECLARE cols text;
-BEGIN
-    SELECT string_agg(quote_ident(column_name), ', ') INTO cols
-      FROM information_schema.columns
-     WHERE table_schema = current_schema() AND table_name = 'bench' AND column_name <> 'id';
-    EXECUTE format('INSERT INTO bench (id, %s) SELECT ''k'' || g, %s FROM bench, generate_series(2, %s) g WHERE bench.id = ''k1''',
-                   cols, cols, $KEYS);
-END
-\$\$;
-ANALYZE bench;
-SQL
+    seed_bench "$WORK/edge-pg.toml" "$EDGECACHE_TEST_PG_PRIMARY" "$KEYS"
     start_edge edge-pg "$P_EDGE_PG" "$WORK/edge-pg.toml"
 fi
 

@@ -134,29 +134,9 @@ ORIGIN_URL=${EDGECACHE_TEST_PG_PRIMARY%/*}/origin
 python3 "$HELPERS/perf.py" config "$WORK/edge.toml" --kind postgres --keys 1 --ttl "$TTL" \
     --primary "$EDGECACHE_TEST_PG_PRIMARY" --replica "$EDGECACHE_TEST_PG_REPLICA"
 python3 "$HELPERS/perf.py" config "$WORK/origin.toml" --kind postgres --keys 1 --primary "$ORIGIN_URL"
-# `migrate` creates the table and seeds k1; k2…kN are copies of k1 made in one statement.
-seed() {
-    local config=$1 url=$2
-    (cd "$WORK" && EDGECACHE_LOG=warn "$EDGE" migrate --config "$config") >>"$WORK/logs/migrate.log" 2>&1 ||
-        { cat "$WORK/logs/migrate.log" >&2; die "edgecache migrate ($config)"; }
-    "$EDGECACHE_TEST_PG_BIN/psql" "$url" -X -q -v ON_ERROR_STOP=1 >>"$WORK/logs/migrate.log" 2>&1 <<SQL ||
-DO \$\$
-DECLARE cols text;
-BEGIN
-    SELECT string_agg(quote_ident(column_name), ', ') INTO cols
-      FROM information_schema.columns
-     WHERE table_schema = current_schema() AND table_name = 'bench' AND column_name <> 'id';
-    EXECUTE format('INSERT INTO bench (id, %s) SELECT ''k'' || g, %s FROM bench, generate_series(2, %s) g WHERE bench.id = ''k1''',
-                   cols, cols, $DOCS);
-END
-\$\$;
-ANALYZE bench;
-SQL
-        { cat "$WORK/logs/migrate.log" >&2; die "seeding ($url)"; }
-}
 log "seeding k1…k$DOCS in both databases"
-seed "$WORK/edge.toml" "$EDGECACHE_TEST_PG_PRIMARY"
-seed "$WORK/origin.toml" "$ORIGIN_URL"
+seed_bench "$WORK/edge.toml" "$EDGECACHE_TEST_PG_PRIMARY" "$DOCS"
+seed_bench "$WORK/origin.toml" "$ORIGIN_URL" "$DOCS"
 # Until the replica has replayed the seed (its 300 ms delay, and the copy itself).
 for _ in $(seq 300); do
     n=$("$EDGECACHE_TEST_PG_BIN/psql" "$EDGECACHE_TEST_PG_REPLICA" -X -q -t -A -c "SELECT count(*) FROM bench" 2>/dev/null || echo 0)
