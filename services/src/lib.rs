@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod plan;
+pub mod projection;
 pub mod readiness;
 pub mod shutdown;
 mod startup;

@@ -21,6 +21,7 @@ mod openapi;
 mod pg_writes;
 mod postgres;
 mod process;
+mod projection;
 mod readiness;
 mod session_bounds;
 mod sessions;

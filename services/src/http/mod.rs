@@ -2,8 +2,8 @@
 //! problem+json ([`ApiError`]).
 //!
 //! Files import only files before them in: route, error, bearer, admin, metrics,
-//! health, request, idempotency, write, items, increment, batch, v1, forward, cluster,
-//! openapi, envelope (this module mounts them all).
+//! health, request, fields, idempotency, write, items, increment, batch, v1, forward,
+//! cluster, openapi, envelope (this module mounts them all).
 
 pub mod admin;
 mod batch;
@@ -11,6 +11,7 @@ mod bearer;
 mod cluster;
 pub mod envelope;
 mod error;
+mod fields;
 pub mod forward;
 mod health;
 mod idempotency;

@@ -70,6 +70,17 @@ pub struct ExplainQuery {
     explain: Option<bool>,
 }
 
+/// The `?fields=a,b` of a read (an item, or each item of a batch-get).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents `fields::projection`'s parameter; never built.
+pub struct FieldsQuery {
+    /// Only these fields, comma-separated (`id` is always answered): their freshness
+    /// classes alone decide where the answer comes from — without a strict field, the
+    /// primary is not read. An unknown field is 422 `unknown-projection-field`.
+    fields: Option<String>,
+}
+
 /// A problem document (RFC 9457). `http_api_problem` builds them; this type only
 /// describes them.
 #[derive(ToSchema)]

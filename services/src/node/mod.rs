@@ -29,7 +29,7 @@ use secrecy::ExposeSecret;
 
 pub use error::{ReadError, SessionError, WriteFailure};
 pub use explain::FieldSource;
-pub use read::ReadOutcome;
+pub use read::{ReadOptions, ReadOutcome};
 pub use session::{valid_session_id, SessionCtx};
 
 use crate::cache::SharedCache;
@@ -216,6 +216,11 @@ impl Node {
     /// fields came from the primary), naming this node.
     pub fn cache_status_header(&self, status: CacheStatus, strict: bool) -> HeaderValue {
         self.cache_status.get(status, strict)
+    }
+
+    /// [`Node::cache_status_header`] with `extra` in its `detail` (a projection).
+    pub fn cache_status_header_with(&self, status: CacheStatus, strict: bool, extra: &str) -> HeaderValue {
+        self.cache_status.with_detail(status, strict, extra)
     }
 
     pub fn collection(&self, name: &str) -> Option<&Arc<CollectionPlan>> {

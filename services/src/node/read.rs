@@ -19,6 +19,7 @@ use crate::freshness::Verdict;
 use crate::metrics::ServedRead;
 use crate::origin::{MaxStaleness, OriginError, OriginTier, ReadRequest, TierPolicy};
 use crate::plan::CollectionPlan;
+use crate::projection::Projection;
 use crate::{CacheStatus, Tier};
 
 /// A read's answer.
@@ -37,6 +38,15 @@ pub struct ReadOutcome {
     pub explain: Option<Vec<FieldSource>>,
 }
 
+/// What a read asks for besides the item.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions<'a> {
+    /// Per-field provenance (`?explain=true`).
+    pub explain: bool,
+    /// Only these fields (`?fields=`): their classes alone decide the tiers.
+    pub projection: Option<&'a Projection>,
+}
+
 /// What the non-strict fields of a read come from.
 enum Base {
     Cache(Arc<CacheEntry>),
@@ -47,7 +57,6 @@ enum Base {
 impl Node {
     /// Reads one item for the session, under its guarantees and the item's freshness
     /// classes.
-    #[tracing::instrument(level = "debug", skip(self, s), fields(session_id = %s.id()))]
     pub async fn read(
         &self,
         s: &SessionCtx,
@@ -55,10 +64,28 @@ impl Node {
         id: &str,
         explain: bool,
     ) -> Result<ReadOutcome, ReadError> {
+        let options = ReadOptions {
+            explain,
+            projection: None,
+        };
+        self.read_with(s, collection, id, options).await
+    }
+
+    /// Reads one item for the session with `options`: a projection is served by the
+    /// classes of its fields alone, and answers only them.
+    #[tracing::instrument(level = "debug", skip(self, s, options), fields(session_id = %s.id()))]
+    pub async fn read_with(
+        &self,
+        s: &SessionCtx,
+        collection: &str,
+        id: &str,
+        options: ReadOptions<'_>,
+    ) -> Result<ReadOutcome, ReadError> {
         let plan = self
             .collections
             .get(collection)
             .ok_or_else(|| ReadError::UnknownCollection(collection.to_owned()))?;
+        let classes = options.projection.map_or(plan.classes(), Projection::classes);
         let key = KeyRef::new(&plan.name, id);
         let arms = &s.strategies;
         let ryw = arms.is_on(Strategy::ReadYourWrites);
@@ -80,7 +107,7 @@ impl Node {
         };
         if let Some(entry) = &cached {
             if need.admits(&entry.doc) {
-                match plan.verdict(entry.age(now), swr, strict, self.plain) {
+                match classes.verdict(entry.age(now), swr, strict, self.plain) {
                     Verdict::Fresh => {
                         status = CacheStatus::Hit;
                         base = Some(Base::Cache(entry.clone()));
@@ -88,7 +115,7 @@ impl Node {
                     Verdict::Revalidate => {
                         status = CacheStatus::Stale;
                         base = Some(Base::Cache(entry.clone()));
-                        self.refresh_in_background(plan, id, plan.max_staleness(strict, self.plain));
+                        self.refresh_in_background(plan, id, classes.max_staleness(strict, self.plain));
                     }
                     Verdict::Expired => {
                         status = CacheStatus::Expired;
@@ -109,7 +136,7 @@ impl Node {
                 let age = now.saturating_duration_since(own.committed_at);
                 if newer
                     && need.admits(&own.doc)
-                    && plan.verdict(age, false, strict, self.plain) == Verdict::Fresh
+                    && classes.verdict(age, false, strict, self.plain) == Verdict::Fresh
                 {
                     status = CacheStatus::Session;
                     base = Some(Base::Session(own.doc.clone(), own.committed_at));
@@ -127,13 +154,14 @@ impl Node {
                     status = CacheStatus::Expired;
                 }
                 let absent = cached.is_none() && changed_to.is_none();
-                let max_staleness = plan.max_staleness(strict, self.plain);
+                let max_staleness = classes.max_staleness(strict, self.plain);
                 match self.read_origin(&item, need, absent, wait, max_staleness).await {
                     Ok((entry, tier)) => Base::Origin(entry, tier),
                     Err(err) => {
                         self.metrics.origin_errors.inc();
-                        let usable = fallback
-                            .filter(|f| plan.usable_on_error(f.age(now)) && !(strict && plan.has_strict()));
+                        let usable = fallback.filter(|f| {
+                            classes.usable_on_error(f.age(now)) && !(strict && classes.has_strict())
+                        });
                         match usable {
                             Some(entry) => {
                                 tracing::warn!(cause = %err, item = %item, "origin failed; serving stale-if-error");
@@ -151,7 +179,7 @@ impl Node {
         // past what the base holds, the primary's answer becomes the base.
         let mut strict_from_primary = false;
         let read_strict =
-            strict && plan.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary));
+            strict && classes.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary));
         if read_strict {
             let item = ItemKey::new(plan.name.clone(), id);
             let request = ReadRequest::PRIMARY;
@@ -236,7 +264,13 @@ impl Node {
             },
         );
 
-        let explain = explain.then(|| explain_fields(plan, &doc, tier, age, strict_from_primary));
+        let body = match options.projection {
+            Some(projection) => projection.cut(id, &doc),
+            None => body,
+        };
+        let explain = options
+            .explain
+            .then(|| explain_fields(plan, options.projection, &doc, tier, age, strict_from_primary));
         Ok(ReadOutcome {
             doc,
             body,
