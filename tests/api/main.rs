@@ -10,6 +10,7 @@ mod unleash_admin;
 
 mod adversity;
 mod cluster;
+mod conditional;
 mod domain;
 mod durability;
 mod errors;

@@ -8,6 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 use edgecache_actors::Fields;
 
+use super::conditional::{not_modified, IfNoneMatch};
 use super::fields;
 use super::request::{check_id, etag, open_session, parse_object, read_body, respond, ItemPath};
 use super::write::{document_response, write, JSON_TYPE};
@@ -41,7 +42,8 @@ fn explain(query: &str) -> Result<bool, ApiError> {
     Ok(explain)
 }
 
-/// `GET /v1/{collection}/{id}[?explain=true][&fields=a,b]`
+/// `GET /v1/{collection}/{id}[?explain=true][&fields=a,b]`, with `If-None-Match`: 304
+/// when the version it would serve is the one the client holds.
 #[utoipa::path(
     get,
     path = "/v1/{collection}/{id}",
@@ -52,12 +54,18 @@ fn explain(query: &str) -> Result<bool, ApiError> {
         crate::http::openapi::SessionHeaders,
         crate::http::openapi::ExplainQuery,
         crate::http::openapi::FieldsQuery,
+        crate::http::openapi::ConditionalHeaders,
     ),
     responses(
         (status = 200, description = "The document, at least as new as the session's need", body = crate::http::openapi::Document, headers(
             ("ETag" = String, description = "The document's version, as a strong ETag"),
             ("Cache-Status" = String, description = "RFC 9211: the node's name, hit or fwd=miss|stale|bypass, and why"),
             ("Age" = u64, description = "Seconds since the node fetched the document from the origin"),
+            ("X-Session-Token" = String, description = "The session's new token: send it with the next request"),
+        )),
+        (status = 304, description = "If-None-Match names the version the session would be served: no body, the 200's headers", headers(
+            ("ETag" = String, description = "The document's version, as a strong ETag"),
+            ("Cache-Status" = String, description = "RFC 9211, as on the 200"),
             ("X-Session-Token" = String, description = "The session's new token: send it with the next request"),
         )),
         (status = 400, description = "A malformed request or session header", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
@@ -75,6 +83,7 @@ pub async fn get_item(
     check_id(&path.id, node.limits().max_id_bytes)?;
     let explain = explain(request.query_string())?;
     let projection = fields::projection(node, &path.collection, request.query_string())?;
+    let condition = IfNoneMatch::of(request.headers())?;
     let session = open_session(node, request)?;
     let options = ReadOptions {
         explain,
@@ -85,7 +94,16 @@ pub async fn get_item(
         .await;
     let result = result.map_err(ApiError::from).and_then(|outcome| {
         tracing::Span::current().record("cache_status", outcome.status.as_str());
-        read_response(node, &path.id, outcome, projection.as_ref())
+        let current = outcome.doc.exists().then_some(outcome.doc.version);
+        let response = read_response(node, &path.id, outcome, projection.as_ref())?;
+        // Evaluated on what the read serves, which already meets the session's need.
+        match (current, &condition) {
+            (Some(version), Some(condition)) if condition.matches(version) => {
+                node.metrics().not_modified.inc();
+                Ok(not_modified(&response))
+            }
+            _ => Ok(response),
+        }
     });
     Ok(respond(node, request, &session, result))
 }

@@ -2,13 +2,14 @@
 //! problem+json ([`ApiError`]).
 //!
 //! Files import only files before them in: route, error, bearer, admin, metrics,
-//! health, request, fields, idempotency, write, items, increment, batch, v1, forward,
-//! cluster, openapi, envelope (this module mounts them all).
+//! health, request, fields, conditional, idempotency, write, items, increment, batch,
+//! v1, forward, cluster, openapi, envelope (this module mounts them all).
 
 pub mod admin;
 mod batch;
 mod bearer;
 mod cluster;
+mod conditional;
 pub mod envelope;
 mod error;
 mod fields;

@@ -70,6 +70,17 @@ pub struct ExplainQuery {
     explain: Option<bool>,
 }
 
+/// The conditional headers of an item read.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Documents the header `http::conditional` reads; never built.
+pub struct ConditionalHeaders {
+    /// `*` or a list of entity tags (weak comparison): 304 when one names the version
+    /// the session would be served (never one older than the session needs).
+    #[param(rename = "If-None-Match")]
+    if_none_match: Option<String>,
+}
+
 /// The `?fields=a,b` of a read (an item, or each item of a batch-get).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]

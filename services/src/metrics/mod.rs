@@ -88,6 +88,9 @@ pub struct Metrics {
     pub primary_fallbacks: Counter,
     /// Cache entries dropped by the change feed (written through another node).
     pub invalidations: Counter,
+    /// Conditional GETs answered 304 Not Modified (`If-None-Match` named the version
+    /// served).
+    pub not_modified: Counter,
     /// Reads by tier and cache status, stale reads, latency and sessions, per
     /// strategy and arm.
     pub experiments: Experiments,

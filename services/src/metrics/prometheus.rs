@@ -268,6 +268,13 @@ impl Collector for Scrape {
         )?;
         single(
             &mut e,
+            "not_modified",
+            "Conditional GETs answered 304 Not Modified: If-None-Match named the version the session would be served.",
+            None,
+            counter(m.not_modified.get()),
+        )?;
+        single(
+            &mut e,
             "refreshes",
             "Background refreshes started (stale-while-revalidate).",
             None,
