@@ -149,6 +149,32 @@ impl CollectionPlan {
         self.whole.usable_on_error(age)
     }
 
+    /// The class a cached absence (a 404) is kept under: the collection's own. A
+    /// strict collection keeps none (every read of an absent item asks the primary),
+    /// unless strict fields are off, when it is a plain TTL.
+    fn absence_class(&self, strict_fields: bool, plain: Freshness) -> Freshness {
+        match self.schema.freshness {
+            Freshness::Strict if !strict_fields => plain,
+            class => class,
+        }
+    }
+
+    /// The verdict for a cached absence of this age ([`CollectionPlan::absence_class`]).
+    pub fn absence_verdict(
+        &self,
+        age: Duration,
+        swr: bool,
+        strict_fields: bool,
+        plain: Freshness,
+    ) -> Verdict {
+        freshness::judge(self.absence_class(strict_fields, plain), age, swr)
+    }
+
+    /// Whether a cached absence of this age may be served because the origin failed.
+    pub fn absence_usable_on_error(&self, age: Duration, strict_fields: bool, plain: Freshness) -> bool {
+        freshness::usable_on_error(self.absence_class(strict_fields, plain), age)
+    }
+
     fn field(&self, name: &str) -> Result<&Field, InvalidInput> {
         self.schema
             .fields

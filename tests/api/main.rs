@@ -18,6 +18,7 @@ mod exactly_once;
 mod freshness;
 mod guarantees;
 mod metrics;
+mod negative;
 mod openapi;
 mod pg_writes;
 mod postgres;

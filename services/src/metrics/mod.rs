@@ -91,6 +91,11 @@ pub struct Metrics {
     /// Conditional GETs answered 304 Not Modified (`If-None-Match` named the version
     /// served).
     pub not_modified: Counter,
+    /// 404s served from a cached absence (negative caching): no origin read.
+    pub negative_hits: Counter,
+    /// 404s read from the origin (the absence is then cached under the collection's
+    /// class, with the position it was read at).
+    pub negative_misses: Counter,
     /// Reads by tier and cache status, stale reads, latency and sessions, per
     /// strategy and arm.
     pub experiments: Experiments,

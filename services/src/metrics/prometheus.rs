@@ -275,6 +275,20 @@ impl Collector for Scrape {
         )?;
         single(
             &mut e,
+            "negative_hits",
+            "404s served from a cached absence, without an origin read (negative caching).",
+            None,
+            counter(m.negative_hits.get()),
+        )?;
+        single(
+            &mut e,
+            "negative_misses",
+            "404s read from the origin; the absence is then cached under the collection's class.",
+            None,
+            counter(m.negative_misses.get()),
+        )?;
+        single(
+            &mut e,
             "refreshes",
             "Background refreshes started (stale-while-revalidate).",
             None,

@@ -107,7 +107,14 @@ impl Node {
         };
         if let Some(entry) = &cached {
             if need.admits(&entry.doc) {
-                match classes.verdict(entry.age(now), swr, strict, self.plain) {
+                // A cached absence (negative caching) is judged by the collection's
+                // class alone: no field of it is served.
+                let verdict = if entry.doc.exists() {
+                    classes.verdict(entry.age(now), swr, strict, self.plain)
+                } else {
+                    plan.absence_verdict(entry.age(now), swr, strict, self.plain)
+                };
+                match verdict {
                     Verdict::Fresh => {
                         status = CacheStatus::Hit;
                         base = Some(Base::Cache(entry.clone()));
@@ -160,7 +167,11 @@ impl Node {
                     Err(err) => {
                         self.metrics.origin_errors.inc();
                         let usable = fallback.filter(|f| {
-                            classes.usable_on_error(f.age(now)) && !(strict && classes.has_strict())
+                            if f.doc.exists() {
+                                classes.usable_on_error(f.age(now)) && !(strict && classes.has_strict())
+                            } else {
+                                plan.absence_usable_on_error(f.age(now), strict, self.plain)
+                            }
                         });
                         match usable {
                             Some(entry) => {
@@ -178,8 +189,13 @@ impl Node {
         // Strict fields come from the primary on every read. If the primary has moved
         // past what the base holds, the primary's answer becomes the base.
         let mut strict_from_primary = false;
-        let read_strict =
-            strict && classes.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary));
+        // A cached absence has no strict field to read: the collection's class
+        // bounds it (a create through any node replaces it through the change feed).
+        let negative_hit = matches!(&base, Base::Cache(entry) if !entry.doc.exists());
+        let read_strict = strict
+            && classes.has_strict()
+            && !negative_hit
+            && !matches!(base, Base::Origin(_, OriginTier::Primary));
         if read_strict {
             let item = ItemKey::new(plan.name.clone(), id);
             let request = ReadRequest::PRIMARY;
@@ -252,6 +268,13 @@ impl Node {
             state.record_read(key.hash, &doc, session.limits());
             (stale_own, regression)
         };
+        if !doc.exists() {
+            if negative_hit {
+                self.metrics.negative_hits.inc();
+            } else if matches!(base, Base::Origin(..)) {
+                self.metrics.negative_misses.inc();
+            }
+        }
         self.metrics.read_served(
             arms,
             s.experiment,
