@@ -13,9 +13,11 @@ pub mod node;
 pub mod origin;
 pub mod plan;
 pub mod projection;
+pub mod purge;
 pub mod readiness;
 pub mod shutdown;
 mod startup;
+pub mod tags;
 mod telemetry;
 mod tier;
 

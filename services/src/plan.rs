@@ -170,6 +170,11 @@ impl CollectionPlan {
         freshness::judge(self.absence_class(strict_fields, plain), age, swr)
     }
 
+    /// How long a cached absence is fresh.
+    pub fn absence_fresh_for(&self, strict_fields: bool, plain: Freshness) -> Duration {
+        freshness::fresh_for(self.absence_class(strict_fields, plain))
+    }
+
     /// Whether a cached absence of this age may be served because the origin failed.
     pub fn absence_usable_on_error(&self, age: Duration, strict_fields: bool, plain: Freshness) -> bool {
         freshness::usable_on_error(self.absence_class(strict_fields, plain), age)
@@ -443,6 +448,7 @@ mod tests {
                 )]
                 .into(),
                 table: Default::default(),
+                surrogate_keys: Vec::new(),
             },
         );
         let negative = -((two_53 + 1) as i64);

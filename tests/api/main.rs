@@ -24,6 +24,7 @@ mod pg_writes;
 mod postgres;
 mod process;
 mod projection;
+mod purge;
 mod readiness;
 mod session_bounds;
 mod sessions;

@@ -3,7 +3,7 @@
 //!
 //! Files import only files before them in: route, error, bearer, admin, metrics,
 //! health, request, fields, conditional, idempotency, write, items, increment, batch,
-//! v1, forward, cluster, openapi, envelope (this module mounts them all).
+//! v1, forward, cluster, purge, openapi, envelope (this module mounts them all).
 
 pub mod admin;
 mod batch;
@@ -20,6 +20,7 @@ mod increment;
 mod items;
 pub mod metrics;
 pub mod openapi;
+mod purge;
 mod request;
 pub mod route;
 mod v1;
@@ -45,6 +46,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/leave", route::CLUSTER_LEAVE, "POST")
                         .route(web::post().to(cluster::peer_left)),
+                )
+                .service(
+                    resource("/purge", route::CLUSTER_PURGE, "POST").route(web::post().to(purge::from_peer)),
                 ),
         )
         .service(resource("/metrics", route::METRICS, "GET").route(web::get().to(metrics::metrics)))
@@ -55,7 +59,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/experiments", route::ADMIN_EXPERIMENTS, "GET")
                         .route(web::get().to(admin::experiments)),
-                ),
+                )
+                .service(resource("/purge", route::ADMIN_PURGE, "POST").route(web::post().to(purge::purge))),
         )
         .service(web::scope("/v1").default_service(actix_web::dev::fn_service(v1::serve)))
         .default_service(web::to(not_found));

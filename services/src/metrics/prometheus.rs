@@ -289,6 +289,23 @@ impl Collector for Scrape {
         )?;
         single(
             &mut e,
+            "purges",
+            "Purges applied on this node (from the admin API, a peer or the change feed; each once).",
+            None,
+            counter(m.purges.get()),
+        )?;
+        family(
+            &mut e,
+            "purged_entries",
+            "Cache entries purged: dropped (hard purge) or marked stale (soft purge).",
+            None,
+            [
+                ([("action", "dropped")], counter(m.purge_dropped.get())),
+                ([("action", "marked")], counter(m.purge_marked.get())),
+            ],
+        )?;
+        single(
+            &mut e,
             "refreshes",
             "Background refreshes started (stale-while-revalidate).",
             None,

@@ -108,11 +108,22 @@ impl Node {
         if let Some(entry) = &cached {
             if need.admits(&entry.doc) {
                 // A cached absence (negative caching) is judged by the collection's
-                // class alone: no field of it is served.
+                // class alone: no field of it is served. A soft-purged entry is judged
+                // as past its TTL, whatever its age.
+                let mut age = entry.age(now);
+                if entry.soft_purged {
+                    age = age.max(soft_purged_age(
+                        plan,
+                        classes,
+                        entry.doc.exists(),
+                        strict,
+                        self.plain,
+                    ));
+                }
                 let verdict = if entry.doc.exists() {
-                    classes.verdict(entry.age(now), swr, strict, self.plain)
+                    classes.verdict(age, swr, strict, self.plain)
                 } else {
-                    plan.absence_verdict(entry.age(now), swr, strict, self.plain)
+                    plan.absence_verdict(age, swr, strict, self.plain)
                 };
                 match verdict {
                     Verdict::Fresh => {
@@ -394,6 +405,24 @@ impl Node {
             }
         });
     }
+}
+
+/// The age a soft-purged entry is judged at: just past the tightest of its classes'
+/// fresh windows, so it is served only within stale-while-revalidate, while one
+/// refresh runs (or not at all, for a class without that window).
+fn soft_purged_age(
+    plan: &CollectionPlan,
+    classes: &crate::plan::Classes,
+    exists: bool,
+    strict: bool,
+    plain: edgecache_config::Freshness,
+) -> Duration {
+    let fresh = if exists {
+        classes.max_staleness(strict, plain).fresh
+    } else {
+        plan.absence_fresh_for(strict, plain)
+    };
+    fresh.saturating_add(Duration::from_nanos(1))
 }
 
 /// The doc a base holds.
