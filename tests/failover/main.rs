@@ -563,3 +563,46 @@ async fn after_a_restart_of_the_primary_every_kind_of_write_prepares_its_stateme
         (Some("keyed"), Some(1))
     );
 }
+
+#[actix_web::test]
+async fn with_the_primary_down_a_projection_without_strict_fields_is_served_and_the_whole_product_is_not() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = pg::cluster();
+    let table = unique("projected").replace('-', "_");
+    let settings = pg.settings(&pg::shop(&table)).await;
+    let a = spawn_with(&settings);
+    let b = spawn_with(&settings);
+    let cached = format!("/v1/{table}/{}", unique("cached"));
+    let uncached = format!("/v1/{table}/{}", unique("uncached"));
+    for item in [&cached, &uncached] {
+        let put = Client::new()
+            .put(&a, item, json!({"label": "kettle", "price": 49.0, "stock": 3}))
+            .await;
+        assert_eq!(put.status, 201);
+    }
+    // B holds one of them; the replica has both before the primary goes away.
+    assert_eq!(Client::new().get(&b, &cached).await.status, 200);
+    let replicated = eventually(Duration::from_secs(10), || async {
+        let id = uncached.rsplit('/').next().unwrap();
+        pg.replica_version(&table, id) > 0
+    })
+    .await;
+    assert!(replicated, "the replica replayed the writes");
+
+    let _down = pg.primary_down();
+    let strict_before = b.node.metrics().strict_reads.get();
+    for item in [&cached, &uncached] {
+        let page = Client::new().get(&b, &format!("{item}?fields=label")).await;
+        assert_eq!(page.status, 200, "{item}: {}", page.body);
+        assert_eq!(page.body["label"], "kettle");
+        assert!(page.body.get("stock").is_none());
+        let whole = Client::new().get(&b, item).await;
+        assert_eq!(whole.status, 503, "{item}: the strict stock is never guessed");
+        assert_eq!(whole.problem(), "origin-unavailable");
+    }
+    assert_eq!(
+        b.node.metrics().strict_reads.get(),
+        strict_before,
+        "no strict read succeeded while the primary was down"
+    );
+}

@@ -11,6 +11,7 @@ use http_api_problem::HttpApiProblem;
 use crate::node::{ReadError, SessionError, WriteFailure};
 use crate::origin::{OriginError, WriteError};
 use crate::plan::InvalidInput;
+use crate::projection::ProjectionError;
 
 /// The `type` of every problem is `urn:problem:edgecache:<slug>`.
 pub const PROBLEM_TYPE_PREFIX: &str = "urn:problem:edgecache:";
@@ -68,6 +69,7 @@ problem_types! {
     UnknownCollection = "unknown-collection": "The collection is not configured.";
     NotFound = "not-found": "The item does not exist.";
     UnknownField = "unknown-field": "A field is not in the collection's data model.";
+    UnknownProjectionField = "unknown-projection-field": "`fields` names a field that is not in the collection's data model.";
     WrongType = "wrong-type": "A field's value has the wrong JSON type.";
     OutOfRange = "out-of-range": "A field's value is outside its bounds.";
     IdMismatch = "id-mismatch": "The body's id differs from the path's.";
@@ -135,6 +137,8 @@ pub enum ApiError {
     NotFound(String),
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
     #[error("{0}")]
     InvalidRequest(String),
     #[error("at most {max} ids per batch")]
@@ -190,6 +194,8 @@ impl ApiError {
             ApiError::Invalid(InvalidInput::IdMismatch) => ProblemType::IdMismatch,
             ApiError::Invalid(InvalidInput::Unrepresentable { .. }) => ProblemType::UnrepresentableValue,
             ApiError::InvalidRequest(_) => ProblemType::InvalidRequest,
+            ApiError::Projection(ProjectionError::UnknownField(_)) => ProblemType::UnknownProjectionField,
+            ApiError::Projection(ProjectionError::Empty) => ProblemType::InvalidRequest,
             ApiError::BatchTooLarge { .. } => ProblemType::BatchTooLarge,
             ApiError::PreconditionFailed { .. } => ProblemType::PreconditionFailed,
             ApiError::BoundCrossed(_) => ProblemType::BoundCrossed,
@@ -279,6 +285,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidIdempotencyKey { .. }
             | ApiError::Session(_)
             | ApiError::InvalidRequest(_)
+            | ApiError::Projection(ProjectionError::Empty)
             | ApiError::ForwardedWithoutProof(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownCollection(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BoundCrossed(_) | ApiError::IdempotencyKeyInFlight => StatusCode::CONFLICT,
@@ -287,7 +294,9 @@ impl ResponseError for ApiError {
             ApiError::BodyTooLarge { .. } | ApiError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::Invalid(_) | ApiError::NotAnInteger(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_)
+            | ApiError::NotAnInteger(_)
+            | ApiError::Projection(ProjectionError::UnknownField(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::OriginUnavailable(_)
             | ApiError::SessionBusy
             | ApiError::OutcomeUnknown

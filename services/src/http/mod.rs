@@ -2,15 +2,17 @@
 //! problem+json ([`ApiError`]).
 //!
 //! Files import only files before them in: route, error, bearer, admin, metrics,
-//! health, request, idempotency, write, items, increment, batch, v1, forward, cluster,
-//! openapi, envelope (this module mounts them all).
+//! health, request, fields, conditional, idempotency, write, items, increment, batch,
+//! v1, forward, cluster, purge, openapi, envelope (this module mounts them all).
 
 pub mod admin;
 mod batch;
 mod bearer;
 mod cluster;
+mod conditional;
 pub mod envelope;
 mod error;
+mod fields;
 pub mod forward;
 mod health;
 mod idempotency;
@@ -18,6 +20,7 @@ mod increment;
 mod items;
 pub mod metrics;
 pub mod openapi;
+mod purge;
 mod request;
 pub mod route;
 mod v1;
@@ -43,6 +46,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/leave", route::CLUSTER_LEAVE, "POST")
                         .route(web::post().to(cluster::peer_left)),
+                )
+                .service(
+                    resource("/purge", route::CLUSTER_PURGE, "POST").route(web::post().to(purge::from_peer)),
                 ),
         )
         .service(resource("/metrics", route::METRICS, "GET").route(web::get().to(metrics::metrics)))
@@ -53,7 +59,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/experiments", route::ADMIN_EXPERIMENTS, "GET")
                         .route(web::get().to(admin::experiments)),
-                ),
+                )
+                .service(resource("/purge", route::ADMIN_PURGE, "POST").route(web::post().to(purge::purge))),
         )
         .service(web::scope("/v1").default_service(actix_web::dev::fn_service(v1::serve)))
         .default_service(web::to(not_found));

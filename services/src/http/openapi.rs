@@ -15,7 +15,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::error::{ProblemType, PROBLEM_TYPE_PREFIX};
-use super::{admin, batch, cluster, health, increment, items, metrics};
+use super::{admin, batch, cluster, health, increment, items, metrics, purge};
 
 /// The media type of a problem document (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -68,6 +68,28 @@ pub struct ExplainQuery {
     /// `true` adds `_explain`: the cache status, version, position and each field's
     /// freshness class and tier.
     explain: Option<bool>,
+}
+
+/// The conditional headers of an item read.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Documents the header `http::conditional` reads; never built.
+pub struct ConditionalHeaders {
+    /// `*` or a list of entity tags (weak comparison): 304 when one names the version
+    /// the session would be served (never one older than the session needs).
+    #[param(rename = "If-None-Match")]
+    if_none_match: Option<String>,
+}
+
+/// The `?fields=a,b` of a read (an item, or each item of a batch-get).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents `fields::projection`'s parameter; never built.
+pub struct FieldsQuery {
+    /// Only these fields, comma-separated (`id` is always answered): their freshness
+    /// classes alone decide where the answer comes from — without a strict field, the
+    /// primary is not read. An unknown field is 422 `unknown-projection-field`.
+    fields: Option<String>,
 }
 
 /// A problem document (RFC 9457). `http_api_problem` builds them; this type only
@@ -123,8 +145,10 @@ pub struct BatchGetAnswer {
         health::readyz,
         metrics::metrics,
         admin::experiments,
+        purge::purge,
         cluster::health,
         cluster::peer_left,
+        purge::from_peer,
         openapi_json,
     ),
     components(schemas(Problem, Document, BatchGetAnswer)),

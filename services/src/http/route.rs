@@ -11,11 +11,13 @@ pub const CLUSTER_LEAVE: &str = "/cluster/leave";
 pub const METRICS: &str = "/metrics";
 pub const ADMIN_EXPERIMENTS: &str = "/admin/experiments";
 pub const OPENAPI: &str = "/openapi.json";
+pub const ADMIN_PURGE: &str = "/admin/purge";
+pub const CLUSTER_PURGE: &str = "/cluster/purge";
 
 /// The `route` label values of the HTTP metrics. `http::routes` names every resource
 /// by its template, so a request's route is read from the match without building its
 /// pattern. Requests that match no named resource count as [`crate::metrics::UNMATCHED`].
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 12] = [
     ITEM,
     BATCH_GET,
     INCREMENT,
@@ -26,4 +28,6 @@ pub const ROUTES: [&str; 10] = [
     METRICS,
     ADMIN_EXPERIMENTS,
     OPENAPI,
+    ADMIN_PURGE,
+    CLUSTER_PURGE,
 ];
