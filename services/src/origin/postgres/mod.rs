@@ -190,7 +190,8 @@ impl PostgresOrigin {
         })
     }
 
-    /// Creates the tables of the configured collections (adding missing columns),
+    /// Creates the tables of the configured collections (adding missing columns)
+    /// with the trigger that versions every writer's rows ([`TableDef::trigger`]),
     /// and writes the seed documents if every table is empty. Returns whether it
     /// seeded.
     pub async fn migrate(&self, settings: &Settings) -> Result<bool, OriginError> {
@@ -211,8 +212,8 @@ impl PostgresOrigin {
                 }
                 let mut empty = true;
                 for def in inner.tables.values() {
-                    for statement in def.create() {
-                        tx.batch_execute(&statement).await.map_err(failed)?;
+                    for statement in def.create().iter().chain(&def.trigger()) {
+                        tx.batch_execute(statement).await.map_err(failed)?;
                     }
                     let row = tx.query_one(&def.is_empty_sql(), &[]).await.map_err(failed)?;
                     empty &= row.get::<_, bool>(0);

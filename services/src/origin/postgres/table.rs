@@ -31,6 +31,8 @@ struct Column {
 #[derive(Debug)]
 pub struct TableDef {
     pub collection: Arc<str>,
+    /// The table's name unquoted (validated names need no quoting).
+    pub table_name: String,
     table: String,
     key: String,
     version: String,
@@ -68,7 +70,8 @@ impl Stored {
 impl TableDef {
     pub fn new(name: &str, collection: &Collection) -> Self {
         let t = &collection.table;
-        let table = quote(if t.name.is_empty() { name } else { &t.name });
+        let table_name = if t.name.is_empty() { name } else { &t.name }.to_owned();
+        let table = quote(&table_name);
         let columns: Vec<Column> = collection
             .fields
             .iter()
@@ -85,6 +88,7 @@ impl TableDef {
         let lock = format!("{select} FOR UPDATE");
         let mut def = Self {
             collection: name.into(),
+            table_name,
             table,
             key,
             version,
@@ -367,10 +371,89 @@ impl TableDef {
         statements
     }
 
+    /// The statements that install the version trigger (idempotent: `CREATE OR
+    /// REPLACE`). It keeps the version strictly increasing whoever writes the row —
+    /// edgecache, psql, a batch job:
+    ///
+    /// * an UPDATE that does not raise the version gets the old one + 1 (edgecache's
+    ///   own writes set old + 1 and are left alone); the key never changes;
+    /// * a DELETE becomes a tombstone one version up (the row stays, its fields
+    ///   cleared), as edgecache's own deletes are; deleting a tombstone changes
+    ///   nothing;
+    /// * an INSERT over a tombstone replaces the tombstone and starts above its
+    ///   version, so a re-created id never reuses a version; any other INSERT starts
+    ///   at the version given, at least 1.
+    ///
+    /// TRUNCATE and `session_replication_role = replica` bypass row triggers.
+    pub fn trigger(&self) -> Vec<String> {
+        // Validated names are at most 63 bytes; PostgreSQL truncates longer ones.
+        let function = quote(&format!("edgecache_version_{}", self.table_name));
+        let cleared: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!(", {} = NULL", c.name))
+            .collect();
+        let body = format!(
+            "DECLARE previous bigint; \
+             BEGIN \
+             IF TG_OP = 'UPDATE' THEN \
+               IF NEW.{key} IS DISTINCT FROM OLD.{key} THEN \
+                 RAISE EXCEPTION 'edgecache: the key of a row in {table_text} never changes (delete the row and insert another)'; \
+               END IF; \
+               IF NEW.{version} IS NULL OR NEW.{version} <= OLD.{version} THEN NEW.{version} := OLD.{version} + 1; END IF; \
+               RETURN NEW; \
+             ELSIF TG_OP = 'INSERT' THEN \
+               SELECT t.{version} INTO previous FROM {table} t WHERE t.{key} = NEW.{key} AND t.{tombstone} FOR UPDATE; \
+               IF FOUND THEN \
+                 PERFORM set_config('edgecache.replacing_tombstone', 'on', true); \
+                 DELETE FROM {table} t WHERE t.{key} = NEW.{key}; \
+                 PERFORM set_config('edgecache.replacing_tombstone', '', true); \
+                 NEW.{version} := greatest(coalesce(NEW.{version}, 0), previous + 1); \
+               ELSE \
+                 NEW.{version} := greatest(coalesce(NEW.{version}, 0), 1); \
+               END IF; \
+               RETURN NEW; \
+             ELSE \
+               IF current_setting('edgecache.replacing_tombstone', true) = 'on' THEN RETURN OLD; END IF; \
+               IF NOT OLD.{tombstone} THEN \
+                 UPDATE {table} t SET {tombstone} = true, {version} = OLD.{version} + 1{cleared} WHERE t.{key} = OLD.{key}; \
+               END IF; \
+               RETURN NULL; \
+             END IF; \
+             END",
+            table = self.table,
+            table_text = self.table_name,
+            key = self.key,
+            version = self.version,
+            tombstone = self.tombstone,
+            cleared = cleared.concat(),
+        );
+        vec![
+            format!(
+                "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {}",
+                dollar_quoted(&body)
+            ),
+            format!(
+                "CREATE OR REPLACE TRIGGER edgecache_version BEFORE INSERT OR UPDATE OR DELETE ON {} \
+                 FOR EACH ROW EXECUTE FUNCTION {function}()",
+                self.table
+            ),
+        ]
+    }
+
     /// Whether the table holds no row.
     pub fn is_empty_sql(&self) -> String {
         format!("SELECT NOT EXISTS (SELECT 1 FROM {})", self.table)
     }
+}
+
+/// `body` as a dollar-quoted string literal whose tag does not occur in it.
+fn dollar_quoted(body: &str) -> String {
+    let mut tag = String::from("$edgecache$");
+    while body.contains(&tag) {
+        tag.insert(tag.len() - 1, '_');
+    }
+    format!("{tag}{body}{tag}")
 }
 
 /// The column type of a field type.
