@@ -17,6 +17,7 @@ mod exactly_once;
 mod freshness;
 mod guarantees;
 mod metrics;
+mod pg_feed;
 mod pg_versions;
 mod pg_writes;
 mod postgres;

@@ -51,5 +51,10 @@ pub async fn readyz(
         "forwarded": cluster.forwarded.load(Ordering::Relaxed),
         "forward_failures": cluster.forward_failures.load(Ordering::Relaxed),
         "flags": node.flag_status().unwrap_or_else(|| "configuration".to_owned()),
+        "change_feed": node.change_feed().map(|feed| json!({
+            "kind": feed.kind,
+            "following": feed.following,
+            "applied_lsn": feed.applied.map(|p| p.0),
+        })),
     })))
 }

@@ -35,7 +35,7 @@ pub use session::{valid_session_id, SessionCtx};
 use crate::cache::SharedCache;
 use crate::cache_status::{CacheStatus, CacheStatusHeaders};
 use crate::metrics::{Gauges, Metrics, Scrape};
-use crate::origin::{Change, ChangeSink, SharedOrigin};
+use crate::origin::{Change, ChangeSink, FeedStatus, SharedOrigin};
 use crate::plan::{CollectionPlan, Collections};
 use crate::shutdown::Shutdown;
 
@@ -186,6 +186,7 @@ impl Node {
                 live_sessions: self.sessions.len(),
                 cache_entries,
                 cache_bytes,
+                change_feed: self.origin.change_feed(),
             },
         }
     }
@@ -225,6 +226,11 @@ impl Node {
     /// The kind of origin the node reads and writes (`embedded`, `postgres`).
     pub fn origin_kind(&self) -> &'static str {
         self.origin.kind()
+    }
+
+    /// The origin's change feed, if it follows one (`/readyz`, metrics, tests).
+    pub fn change_feed(&self) -> Option<FeedStatus> {
+        self.origin.change_feed()
     }
 
     /// The signal the node's background tasks select on; start-up spawns its own
