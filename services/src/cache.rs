@@ -7,11 +7,12 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgecache_actors::{Doc, ItemKey, KeyRef, Version};
+use edgecache_actors::{Doc, ItemKey, KeyRef, Position, Version};
 use parking_lot::Mutex;
 use quick_cache::sync::EntryAction;
 use quick_cache::sync::{Cache, DefaultLifecycle, EntryResult};
@@ -36,6 +37,11 @@ pub struct CacheEntry {
     /// The origin tier the entry was read from (a write's commit: the primary). A
     /// request that waited on another's fill learns it here.
     pub tier: OriginTier,
+    /// Set once the entry is in the cache if the logical change feed had applied
+    /// nothing past `doc.position` by then ([`CacheEntry::vouch`]): every later
+    /// change to the item replaces the entry, so while it is in the cache its item
+    /// is unchanged from `doc.position` up to the feed's applied position.
+    vouched: AtomicBool,
 }
 
 impl CacheEntry {
@@ -56,6 +62,7 @@ impl CacheEntry {
             body,
             invalidated: false,
             tier,
+            vouched: AtomicBool::new(false),
         })
     }
 
@@ -71,7 +78,26 @@ impl CacheEntry {
             body: Bytes::new(),
             invalidated: true,
             tier: OriginTier::Primary,
+            vouched: AtomicBool::new(false),
         })
+    }
+
+    /// Called after the entry was offered to the cache, with the feed's applied
+    /// position read after that: if the feed had applied nothing past the entry's
+    /// position, no change it applied before the entry went in can be missing from
+    /// it, and every change it applies later replaces it (a marker left meanwhile
+    /// refuses it). An entry read from a replica behind the feed stays unvouched.
+    pub fn vouch(&self, applied: Option<Position>) {
+        if applied.is_some_and(|applied| applied <= self.doc.position) {
+            self.vouched.store(true, Ordering::Release);
+        }
+    }
+
+    /// The position up to which the change feed vouches for this entry, given the
+    /// feed's applied position read *before* the entry was looked up; `None`: it
+    /// does not.
+    pub fn vouched_through(&self, applied: Option<Position>) -> Option<Position> {
+        applied.filter(|_| !self.invalidated && self.vouched.load(Ordering::Acquire))
     }
 
     pub fn age(&self, now: Instant) -> Duration {

@@ -14,6 +14,7 @@ mod domain;
 mod durability;
 mod errors;
 mod exactly_once;
+mod feed_vouch;
 mod freshness;
 mod guarantees;
 mod metrics;

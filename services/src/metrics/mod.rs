@@ -88,6 +88,9 @@ pub struct Metrics {
     pub primary_fallbacks: Counter,
     /// Cache entries dropped by the change feed (written through another node).
     pub invalidations: Counter,
+    /// Cache hits that a session's floors alone would have sent to the origin,
+    /// served because the logical change feed vouches for the entry past them.
+    pub feed_vouched: Counter,
     /// Reads by tier and cache status, stale reads, latency and sessions, per
     /// strategy and arm.
     pub experiments: Experiments,

@@ -271,6 +271,13 @@ impl Collector for Scrape {
         )?;
         single(
             &mut e,
+            "feed_vouched_hits",
+            "Cache hits served to a session whose floors passed the entry's position, because the change feed vouches for it past them.",
+            None,
+            counter(m.feed_vouched.get()),
+        )?;
+        single(
+            &mut e,
             "refreshes",
             "Background refreshes started (stale-while-revalidate).",
             None,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
-use edgecache_actors::{ItemKey, SessionLimits, SessionRegistry, TokenKeys};
+use edgecache_actors::{ItemKey, Position, SessionLimits, SessionRegistry, TokenKeys};
 use edgecache_config::{Freshness, IdempotencySettings, Settings};
 use edgecache_flags::{FlagContext, FlagSource, Strategy};
 use secrecy::ExposeSecret;
@@ -231,6 +231,12 @@ impl Node {
     /// The origin's change feed, if it follows one (`/readyz`, metrics, tests).
     pub fn change_feed(&self) -> Option<FeedStatus> {
         self.origin.change_feed()
+    }
+
+    /// The position up to which the logical change feed has applied every change
+    /// to the cache; `None` without one.
+    pub(crate) fn feed_applied(&self) -> Option<Position> {
+        self.origin.change_feed().and_then(|feed| feed.applied)
     }
 
     /// The signal the node's background tasks select on; start-up spawns its own
