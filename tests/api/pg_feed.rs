@@ -469,3 +469,55 @@ async fn a_node_killed_and_restarted_leaves_no_replication_slot_behind() {
     assert!(gone, "no slot is left behind");
     drop(node);
 }
+
+#[actix_web::test]
+async fn the_notify_feed_still_carries_every_kind_of_edgecache_write() {
+    let pg = cluster();
+    let table = unique("ntf").replace('-', "_");
+    let channel = format!("edgecache_{table}");
+    let extra = format!(
+        "change_feed = \"notify\"\nnotify_channel = \"{channel}\"\n{}",
+        collection(&table)
+    );
+    let settings = pg.settings(&extra).await;
+    let a = spawn_with(&settings);
+    let b = spawn_with(&settings);
+    following(&[&a, &b]).await;
+    let path = format!("/v1/{table}/n");
+    // B holds the item; each kind of write through A drops B's copy.
+    let created = Client::new()
+        .put(&a, &path, json!({"title": "put", "n": 1}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let writes: [(Method, Value, &str); 4] = [
+        (Method::PUT, json!({"title": "replaced", "n": 1}), "replaced"),
+        (Method::PATCH, json!({"title": "patched"}), "patched"),
+        (Method::POST, json!({"field": "n", "by": 2}), "patched"),
+        (Method::DELETE, Value::Null, ""),
+    ];
+    for (method, body, title) in writes {
+        let before = Client::new().get(&b, &path).await;
+        assert_eq!(before.status, 200, "{}", before.body);
+        let (route, content) = match method {
+            Method::POST => (format!("{path}/increment"), "application/json"),
+            Method::PATCH => (path.clone(), "application/merge-patch+json"),
+            _ => (path.clone(), "application/json"),
+        };
+        let body = (!body.is_null()).then_some((content, body));
+        let wrote = Client::new().send(&a, method.clone(), &route, body).await;
+        assert!(wrote.status.is_success(), "{method}: {}", wrote.body);
+        let seen = eventually(Duration::from_secs(5), || async {
+            let read = Client::new().get(&b, &path).await;
+            if method == Method::DELETE {
+                read.status == 404
+            } else {
+                read.version() > before.version() && read.body["title"] == title
+            }
+        })
+        .await;
+        assert!(seen, "{method} through A reached B through NOTIFY");
+    }
+    assert!(b.node.metrics().invalidations.get() >= 4);
+    a.stop().await;
+    b.stop().await;
+}

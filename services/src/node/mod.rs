@@ -234,9 +234,14 @@ impl Node {
     }
 
     /// The position up to which the logical change feed has applied every change
-    /// to the cache; `None` without one.
+    /// to the cache; `None` without one, and while it does not follow: a feed that
+    /// reconnects clears the cache before it follows again, and an entry read in
+    /// between is not vouched for.
     pub(crate) fn feed_applied(&self) -> Option<Position> {
-        self.origin.change_feed().and_then(|feed| feed.applied)
+        self.origin
+            .change_feed()
+            .filter(|feed| feed.following)
+            .and_then(|feed| feed.applied)
     }
 
     /// The signal the node's background tasks select on; start-up spawns its own

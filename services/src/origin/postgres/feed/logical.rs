@@ -159,7 +159,9 @@ async fn session(
         .map_err(|_| FeedError::Setup("START_REPLICATION was not answered in time".into()))??;
 
     // Whatever was cached before the slot's consistent point may have changed
-    // unannounced (before the first connection, or while disconnected).
+    // unannounced (before the first connection, or while disconnected). In this
+    // order: the cache is cleared, then the position is raised, then the feed
+    // follows — the read plan trusts the position only while the feed follows.
     sink(Change::Reset);
     progress.applied_through(consistent.as_u64());
     progress.set_following(true);
