@@ -18,6 +18,7 @@ mod feed_vouch;
 mod freshness;
 mod guarantees;
 mod metrics;
+mod openapi;
 mod pg_feed;
 mod pg_versions;
 mod pg_writes;

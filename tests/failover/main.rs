@@ -152,17 +152,6 @@ async fn with_the_primary_down_writes_and_strict_reads_fail_relaxed_fields_are_s
     assert!(after.status.is_success(), "writes work again: {}", after.body);
 }
 
-/// Runs each of `statements` on the primary, one at a time.
-async fn on_primary(pg: &pg::Cluster, statements: &[&str]) {
-    let (db, connection) = tokio_postgres::connect(&pg.primary, tokio_postgres::NoTls)
-        .await
-        .expect("the primary answers");
-    actix_web::rt::spawn(connection);
-    for sql in statements {
-        db.batch_execute(sql).await.expect("the statement runs");
-    }
-}
-
 #[actix_web::test]
 async fn the_primary_killed_while_writes_wait_in_commit_no_write_answered_not_applied_is_there_after() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -182,15 +171,8 @@ async fn the_primary_killed_while_writes_wait_in_commit_no_write_answered_not_ap
     assert_eq!(created.status, 201);
 
     // A synchronous standby that never answers: every commit is written to the
-    // primary's WAL, then waits for it.
-    on_primary(
-        &pg,
-        &[
-            "ALTER SYSTEM SET synchronous_standby_names = 'edgecache_nobody'",
-            "SELECT pg_reload_conf()",
-        ],
-    )
-    .await;
+    // primary's WAL, then waits for it (until the guard drops, whatever happens).
+    let commits_wait = pg.commits_wait_for_nobody();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let items: Vec<String> = (0..8).map(|i| format!("/v1/{table}/item-{i}")).collect();
@@ -213,14 +195,7 @@ async fn the_primary_killed_while_writes_wait_in_commit_no_write_answered_not_ap
     let (puts, increments, ()) = futures_util::join!(puts, increments, kill);
 
     pg.start_primary();
-    on_primary(
-        &pg,
-        &[
-            "ALTER SYSTEM RESET synchronous_standby_names",
-            "SELECT pg_reload_conf()",
-        ],
-    )
-    .await;
+    drop(commits_wait);
     let fresh = spawn_with(&settings);
     let back = eventually(Duration::from_secs(15), || async {
         Client::new().get(&fresh, &counter).await.status == 200

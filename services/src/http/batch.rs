@@ -9,13 +9,32 @@ use super::request::{check_id, open_session, read_json, respond};
 use super::ApiError;
 use crate::Node;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BatchGet {
+pub(super) struct BatchGet {
     ids: Vec<String>,
 }
 
 /// Answers `{"items": [documents found, in request order], "missing": [ids]}`.
+#[utoipa::path(
+    post,
+    path = "/v1/{collection}/batch-get",
+    tag = "items",
+    params(
+        ("collection" = String, Path, description = "A configured collection"),
+        crate::http::openapi::SessionHeaders,
+    ),
+    request_body = BatchGet,
+    responses(
+        (status = 200, description = "The documents found and the ids missing", body = crate::http::openapi::BatchGetAnswer, headers(
+            ("X-Session-Token" = String, description = "The session's new token"),
+        )),
+        (status = 400, description = "A malformed request or session header", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "More ids than max_batch", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The origin could not answer in time", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(name = "batch_get", level = "debug", skip_all, fields(collection = %collection))]
 pub async fn batch_get(
     node: &Node,

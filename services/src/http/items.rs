@@ -40,6 +40,28 @@ fn explain(query: &str) -> Result<bool, ApiError> {
 }
 
 /// `GET /v1/{collection}/{id}[?explain=true]`
+#[utoipa::path(
+    get,
+    path = "/v1/{collection}/{id}",
+    tag = "items",
+    params(
+        ("collection" = String, Path, description = "A configured collection"),
+        ("id" = String, Path, description = "1 to max_id_bytes of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        crate::http::openapi::SessionHeaders,
+        crate::http::openapi::ExplainQuery,
+    ),
+    responses(
+        (status = 200, description = "The document, at least as new as the session's need", body = crate::http::openapi::Document, headers(
+            ("ETag" = String, description = "The document's version, as a strong ETag"),
+            ("Cache-Status" = String, description = "RFC 9211: the node's name, hit or fwd=miss|stale|bypass, and why"),
+            ("Age" = u64, description = "Seconds since the node fetched the document from the origin"),
+            ("X-Session-Token" = String, description = "The session's new token: send it with the next request"),
+        )),
+        (status = 400, description = "A malformed request or session header", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection or item", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The origin could not answer in time", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(name = "get_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id, cache_status))]
 pub async fn get_item(
     node: &Node,
@@ -99,6 +121,33 @@ pub fn read_response(node: &Node, id: &str, outcome: ReadOutcome) -> Result<Http
 }
 
 /// `PUT /v1/{collection}/{id}`: creates (201) or replaces (200) the document.
+#[utoipa::path(
+    put,
+    path = "/v1/{collection}/{id}",
+    tag = "items",
+    params(
+        ("collection" = String, Path, description = "A configured collection"),
+        ("id" = String, Path, description = "1 to max_id_bytes of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        crate::http::openapi::SessionHeaders,
+        crate::http::openapi::WriteHeaders,
+    ),
+    request_body(content = crate::http::openapi::Document, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The document was replaced", body = crate::http::openapi::Document, headers(
+            ("ETag" = String, description = "The new version"),
+            ("X-Session-Token" = String, description = "The session's new token: send it with the next request"),
+            ("Idempotent-Replayed" = bool, description = "true when this answers a recorded write"),
+        )),
+        (status = 201, description = "The document was created", body = crate::http::openapi::Document),
+        (status = 400, description = "A malformed request or session header", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection (or item, for PATCH/DELETE/increment)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not a JSON content type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The body breaks the data model, or the Idempotency-Key was used for another request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not applied (origin-unavailable, session-busy, idempotency-store-full) or outcome unknown (write-outcome-unknown): see the problem type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(name = "put_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn put_item(
     node: &Node,
@@ -122,6 +171,32 @@ pub async fn put_item(
 }
 
 /// `PATCH /v1/{collection}/{id}`: applies a JSON merge patch (RFC 7396).
+#[utoipa::path(
+    patch,
+    path = "/v1/{collection}/{id}",
+    tag = "items",
+    params(
+        ("collection" = String, Path, description = "A configured collection"),
+        ("id" = String, Path, description = "1 to max_id_bytes of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        crate::http::openapi::SessionHeaders,
+        crate::http::openapi::WriteHeaders,
+    ),
+    request_body(content = crate::http::openapi::Document, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "The patched document", body = crate::http::openapi::Document, headers(
+            ("ETag" = String, description = "The new version"),
+            ("X-Session-Token" = String, description = "The session's new token: send it with the next request"),
+            ("Idempotent-Replayed" = bool, description = "true when this answers a recorded write"),
+        )),
+        (status = 400, description = "A malformed request or session header", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection (or item, for PATCH/DELETE/increment)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not a JSON content type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The body breaks the data model, or the Idempotency-Key was used for another request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not applied (origin-unavailable, session-busy, idempotency-store-full) or outcome unknown (write-outcome-unknown): see the problem type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(name = "patch_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn patch_item(
     node: &Node,
@@ -140,6 +215,27 @@ pub async fn patch_item(
 }
 
 /// `DELETE /v1/{collection}/{id}`: 204, or 404 if there is no such item.
+#[utoipa::path(
+    delete,
+    path = "/v1/{collection}/{id}",
+    tag = "items",
+    params(
+        ("collection" = String, Path, description = "A configured collection"),
+        ("id" = String, Path, description = "1 to max_id_bytes of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        crate::http::openapi::SessionHeaders,
+        crate::http::openapi::WriteHeaders,
+    ),
+    responses(
+        (status = 204, description = "Deleted", headers(
+            ("X-Session-Token" = String, description = "The session's new token"),
+        )),
+        (status = 400, description = "A malformed request or session header", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection (or item, for PATCH/DELETE/increment)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The body breaks the data model, or the Idempotency-Key was used for another request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not applied (origin-unavailable, session-busy, idempotency-store-full) or outcome unknown (write-outcome-unknown): see the problem type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(name = "delete_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn delete_item(
     node: &Node,
