@@ -26,7 +26,7 @@ pub async fn healthz() -> HttpResponse {
     path = "/readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "Ready: the origin's position, live sessions, peers, flag source", body = Object),
+        (status = 200, description = "Ready: the origin's position, live sessions, peers, flag source, the change feed (kind, following, applied LSN)", body = Object),
         (status = 503, description = "The origin did not answer the last readiness check", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
