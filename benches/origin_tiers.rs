@@ -34,7 +34,7 @@ kind = "postgres"
 primary = {:?}
 replicas = [{:?}]
 health_interval = "50ms"
-change_feed = false
+change_feed = "off"
 [session]
 idle_lease = "1h"
 [collections.bench_tiers]

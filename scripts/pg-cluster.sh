@@ -221,8 +221,11 @@ listen_addresses = '127.0.0.1'
 port = $p1
 unix_socket_directories = '$base'
 max_connections = 200
-wal_level = replica
-max_wal_senders = 10
+# Logical: every node follows a pgoutput stream on a temporary slot of its own
+# (the change feed); a test suite runs dozens of nodes at once.
+wal_level = logical
+max_wal_senders = 100
+max_replication_slots = 100
 hot_standby = on
 fsync = on
 synchronous_commit = on

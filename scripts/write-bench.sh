@@ -34,7 +34,9 @@
 # (10000) WB_MODES ("patch put incr") WB_POOL (the node's origin.pool_size; default:
 # the configuration's) WB_NODE_BIN (the edgecache binary that serves, e.g. an older
 # build for a before/after; default target/release/edgecache, which always runs the
-# load) WB_SKIP_BUILD=1 (use the built binary) WB_OUT (target/write-bench) WB_PROFILE=1
+# load) WB_FEED (the node's origin.change_feed: logical, the default, adds nothing to
+# the write's statement; notify puts pg_notify in it, as before issue 17)
+# WB_SKIP_BUILD=1 (use the built binary) WB_OUT (target/write-bench) WB_PROFILE=1
 # (then a profile of the node, below).
 #
 # Output: the table on stdout and in $WB_OUT/report.md, the statements captured from
@@ -127,6 +129,7 @@ cat >"$WORK/node.toml" <<EOF
 kind = "postgres"
 primary = "$EDGECACHE_TEST_PG_PRIMARY"
 replicas = ["$EDGECACHE_TEST_PG_REPLICA"]
+change_feed = "${WB_FEED:-logical}"
 ${WB_POOL:+pool_size = $WB_POOL}
 
 [session]

@@ -30,6 +30,14 @@ impl Need {
         doc.version >= self.version && doc.position >= self.position
     }
 
+    /// Whether a cached `doc` that the change feed vouches for satisfies this need:
+    /// every change committed up to `through` has reached the cache, and the entry
+    /// is still there, so its item is unchanged from `doc.position` up to `through`
+    /// — it reflects any position in between as well as `doc.position` does.
+    pub fn admits_through(&self, doc: &Doc, through: Position) -> bool {
+        doc.version >= self.version && doc.position.max(through) >= self.position
+    }
+
     pub fn is_none(&self) -> bool {
         *self == Need::default()
     }
@@ -319,6 +327,25 @@ mod tests {
             position: Position(position),
             fields: None,
         }
+    }
+
+    #[test]
+    fn a_vouched_entry_satisfies_floors_up_to_the_position_it_is_vouched_through() {
+        let need = Need {
+            version: Version(2),
+            position: Position(100),
+            origin_position: Position(0),
+        };
+        assert!(!need.admits(&doc(2, 60)), "below the floor on its own");
+        assert!(need.admits_through(&doc(2, 60), Position(100)));
+        assert!(
+            !need.admits_through(&doc(2, 60), Position(99)),
+            "the feed lags the floor"
+        );
+        assert!(
+            !need.admits_through(&doc(1, 60), Position(1000)),
+            "never an older version than the session's own marks"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod validate;
 pub use load::{effective_toml, load, ConfigError, Sources, BASE};
 pub use schema::{Collection, Field, FieldType, Freshness, Reason, Table, Unrepresentable, MAX_JSON_DEPTH};
 pub use settings::{
-    AdminSettings, ApiSettings, CacheSettings, ClusterSecret, ClusterSettings, FlagSettings,
+    AdminSettings, ApiSettings, CacheSettings, ChangeFeed, ClusterSecret, ClusterSettings, FlagSettings,
     IdempotencySettings, NodeSettings, OriginSettings, PostgresSettings, ServerSettings, SessionSettings,
     Settings, TokenKey,
 };

@@ -128,22 +128,49 @@ pub struct PostgresSettings {
     /// How often each replica's replay position and lag are sampled.
     #[serde(default = "default_health_interval", with = "humantime_serde")]
     pub health_interval: Duration,
-    /// The LISTEN/NOTIFY channel of the change feed between edge nodes.
+    /// How this node learns of changes committed by any writer (another node,
+    /// psql, a batch job): `logical` (the default) follows the primary's logical
+    /// replication stream; `notify` is the earlier LISTEN/NOTIFY feed, in which only
+    /// edgecache's own writes notify (and pay for it at commit), kept so the
+    /// benchmark can compare the two; `off` follows nothing: other writers' changes
+    /// then show when entries expire. All nodes of a deployment use the same one.
+    #[serde(default)]
+    pub change_feed: ChangeFeed,
+    /// The publication `edgecache migrate` creates for the logical feed (every
+    /// collection's table is added to it).
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// The LISTEN/NOTIFY channel of the `notify` feed.
     #[serde(default = "default_channel")]
     pub notify_channel: String,
-    /// Whether this node follows the change feed (a node that cannot reach the
-    /// primary's notifications sets false: other nodes' writes then show when its
-    /// entries expire). Writes always notify.
-    #[serde(default = "default_true")]
-    pub change_feed: bool,
+}
+
+/// The change feed a node follows (`origin.change_feed`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeFeed {
+    /// Logical replication (pgoutput) from the primary, on a temporary slot per
+    /// node: every writer's changes, no cost inside the writing transaction.
+    #[default]
+    Logical,
+    /// LISTEN/NOTIFY: edgecache's writes notify inside their transactions.
+    Notify,
+    /// No feed: entries live out their freshness class.
+    Off,
+}
+
+impl ChangeFeed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeFeed::Logical => "logical",
+            ChangeFeed::Notify => "notify",
+            ChangeFeed::Off => "off",
+        }
+    }
 }
 
 fn default_max_pending_bytes() -> u64 {
     64 * 1024 * 1024
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_pool_size() -> usize {
@@ -164,6 +191,10 @@ fn default_replica_max_lag() -> Duration {
 
 fn default_health_interval() -> Duration {
     Duration::from_millis(100)
+}
+
+fn default_publication() -> String {
+    "edgecache".to_owned()
 }
 
 fn default_channel() -> String {

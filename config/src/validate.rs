@@ -213,6 +213,7 @@ fn origin(o: &OriginSettings) -> Check {
             at_most("origin.replica_wait", pg.replica_wait, Duration::from_secs(30))?;
             positive("origin.replica_max_lag", pg.replica_max_lag)?;
             positive("origin.health_interval", pg.health_interval)?;
+            name("origin.publication", &pg.publication, &SQL_NAME)?;
             name("origin.notify_channel", &pg.notify_channel, &SQL_NAME)
         }
     }

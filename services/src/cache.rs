@@ -7,11 +7,12 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgecache_actors::{Doc, ItemKey, KeyRef, Version};
+use edgecache_actors::{Doc, ItemKey, KeyRef, Position, Version};
 use parking_lot::Mutex;
 use quick_cache::sync::EntryAction;
 use quick_cache::sync::{Cache, DefaultLifecycle, EntryResult};
@@ -40,6 +41,11 @@ pub struct CacheEntry {
     /// Marked stale by a soft purge: served as past its TTL (within
     /// stale-while-revalidate, while one refresh runs), whatever its age.
     pub soft_purged: bool,
+    /// Set once the entry is in the cache if the logical change feed had applied
+    /// nothing past `doc.position` by then ([`CacheEntry::vouch`]): every later
+    /// change to the item replaces the entry, so while it is in the cache its item
+    /// is unchanged from `doc.position` up to the feed's applied position.
+    vouched: AtomicBool,
 }
 
 impl CacheEntry {
@@ -61,6 +67,7 @@ impl CacheEntry {
             invalidated: false,
             tier,
             soft_purged: false,
+            vouched: AtomicBool::new(false),
         })
     }
 
@@ -73,6 +80,8 @@ impl CacheEntry {
             invalidated: false,
             tier: self.tier,
             soft_purged: true,
+            // Never vouched for: a purge only ever makes a node more conservative.
+            vouched: AtomicBool::new(false),
         })
     }
 
@@ -89,7 +98,26 @@ impl CacheEntry {
             invalidated: true,
             tier: OriginTier::Primary,
             soft_purged: false,
+            vouched: AtomicBool::new(false),
         })
+    }
+
+    /// Called after the entry was offered to the cache, with the feed's applied
+    /// position read after that: if the feed had applied nothing past the entry's
+    /// position, no change it applied before the entry went in can be missing from
+    /// it, and every change it applies later replaces it (a marker left meanwhile
+    /// refuses it). An entry read from a replica behind the feed stays unvouched.
+    pub fn vouch(&self, applied: Option<Position>) {
+        if applied.is_some_and(|applied| applied <= self.doc.position) {
+            self.vouched.store(true, Ordering::Release);
+        }
+    }
+
+    /// The position up to which the change feed vouches for this entry, given the
+    /// feed's applied position read *before* the entry was looked up; `None`: it
+    /// does not.
+    pub fn vouched_through(&self, applied: Option<Position>) -> Option<Position> {
+        applied.filter(|_| !self.invalidated && self.vouched.load(Ordering::Acquire))
     }
 
     pub fn age(&self, now: Instant) -> Duration {

@@ -41,6 +41,7 @@ pub mod busy;
 pub mod client;
 pub mod flood;
 pub mod history;
+pub mod invalidation;
 pub mod outage;
 pub mod postgres;
 pub mod session;
@@ -210,6 +211,8 @@ pub struct LoadgenArgs {
     pub settle: f64,
     #[command(flatten)]
     pub writes: writes::WriteBenchArgs,
+    #[command(flatten)]
+    pub probe: invalidation::InvalidationArgs,
 }
 
 /// Runs the workload and writes the history. Fails only when the run cannot start:
@@ -218,6 +221,9 @@ pub struct LoadgenArgs {
 pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     if let Some(mode) = args.writes.write_bench {
         return writes::run(&args, mode);
+    }
+    if let Some(changes) = args.probe.invalidation_probe {
+        return invalidation::run(&args, changes);
     }
     if args.sessions == 0
         || args.keys == 0

@@ -140,7 +140,7 @@ async fn reads_coalesced_on_a_replica_fill_read_strict_fields_from_the_primary_a
     let table = unique("coalesce").replace('-', "_");
     let mut settings = pg.settings(&pg::shop(&table)).await;
     if let edgecache_config::OriginSettings::Postgres(p) = &mut settings.origin {
-        p.change_feed = false;
+        p.change_feed = edgecache_config::ChangeFeed::Off;
     }
     let a = spawn_with(&settings);
     let (replica, connection) = tokio_postgres::connect(&pg.replica, tokio_postgres::NoTls)

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::helpers::{eventually, sessions_in_arm, spawn_with, unique, Client};
 use crate::pg::{cluster, collection, shop};
+use crate::pg_feed::following;
 
 #[actix_web::test]
 async fn under_real_replica_lag_a_session_never_reads_older_than_its_own_write() {
@@ -19,7 +20,7 @@ async fn under_real_replica_lag_a_session_never_reads_older_than_its_own_write()
     // Without the change feed, which would otherwise protect every session: this
     // test is about what the session's token alone guarantees.
     if let edgecache_config::OriginSettings::Postgres(pg) = &mut settings.origin {
-        pg.change_feed = false;
+        pg.change_feed = edgecache_config::ChangeFeed::Off;
     }
     let a = spawn_with(&settings);
     let b = spawn_with(&settings);
@@ -131,6 +132,7 @@ async fn a_write_through_one_node_drops_the_item_from_the_other_nodes_cache() {
     let settings = pg.settings(&collection("feed")).await;
     let a = spawn_with(&settings);
     let b = spawn_with(&settings);
+    following(&[&a, &b]).await;
     let f1 = format!("/v1/feed/{}", unique("f1"));
     Client::new().put(&a, &f1, json!({"title": "before"})).await;
     let cached = eventually(Duration::from_secs(5), || async {
@@ -204,18 +206,34 @@ async fn increments_and_conditional_writes_are_single_atomic_statements_on_the_p
 #[actix_web::test]
 async fn a_stopped_node_ends_its_background_tasks_and_closes_its_change_feed() {
     let pg = cluster();
+    // The LISTEN feed: its connection, as the primary sees it.
     let channel = format!("edgecache_stop_{}", unique("c").replace('-', "_"));
-    let extra = format!("notify_channel = \"{channel}\"\n{}", collection("stops"));
-    let settings = pg.settings(&extra).await;
+    let listening = format!("SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"{channel}\"'");
+    let extra = format!(
+        "change_feed = \"notify\"\nnotify_channel = \"{channel}\"\n{}",
+        collection("stops")
+    );
+    stops_and_closes(&pg, &extra, &listening).await;
+    // The logical feed: its temporary slot.
+    let node = unique("stop").replace('-', "_");
+    let slots = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'edgecache_{node}_%' AND active"
+    );
+    let extra = format!("[node]\nid = \"{node}\"\n{}", collection("stops"));
+    stops_and_closes(&pg, &extra, &slots).await;
+}
+
+/// A node over `extra` whose feed `feed_sql` counts (1) ends every background task
+/// on stop, and its feed's connection with them (0).
+async fn stops_and_closes(pg: &crate::pg::Cluster, extra: &str, feed_sql: &str) {
+    let settings = pg.settings(extra).await;
     let app = spawn_with(&settings);
     let node = app.node.clone();
-    // The feed's connection, as the primary sees it.
-    let listening = format!("SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"{channel}\"'");
-    let followed = eventually(Duration::from_secs(5), || async {
-        pg.psql(&pg.primary, &[&listening]) == "1"
+    let followed = eventually(Duration::from_secs(10), || async {
+        pg.psql(&pg.primary, &[feed_sql]) == "1"
     })
     .await;
-    assert!(followed, "the change feed listens on {channel}");
+    assert!(followed, "the change feed follows: {feed_sql}");
     let mut running = node.shutdown().running();
     running.sort_unstable();
     assert_eq!(
@@ -235,9 +253,9 @@ async fn a_stopped_node_ends_its_background_tasks_and_closes_its_change_feed() {
         Vec::<&str>::new(),
         "tasks still running after stop"
     );
-    let closed = eventually(Duration::from_secs(2), || async {
-        pg.psql(&pg.primary, &[&listening]) == "0"
+    let closed = eventually(Duration::from_secs(5), || async {
+        pg.psql(&pg.primary, &[feed_sql]) == "0"
     })
     .await;
-    assert!(closed, "the primary still lists the change feed's connection");
+    assert!(closed, "the primary still lists the change feed: {feed_sql}");
 }

@@ -206,7 +206,7 @@ fn run(
                  [collections.profiles]\nfreshness = {{ class = \"bounded\", max_staleness = \"{BOUND}s\" }}\n\
                  [cluster.peers]\n{peers}\n{flags}\n",
                 port = ports[i],
-                feed = through_nginx
+                feed = if through_nginx { "\"logical\"" } else { "\"off\"" }
             );
             let path = dir.join(format!("{name}-n{i}.toml"));
             std::fs::write(&path, config).unwrap();

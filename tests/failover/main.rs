@@ -25,7 +25,7 @@ async fn reads_go_on_from_the_primary_while_the_replica_is_down_and_use_it_again
     let mut settings = pg.settings(&pg::collection("replica_down")).await;
     if let edgecache_config::OriginSettings::Postgres(pg) = &mut settings.origin {
         // Nothing but the replica's state decides where B reads.
-        pg.change_feed = false;
+        pg.change_feed = edgecache_config::ChangeFeed::Off;
     }
     let a = spawn_with(&settings);
     let b = spawn_with(&settings);
@@ -259,7 +259,7 @@ async fn a_replica_further_behind_than_a_bounded_class_is_passed_over_and_its_an
         pg.replica_max_lag = Duration::from_secs(5);
         // Nothing but the classes bound what the readers serve (a node whose LISTEN
         // connection is down is in this state).
-        pg.change_feed = false;
+        pg.change_feed = edgecache_config::ChangeFeed::Off;
     }
     let writer = spawn_with(&settings);
     // Two readers that never read the item before the test reads it once through each;

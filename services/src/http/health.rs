@@ -26,7 +26,7 @@ pub async fn healthz() -> HttpResponse {
     path = "/readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "Ready: the origin's position, live sessions, peers, flag source", body = Object),
+        (status = 200, description = "Ready: the origin's position, live sessions, peers, flag source, the change feed (kind, following, applied LSN)", body = Object),
         (status = 503, description = "The origin did not answer the last readiness check", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -62,5 +62,10 @@ pub async fn readyz(
         "forwarded": cluster.forwarded.load(Ordering::Relaxed),
         "forward_failures": cluster.forward_failures.load(Ordering::Relaxed),
         "flags": node.flag_status().unwrap_or_else(|| "configuration".to_owned()),
+        "change_feed": node.change_feed().map(|feed| json!({
+            "kind": feed.kind,
+            "following": feed.following,
+            "applied_lsn": feed.applied.map(|p| p.0),
+        })),
     })))
 }

@@ -103,6 +103,9 @@ pub struct Metrics {
     pub purge_dropped: Counter,
     /// Cache entries a soft purge marked stale.
     pub purge_marked: Counter,
+    /// Cache hits that a session's floors alone would have sent to the origin,
+    /// served because the logical change feed vouches for the entry past them.
+    pub feed_vouched: Counter,
     /// Reads by tier and cache status, stale reads, latency and sessions, per
     /// strategy and arm.
     pub experiments: Experiments,

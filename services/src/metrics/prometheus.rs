@@ -17,12 +17,15 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::{HttpCounts, LatencyCounts, Metrics, HTTP_BOUNDS, STATUSES};
+use crate::origin::FeedStatus;
 use crate::{CacheStatus, Tier};
 
 /// What a scrape reports besides the counters: the node's gauges, read when the
 /// scrape starts.
 #[derive(Debug, Clone, Copy)]
 pub struct Gauges {
+    /// The origin's change feed, if it follows one.
+    pub change_feed: Option<FeedStatus>,
     /// Session actors live on the node.
     pub live_sessions: usize,
     /// Items in the node's cache.
@@ -306,6 +309,13 @@ impl Collector for Scrape {
         )?;
         single(
             &mut e,
+            "feed_vouched_hits",
+            "Cache hits served to a session whose floors passed the entry's position, because the change feed vouches for it past them.",
+            None,
+            counter(m.feed_vouched.get()),
+        )?;
+        single(
+            &mut e,
             "refreshes",
             "Background refreshes started (stale-while-revalidate).",
             None,
@@ -363,6 +373,24 @@ impl Collector for Scrape {
             Some(&Unit::Bytes),
             ConstGauge::new(self.gauges.cache_bytes as i64),
         )?;
+        if let Some(feed) = self.gauges.change_feed {
+            single(
+                &mut e,
+                "change_feed_following",
+                "1 while the change feed is connected and following.",
+                None,
+                ConstGauge::new(i64::from(feed.following)),
+            )?;
+            if let Some(applied) = feed.applied {
+                single(
+                    &mut e,
+                    "change_feed_applied_lsn",
+                    "The primary's WAL position up to which every change has been applied to the cache (logical feed).",
+                    None,
+                    ConstGauge::new(applied.0.min(i64::MAX as u64) as i64),
+                )?;
+            }
+        }
 
         family(
             &mut e,

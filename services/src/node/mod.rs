@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
-use edgecache_actors::{ItemKey, SessionLimits, SessionRegistry, TokenKeys};
+use edgecache_actors::{ItemKey, Position, SessionLimits, SessionRegistry, TokenKeys};
 use edgecache_config::{Freshness, IdempotencySettings, Settings};
 use edgecache_flags::{FlagContext, FlagSource, Strategy};
 use secrecy::ExposeSecret;
@@ -37,7 +37,7 @@ pub use session::{valid_session_id, SessionCtx};
 use crate::cache::SharedCache;
 use crate::cache_status::{CacheStatus, CacheStatusHeaders};
 use crate::metrics::{Gauges, Metrics, Scrape};
-use crate::origin::{Change, ChangeSink, SharedOrigin};
+use crate::origin::{Change, ChangeSink, FeedStatus, SharedOrigin};
 use crate::plan::{CollectionPlan, Collections};
 use crate::shutdown::Shutdown;
 use crate::tags::TagIndex;
@@ -203,6 +203,7 @@ impl Node {
                 live_sessions: self.sessions.len(),
                 cache_entries,
                 cache_bytes,
+                change_feed: self.origin.change_feed(),
             },
         }
     }
@@ -247,6 +248,22 @@ impl Node {
     /// The kind of origin the node reads and writes (`embedded`, `postgres`).
     pub fn origin_kind(&self) -> &'static str {
         self.origin.kind()
+    }
+
+    /// The origin's change feed, if it follows one (`/readyz`, metrics, tests).
+    pub fn change_feed(&self) -> Option<FeedStatus> {
+        self.origin.change_feed()
+    }
+
+    /// The position up to which the logical change feed has applied every change
+    /// to the cache; `None` without one, and while it does not follow: a feed that
+    /// reconnects clears the cache before it follows again, and an entry read in
+    /// between is not vouched for.
+    pub(crate) fn feed_applied(&self) -> Option<Position> {
+        self.origin
+            .change_feed()
+            .filter(|feed| feed.following)
+            .and_then(|feed| feed.applied)
     }
 
     /// The signal the node's background tasks select on; start-up spawns its own

@@ -96,6 +96,9 @@ impl Node {
         let now = Instant::now();
 
         let need = session.state().need(key.hash, ryw, monotonic);
+        // Read before the cache: every change committed up to it has reached the
+        // cache by now, so an entry the feed vouches for is current through it.
+        let applied = self.feed_applied();
         let cached = self.cache.get(key);
         let mut base = None;
         let mut fallback = None;
@@ -106,7 +109,18 @@ impl Node {
             other => (other, None),
         };
         if let Some(entry) = &cached {
-            if need.admits(&entry.doc) {
+            // A session whose floors passed the entry's position may still be served
+            // it when the feed vouches for it up to a position past them (compacted
+            // tokens hold floors; the entry is not older than what they stand for).
+            let own = need.admits(&entry.doc);
+            let vouched = !own
+                && entry
+                    .vouched_through(applied)
+                    .is_some_and(|through| need.admits_through(&entry.doc, through));
+            if vouched {
+                self.metrics.feed_vouched.inc();
+            }
+            if own || vouched {
                 // A cached absence (negative caching) is judged by the collection's
                 // class alone: no field of it is served. A soft-purged entry is judged
                 // as past its TTL, whatever its age.
@@ -359,6 +373,9 @@ impl Node {
                 |entry: &CacheEntry| loaded_here.get() || entry.age(Instant::now()) <= max_staleness.fresh;
             match fill {
                 Fill::Loaded(entry) if !entry.invalidated && need.admits(&entry.doc) && fresh(&entry) => {
+                    if loaded_here.get() {
+                        entry.vouch(self.feed_applied());
+                    }
                     let tier = entry.tier;
                     return Ok((entry, tier));
                 }
@@ -373,6 +390,7 @@ impl Node {
             load(TierPolicy::Primary).await?
         };
         self.cache.offer(item, entry.clone());
+        entry.vouch(self.feed_applied());
         let tier = entry.tier;
         Ok((entry, tier))
     }

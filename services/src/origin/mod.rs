@@ -149,6 +149,18 @@ pub enum Change {
     Purge(PurgeMessage),
 }
 
+/// What a node's change feed has done (metrics, `/readyz`).
+#[derive(Debug, Clone, Copy)]
+pub struct FeedStatus {
+    /// `logical` or `notify`.
+    pub kind: &'static str,
+    /// Connected and following now.
+    pub following: bool,
+    /// The primary's position up to which every committed change has been applied
+    /// to the node's cache (the logical feed; `None` before the first).
+    pub applied: Option<Position>,
+}
+
 /// Receives the change feed.
 pub type ChangeSink = Arc<dyn Fn(Change) + Send + Sync>;
 
@@ -196,6 +208,11 @@ pub trait Origin: Send + Sync + 'static {
     /// show when cache entries expire.
     fn start(&self, sink: ChangeSink, shutdown: &Shutdown) {
         let _ = (sink, shutdown);
+    }
+
+    /// The change feed's state; `None` when the origin follows none.
+    fn change_feed(&self) -> Option<FeedStatus> {
+        None
     }
 }
 

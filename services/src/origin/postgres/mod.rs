@@ -28,21 +28,23 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use edgecache_actors::{Doc, ItemKey, Position, Version};
-use edgecache_config::{PostgresSettings, Settings};
+use edgecache_config::{ChangeFeed, PostgresSettings, Settings};
 use futures_util::future::BoxFuture;
+use postgres_protocol::escape::escape_identifier;
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{Config, NoTls};
 
+use self::feed::FeedProgress;
 use self::replicas::{Replica, Replicas};
 use self::table::{Stored, TableDef};
 use crate::shutdown::Shutdown;
 
 use super::{
-    ChangeSink, Committed, IdempotencySweep, Origin, OriginError, OriginRead, OriginTier, ReadRequest,
-    ReplicaWait, TierPolicy, WriteError, WriteOp, WriteOpKind,
+    ChangeSink, Committed, FeedStatus, IdempotencySweep, Origin, OriginError, OriginRead, OriginTier,
+    ReadRequest, ReplicaWait, TierPolicy, WriteError, WriteOp, WriteOpKind,
 };
 
 /// The advisory lock that serialises migrations ("edgecach" in ASCII).
@@ -58,7 +60,12 @@ struct Inner {
     tables: HashMap<Arc<str>, TableDef>,
     replica_wait: Duration,
     channel: String,
-    follow_changes: bool,
+    change_feed: ChangeFeed,
+    publication: String,
+    /// The slot names of this node's logical feed start with it.
+    slot_prefix: String,
+    connect_timeout: Duration,
+    feed: Arc<FeedProgress>,
     /// How often the replica sampler looks, and the lag past which a replica leaves
     /// the rotation.
     health_interval: Duration,
@@ -170,7 +177,7 @@ impl PostgresOrigin {
             .collections
             .iter()
             .map(|(name, collection)| {
-                let def = TableDef::new(name, collection);
+                let def = TableDef::new(name, collection, pg.change_feed == ChangeFeed::Notify);
                 (def.collection.clone(), def)
             })
             .collect();
@@ -182,7 +189,11 @@ impl PostgresOrigin {
                 tables,
                 replica_wait: pg.replica_wait,
                 channel: pg.notify_channel.clone(),
-                follow_changes: pg.change_feed,
+                change_feed: pg.change_feed,
+                publication: pg.publication.clone(),
+                slot_prefix: feed::logical::slot_prefix(&settings.node.id),
+                connect_timeout: pg.connect_timeout,
+                feed: Arc::new(FeedProgress::default()),
                 health_interval: pg.health_interval,
                 replica_max_lag: pg.replica_max_lag,
             }),
@@ -190,8 +201,11 @@ impl PostgresOrigin {
         })
     }
 
-    /// Creates the tables of the configured collections (adding missing columns),
-    /// and writes the seed documents if every table is empty. Returns whether it
+    /// Creates the tables of the configured collections (adding missing columns)
+    /// with the trigger that versions every writer's rows ([`TableDef::trigger`]),
+    /// and the publication of those tables that the logical change feed follows
+    /// (created if missing; tables are only ever added to it, as several
+    /// deployments may share one), and writes the seed documents if every table is empty. Returns whether it
     /// seeded.
     pub async fn migrate(&self, settings: &Settings) -> Result<bool, OriginError> {
         let inner = self.inner.clone();
@@ -211,11 +225,41 @@ impl PostgresOrigin {
                 }
                 let mut empty = true;
                 for def in inner.tables.values() {
-                    for statement in def.create() {
-                        tx.batch_execute(&statement).await.map_err(failed)?;
+                    for statement in def.create().iter().chain(&def.trigger()) {
+                        tx.batch_execute(statement).await.map_err(failed)?;
                     }
                     let row = tx.query_one(&def.is_empty_sql(), &[]).await.map_err(failed)?;
                     empty &= row.get::<_, bool>(0);
+                }
+                let publication = escape_identifier(&inner.publication);
+                let exists = tx
+                    .query_opt(
+                        "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                        &[&inner.publication],
+                    )
+                    .await
+                    .map_err(failed)?;
+                if exists.is_none() {
+                    tx.batch_execute(&format!("CREATE PUBLICATION {publication}"))
+                        .await
+                        .map_err(failed)?;
+                }
+                for def in inner.tables.values() {
+                    let published = tx
+                        .query_opt(
+                            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND tablename = $2 \
+                             AND schemaname = current_schema()",
+                            &[&inner.publication, &def.table_name],
+                        )
+                        .await
+                        .map_err(failed)?;
+                    if published.is_none() {
+                        let add = format!(
+                            "ALTER PUBLICATION {publication} ADD TABLE {}",
+                            escape_identifier(&def.table_name)
+                        );
+                        tx.batch_execute(&add).await.map_err(failed)?;
+                    }
                 }
                 tx.commit().await.map_err(failed)?;
                 Ok::<_, OriginError>(empty)
@@ -509,14 +553,24 @@ impl Origin for PostgresOrigin {
         "postgres"
     }
 
-    /// `SELECT pg_notify(<notify_channel>, <message>)` on the primary: every node
-    /// following the channel receives it, also nodes outside this one's cluster.
+    /// Publishes `message` on the change feed through the primary, so that every node
+    /// following it receives it, also nodes outside this one's cluster: a logical
+    /// decoding message with prefix `edgecache` (the `logical` feed), or a NOTIFY on
+    /// the channel (the `notify` feed). `false`: no feed to publish on.
     fn publish(&self, message: String) -> BoxFuture<'static, Result<bool, OriginError>> {
         let inner = self.inner.clone();
         let run = self.run(async move {
+            let (sql, channel_or_prefix) = match inner.change_feed {
+                ChangeFeed::Logical => (
+                    "SELECT pg_logical_emit_message(false, $1::text, $2::text)::text",
+                    feed::message::PREFIX,
+                ),
+                ChangeFeed::Notify => ("SELECT pg_notify($1, $2)::text", inner.channel.as_str()),
+                ChangeFeed::Off => return Ok(false),
+            };
             let client = inner.primary.get().await.map_err(pool_error)?;
             client
-                .execute("SELECT pg_notify($1, $2)", &[&inner.channel, &message])
+                .execute(sql, &[&channel_or_prefix, &message])
                 .await
                 .map_err(|e| pg_error("publishing on the change feed", e))?;
             Ok(true)
@@ -535,10 +589,42 @@ impl Origin for PostgresOrigin {
             );
             shutdown.spawn_on(self.runtime.handle(), "replica sampler", sampler);
         }
-        if inner.follow_changes {
-            let follow = feed::follow(inner.primary_config.clone(), inner.channel.clone(), sink);
-            shutdown.spawn_on(self.runtime.handle(), "change feed", follow);
+        match inner.change_feed {
+            ChangeFeed::Logical => {
+                let stream = feed::logical::Stream {
+                    primary: inner.primary_config.clone(),
+                    publication: inner.publication.clone(),
+                    slot_prefix: inner.slot_prefix.clone(),
+                    watched: inner
+                        .tables
+                        .values()
+                        .map(|def| (def.table_name.clone(), def.watched.clone()))
+                        .collect(),
+                    connect_timeout: inner.connect_timeout,
+                };
+                let follow = feed::logical::follow(stream, sink, inner.feed.clone());
+                shutdown.spawn_on(self.runtime.handle(), "change feed", follow);
+            }
+            ChangeFeed::Notify => {
+                let follow = feed::notify::follow(
+                    inner.primary_config.clone(),
+                    inner.channel.clone(),
+                    sink,
+                    inner.feed.clone(),
+                );
+                shutdown.spawn_on(self.runtime.handle(), "change feed", follow);
+            }
+            ChangeFeed::Off => {}
         }
+    }
+
+    fn change_feed(&self) -> Option<FeedStatus> {
+        let inner = &self.inner;
+        (inner.change_feed != ChangeFeed::Off).then(|| FeedStatus {
+            kind: inner.change_feed.as_str(),
+            following: inner.feed.following(),
+            applied: inner.feed.applied(),
+        })
     }
 }
 

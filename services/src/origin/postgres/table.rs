@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use super::feed::pgoutput::Watched;
 use super::jsonb::Jsonb;
 use crate::origin::OriginError;
 
@@ -31,11 +32,19 @@ struct Column {
 #[derive(Debug)]
 pub struct TableDef {
     pub collection: Arc<str>,
+    /// The table's name unquoted (validated names need no quoting).
+    pub table_name: String,
+    /// How the logical change feed recognises the table's rows.
+    pub watched: Watched,
     table: String,
     key: String,
     version: String,
     tombstone: String,
     columns: Vec<Column>,
+    /// Whether writes notify the LISTEN/NOTIFY feed (`origin.change_feed = "notify"`):
+    /// their statements then end with `pg_notify`, whose two parameters (channel,
+    /// collection) come after all others ([`TableDef::notify_params`]).
+    notify: bool,
     /// `SELECT version, tombstone, columns… FROM table WHERE key = $1`
     pub select: String,
     /// The same with `FOR UPDATE`.
@@ -66,9 +75,10 @@ impl Stored {
 }
 
 impl TableDef {
-    pub fn new(name: &str, collection: &Collection) -> Self {
+    pub fn new(name: &str, collection: &Collection, notify: bool) -> Self {
         let t = &collection.table;
-        let table = quote(if t.name.is_empty() { name } else { &t.name });
+        let table_name = if t.name.is_empty() { name } else { &t.name }.to_owned();
+        let table = quote(&table_name);
         let columns: Vec<Column> = collection
             .fields
             .iter()
@@ -85,11 +95,18 @@ impl TableDef {
         let lock = format!("{select} FOR UPDATE");
         let mut def = Self {
             collection: name.into(),
+            watched: Watched {
+                collection: name.into(),
+                key: t.key.clone(),
+                version: t.version.clone(),
+            },
+            table_name,
             table,
             key,
             version,
             tombstone,
             columns,
+            notify,
             select,
             lock,
             update: String::new(),
@@ -147,15 +164,16 @@ impl TableDef {
     }
 
     /// One statement that replaces, patches or deletes an existing item: it checks
-    /// the precondition on the row, raises the version in SQL and notifies the change
-    /// feed — or changes nothing (the item is absent or a tombstone, or not at the
-    /// version asked for). Committed on its own it is the whole write.
+    /// the precondition on the row and raises the version in SQL (with the `notify`
+    /// feed, it notifies too) — or changes nothing (the item is absent or a
+    /// tombstone, or not at the version asked for). Committed on its own it is the
+    /// whole write.
     ///
     /// `$1` key, `$2` the version the item must be at (NULL: any), `$3` whether the
-    /// row becomes a tombstone, `$4` the notification channel, `$5` the collection;
-    /// then per column, `$6 + 2i` whether to set it and `$7 + 2i` its value
-    /// ([`TableDef::update_params`]). Returns the row as [`TableDef::select`] does,
-    /// then the notification's `void`.
+    /// row becomes a tombstone; then per column, `$4 + 2i` whether to set it and
+    /// `$5 + 2i` its value ([`TableDef::patch_params`]); then the
+    /// [`TableDef::notify_params`]. Returns the row as [`TableDef::select`] does
+    /// (then the notification's `void`).
     pub fn update(&self) -> &str {
         &self.update
     }
@@ -166,7 +184,7 @@ impl TableDef {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let (flag, value) = (6 + 2 * i, 7 + 2 * i);
+                let (flag, value) = (4 + 2 * i, 5 + 2 * i);
                 let (name, kind) = (&c.name, sql_type(c.kind));
                 format!("{name} = CASE WHEN ${flag}::bool THEN ${value}::{kind} ELSE {name} END")
             })
@@ -177,8 +195,8 @@ impl TableDef {
             "WITH u AS (UPDATE {table} SET {version} = {version} + 1, {tombstone} = $3::bool, {sets} \
              WHERE {key} = $1::text AND NOT {tombstone} AND ($2::int8 IS NULL OR {version} = $2::int8) \
              RETURNING {version}, {tombstone}, {returning}) \
-             SELECT u.{version}, u.{tombstone}, {projected}, \
-             pg_notify($4::text, json_build_object('c', $5::text, 'i', $1::text, 'v', u.{version})::text) FROM u",
+             SELECT u.{version}, u.{tombstone}, {projected}{notify} FROM u",
+            notify = self.notify_sql(4 + 2 * self.columns.len(), "u"),
             table = self.table,
             version = self.version,
             tombstone = self.tombstone,
@@ -191,14 +209,13 @@ impl TableDef {
 
     /// One statement that creates or replaces an item (a PUT without a version to
     /// match): it inserts the row at version 1, or raises the existing row's version
-    /// in SQL and replaces its columns, and notifies the change feed. Committed on its
-    /// own it is the whole write.
+    /// in SQL and replaces its columns (with the `notify` feed, it notifies too).
+    /// Committed on its own it is the whole write.
     ///
     /// `$1` key, `$2` create only (`If-None-Match: *`: an existing row is replaced
-    /// only if it is a tombstone), `$3` the notification channel, `$4` the collection,
-    /// `$5…` the columns ([`TableDef::values`]). Returns the new version, whether the
-    /// item was created (absent or a tombstone before), and the notification's `void`;
-    /// no row when it changed nothing: create-only on a live item, or a row created
+    /// only if it is a tombstone), `$3…` the columns ([`TableDef::values`]), then the
+    /// [`TableDef::notify_params`]. Returns the new version, whether the item was
+    /// created (absent or a tombstone before) (and the notification's `void`); no row when it changed nothing: create-only on a live item, or a row created
     /// by another transaction since this statement's snapshot (`old` did not lock it,
     /// so the statement leaves it alone and the caller runs it again).
     pub fn upsert(&self) -> &str {
@@ -211,7 +228,7 @@ impl TableDef {
             .columns
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("${}::{}", i + 5, sql_type(c.kind)))
+            .map(|(i, c)| format!("${}::{}", i + 3, sql_type(c.kind)))
             .collect();
         let sets: Vec<String> = self
             .columns
@@ -225,8 +242,8 @@ impl TableDef {
              ON CONFLICT ({key}) DO UPDATE SET {version} = r.{version} + 1, {tombstone} = false, {sets} \
              WHERE EXISTS (SELECT 1 FROM old) AND (NOT $2::bool OR r.{tombstone}) \
              RETURNING r.{version}) \
-             SELECT w.{version}, coalesce((SELECT o.{tombstone} FROM old o), true), \
-             pg_notify($3::text, json_build_object('c', $4::text, 'i', $1::text, 'v', w.{version})::text) FROM w",
+             SELECT w.{version}, coalesce((SELECT o.{tombstone} FROM old o), true){notify} FROM w",
+            notify = self.notify_sql(3 + self.columns.len(), "w"),
             table = self.table,
             version = self.version,
             tombstone = self.tombstone,
@@ -237,7 +254,7 @@ impl TableDef {
         )
     }
 
-    /// The parameters `$5…` of [`TableDef::upsert`] for `fields`.
+    /// The parameters `$3…` of [`TableDef::upsert`] for `fields`.
     ///
     /// Every value must fit its column exactly, as the data model's canonical form
     /// guarantees (`plan::CollectionPlan::check_value`): a value that does not is an
@@ -249,7 +266,7 @@ impl TableDef {
             .collect()
     }
 
-    /// The parameters `$6…` of [`TableDef::update`] that set every column to
+    /// The parameters `$4…` of [`TableDef::update`] that set every column to
     /// `fields` (absent fields to NULL; `None`: every column NULL, for a tombstone).
     pub fn replace_params(
         &self,
@@ -263,7 +280,7 @@ impl TableDef {
         Ok(params)
     }
 
-    /// The parameters `$6…` of [`TableDef::update`] that apply the merge patch
+    /// The parameters `$4…` of [`TableDef::update`] that apply the merge patch
     /// `patch` column by column: its members set their columns (`null` clears one),
     /// the other columns keep their values. `None`: the patch merges an object into a
     /// `json` field, which RFC 7396 does member by member, recursively — the caller
@@ -314,8 +331,9 @@ impl TableDef {
     }
 
     /// One statement that adds `$2` to an integer field within bounds `$4`/`$5`, if
-    /// the item exists and (with `$3`) is at that version, bumps the version and
-    /// notifies the change feed (`$6` channel, `$7` collection) — or changes nothing.
+    /// the item exists and (with `$3`) is at that version, and bumps the version
+    /// (with the `notify` feed, `$6`/`$7` are the [`TableDef::notify_params`]) — or
+    /// changes nothing.
     /// `None`: the field is not an integer field.
     ///
     /// The sum is checked in `numeric`, against the bounds and the bigint range, so a
@@ -338,8 +356,8 @@ impl TableDef {
              AND ($4::int8 IS NULL OR {col}::numeric + $2::int8 >= $4::int8) \
              AND ($5::int8 IS NULL OR {col}::numeric + $2::int8 <= $5::int8) \
              RETURNING {version}, {tombstone}, {list}) \
-             SELECT u.{version}, u.{tombstone}, {cols}, \
-             pg_notify($6::text, json_build_object('c', $7::text, 'i', $1::text, 'v', u.{version})::text) FROM u",
+             SELECT u.{version}, u.{tombstone}, {cols}{notify} FROM u",
+            notify = self.notify_sql(6, "u"),
             table = self.table,
             version = self.version,
             tombstone = self.tombstone,
@@ -349,6 +367,32 @@ impl TableDef {
             min = i64::MIN,
             max = i64::MAX,
         )
+    }
+
+    /// The `pg_notify` of the `notify` feed, appended to a write's projection of
+    /// `row` (empty without it); `$first` is the channel, `$first + 1` the
+    /// collection.
+    fn notify_sql(&self, first: usize, row: &str) -> String {
+        if !self.notify {
+            return String::new();
+        }
+        format!(
+            ", pg_notify(${first}::text, json_build_object('c', ${}::text, 'i', $1::text, 'v', {row}.{})::text)",
+            first + 1,
+            self.version
+        )
+    }
+
+    /// The last two parameters of every write statement with the `notify` feed: the
+    /// channel and the collection; none without it.
+    pub fn notify_params(&self, channel: &str) -> Vec<Box<dyn ToSql + Sync + Send>> {
+        if !self.notify {
+            return Vec::new();
+        }
+        vec![
+            Box::new(channel.to_owned()),
+            Box::new(self.collection.to_string()),
+        ]
     }
 
     /// The statements that create the table (or add missing columns).
@@ -367,10 +411,89 @@ impl TableDef {
         statements
     }
 
+    /// The statements that install the version trigger (idempotent: `CREATE OR
+    /// REPLACE`). It keeps the version strictly increasing whoever writes the row —
+    /// edgecache, psql, a batch job:
+    ///
+    /// * an UPDATE that does not raise the version gets the old one + 1 (edgecache's
+    ///   own writes set old + 1 and are left alone); the key never changes;
+    /// * a DELETE becomes a tombstone one version up (the row stays, its fields
+    ///   cleared), as edgecache's own deletes are; deleting a tombstone changes
+    ///   nothing;
+    /// * an INSERT over a tombstone replaces the tombstone and starts above its
+    ///   version, so a re-created id never reuses a version; any other INSERT starts
+    ///   at the version given, at least 1.
+    ///
+    /// TRUNCATE and `session_replication_role = replica` bypass row triggers.
+    pub fn trigger(&self) -> Vec<String> {
+        // Validated names are at most 63 bytes; PostgreSQL truncates longer ones.
+        let function = quote(&format!("edgecache_version_{}", self.table_name));
+        let cleared: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!(", {} = NULL", c.name))
+            .collect();
+        let body = format!(
+            "DECLARE previous bigint; \
+             BEGIN \
+             IF TG_OP = 'UPDATE' THEN \
+               IF NEW.{key} IS DISTINCT FROM OLD.{key} THEN \
+                 RAISE EXCEPTION 'edgecache: the key of a row in {table_text} never changes (delete the row and insert another)'; \
+               END IF; \
+               IF NEW.{version} IS NULL OR NEW.{version} <= OLD.{version} THEN NEW.{version} := OLD.{version} + 1; END IF; \
+               RETURN NEW; \
+             ELSIF TG_OP = 'INSERT' THEN \
+               SELECT t.{version} INTO previous FROM {table} t WHERE t.{key} = NEW.{key} AND t.{tombstone} FOR UPDATE; \
+               IF FOUND THEN \
+                 PERFORM set_config('edgecache.replacing_tombstone', 'on', true); \
+                 DELETE FROM {table} t WHERE t.{key} = NEW.{key}; \
+                 PERFORM set_config('edgecache.replacing_tombstone', '', true); \
+                 NEW.{version} := greatest(coalesce(NEW.{version}, 0), previous + 1); \
+               ELSE \
+                 NEW.{version} := greatest(coalesce(NEW.{version}, 0), 1); \
+               END IF; \
+               RETURN NEW; \
+             ELSE \
+               IF current_setting('edgecache.replacing_tombstone', true) = 'on' THEN RETURN OLD; END IF; \
+               IF NOT OLD.{tombstone} THEN \
+                 UPDATE {table} t SET {tombstone} = true, {version} = OLD.{version} + 1{cleared} WHERE t.{key} = OLD.{key}; \
+               END IF; \
+               RETURN NULL; \
+             END IF; \
+             END",
+            table = self.table,
+            table_text = self.table_name,
+            key = self.key,
+            version = self.version,
+            tombstone = self.tombstone,
+            cleared = cleared.concat(),
+        );
+        vec![
+            format!(
+                "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {}",
+                dollar_quoted(&body)
+            ),
+            format!(
+                "CREATE OR REPLACE TRIGGER edgecache_version BEFORE INSERT OR UPDATE OR DELETE ON {} \
+                 FOR EACH ROW EXECUTE FUNCTION {function}()",
+                self.table
+            ),
+        ]
+    }
+
     /// Whether the table holds no row.
     pub fn is_empty_sql(&self) -> String {
         format!("SELECT NOT EXISTS (SELECT 1 FROM {})", self.table)
     }
+}
+
+/// `body` as a dollar-quoted string literal whose tag does not occur in it.
+fn dollar_quoted(body: &str) -> String {
+    let mut tag = String::from("$edgecache$");
+    while body.contains(&tag) {
+        tag.insert(tag.len() - 1, '_');
+    }
+    format!("{tag}{body}{tag}")
 }
 
 /// The column type of a field type.
@@ -400,7 +523,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let def = TableDef::new("products", &settings.collections["products"]);
+        let def = TableDef::new("products", &settings.collections["products"], true);
         assert!(def.select.starts_with("SELECT \"version\", \"deleted\", "));
         assert!(def.select.contains("\"on_hand\""));
         assert!(def.select.ends_with("FROM \"catalogue\" WHERE \"id\" = $1"));
@@ -430,7 +553,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let def = TableDef::new("products", &settings.collections["products"]);
+        let def = TableDef::new("products", &settings.collections["products"], true);
         let columns = settings.collections["products"].fields.len();
         let patch = |v: Value| v.as_object().unwrap().clone();
         let flat = def.patch_params(&patch(

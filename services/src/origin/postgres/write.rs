@@ -6,7 +6,7 @@
 //!
 //! * **Unkeyed PUT, PATCH, DELETE and increments: one round trip.** The write is one
 //!   statement committed on its own — the precondition checked on the row, the new
-//!   version computed in SQL, the change-feed notification ([`TableDef::upsert`],
+//!   version computed in SQL, with the `notify` feed the notification ([`TableDef::upsert`],
 //!   [`TableDef::update`], [`TableDef::increment`]) — and the position read goes out
 //!   right behind it: it runs after the statement's implicit transaction committed.
 //! * **Keyed writes: three, in one transaction.** `BEGIN; SET LOCAL lock_timeout`
@@ -125,18 +125,11 @@ impl Statement<'_> {
 /// ([`TableDef::patch_params`]).
 fn plan<'a>(inner: &Inner, def: &'a TableDef, op: &WriteOp) -> Result<Option<Statement<'a>>, WriteError> {
     let id = || -> Box<dyn ToSql + Sync + Send> { Box::new(op.key.id().to_owned()) };
-    let channel = || -> Box<dyn ToSql + Sync + Send> { Box::new(inner.channel.clone()) };
-    let collection = || -> Box<dyn ToSql + Sync + Send> { Box::new(op.key.collection().to_owned()) };
     let if_match = op.if_match.map(|v| v.0 as i64);
     let update = |deleted: bool, columns: Vec<Box<dyn ToSql + Sync + Send>>, answer: Answer| {
-        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-            id(),
-            Box::new(if_match),
-            Box::new(deleted),
-            channel(),
-            collection(),
-        ];
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![id(), Box::new(if_match), Box::new(deleted)];
         params.extend(columns);
+        params.extend(def.notify_params(&inner.channel));
         Statement {
             sql: def.update(),
             params,
@@ -146,8 +139,9 @@ fn plan<'a>(inner: &Inner, def: &'a TableDef, op: &WriteOp) -> Result<Option<Sta
     Ok(Some(match &op.kind {
         // No version to match, or `If-None-Match: *`: create or replace.
         WriteOpKind::Put(fields) if if_match.is_none_or(|v| v == 0) => {
-            let mut params = vec![id(), Box::new(if_match.is_some()), channel(), collection()];
+            let mut params = vec![id(), Box::new(if_match.is_some())];
             params.extend(def.values(Some(fields))?);
+            params.extend(def.notify_params(&inner.channel));
             Statement {
                 sql: def.upsert(),
                 params,
@@ -168,17 +162,17 @@ fn plan<'a>(inner: &Inner, def: &'a TableDef, op: &WriteOp) -> Result<Option<Sta
             let sql = def.increment(field).ok_or_else(|| WriteError::NotAnInteger {
                 field: field.to_owned(),
             })?;
+            let mut params = vec![
+                id(),
+                Box::new(*by),
+                Box::new(if_match),
+                Box::new(*min),
+                Box::new(*max),
+            ];
+            params.extend(def.notify_params(&inner.channel));
             Statement {
                 sql,
-                params: vec![
-                    id(),
-                    Box::new(*by),
-                    Box::new(if_match),
-                    Box::new(*min),
-                    Box::new(*max),
-                    channel(),
-                    collection(),
-                ],
+                params,
                 answer: Answer::Row,
             }
         }
@@ -618,10 +612,9 @@ fn merged<'a>(
         Box::new(op.key.id().to_owned()),
         Box::new(Some(visible.0 as i64)),
         Box::new(false),
-        Box::new(inner.channel.clone()),
-        Box::new(op.key.collection().to_owned()),
     ];
     params.extend(def.replace_params(Some(&merged))?);
+    params.extend(def.notify_params(&inner.channel));
     Ok(Statement {
         sql: def.update(),
         params,
