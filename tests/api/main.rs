@@ -10,6 +10,8 @@ mod unleash_admin;
 
 mod adversity;
 mod cluster;
+mod consistency;
+mod dashboard;
 mod domain;
 mod durability;
 mod errors;

@@ -1,7 +1,8 @@
 //! The REST API: routes grouped per resource, one file each; every error is
 //! problem+json ([`ApiError`]).
 //!
-//! Files import only files before them in: route, error, bearer, admin, metrics,
+//! Files import only files before them in: route, error, bearer, login, admin,
+//! dashboard, metrics,
 //! health, request, idempotency, write, items, increment, batch, v1, forward, cluster,
 //! envelope (this module mounts them all).
 
@@ -9,6 +10,7 @@ pub mod admin;
 mod batch;
 mod bearer;
 mod cluster;
+mod dashboard;
 pub mod envelope;
 mod error;
 pub mod forward;
@@ -16,6 +18,7 @@ mod health;
 mod idempotency;
 mod increment;
 mod items;
+mod login;
 pub mod metrics;
 mod request;
 pub mod route;
@@ -40,12 +43,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/leave", route::CLUSTER_LEAVE).route(web::post().to(cluster::peer_left))),
         )
         .service(resource("/metrics", route::METRICS).route(web::get().to(metrics::metrics)))
+        // The log-in form and its post need no token: mounted before the scope that
+        // wants one.
+        .service(
+            resource("/admin/login", route::ADMIN_LOGIN)
+                .route(web::get().to(dashboard::login_form))
+                .route(web::post().to(dashboard::log_in)),
+        )
+        .service(resource("/admin/logout", route::ADMIN_LOGOUT).route(web::post().to(dashboard::log_out)))
         .service(
             web::scope("/admin")
                 .wrap(actix_web::middleware::from_fn(admin::require_token))
                 .service(
                     resource("/experiments", route::ADMIN_EXPERIMENTS)
                         .route(web::get().to(admin::experiments))
+                        .default_service(web::to(admin::method_not_allowed)),
+                )
+                .service(
+                    resource("/dashboard", route::ADMIN_DASHBOARD)
+                        .route(web::get().to(dashboard::dashboard))
                         .default_service(web::to(admin::method_not_allowed)),
                 ),
         )

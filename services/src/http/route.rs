@@ -10,11 +10,14 @@ pub const CLUSTER_HEALTH: &str = "/cluster/health";
 pub const CLUSTER_LEAVE: &str = "/cluster/leave";
 pub const METRICS: &str = "/metrics";
 pub const ADMIN_EXPERIMENTS: &str = "/admin/experiments";
+pub const ADMIN_DASHBOARD: &str = "/admin/dashboard";
+pub const ADMIN_LOGIN: &str = "/admin/login";
+pub const ADMIN_LOGOUT: &str = "/admin/logout";
 
 /// The `route` label values of the HTTP metrics. `http::routes` names every resource
 /// by its template, so a request's route is read from the match without building its
 /// pattern. Requests that match no named resource count as [`crate::metrics::UNMATCHED`].
-pub const ROUTES: [&str; 9] = [
+pub const ROUTES: [&str; 12] = [
     ITEM,
     BATCH_GET,
     INCREMENT,
@@ -24,4 +27,7 @@ pub const ROUTES: [&str; 9] = [
     CLUSTER_LEAVE,
     METRICS,
     ADMIN_EXPERIMENTS,
+    ADMIN_DASHBOARD,
+    ADMIN_LOGIN,
+    ADMIN_LOGOUT,
 ];

@@ -34,6 +34,7 @@ pub use session::{valid_session_id, SessionCtx};
 
 use crate::cache::SharedCache;
 use crate::cache_status::{CacheStatus, CacheStatusHeaders};
+use crate::consistency::ConsistencyChecks;
 use crate::metrics::{Gauges, Metrics, Scrape};
 use crate::origin::{Change, ChangeSink, SharedOrigin};
 use crate::plan::{CollectionPlan, Collections};
@@ -62,6 +63,8 @@ pub struct Node {
     limits: ApiLimits,
     /// The signal the node's background tasks select on.
     shutdown: Shutdown,
+    /// The online consistency checks of sampled reads.
+    checks: ConsistencyChecks,
 }
 
 /// Bounds of what one request may carry.
@@ -118,6 +121,12 @@ impl Node {
             })
         };
         origin.start(sink, &shutdown);
+        let checks = ConsistencyChecks::start(
+            &settings.flags.consistency_checks,
+            origin.clone(),
+            metrics.clone(),
+            &shutdown,
+        );
         let limits = SessionLimits {
             max_items: session.max_token_items,
             max_pending: session.max_pending_writes,
@@ -143,6 +152,7 @@ impl Node {
             idempotency: settings.idempotency.clone(),
             idempotency_full: AtomicBool::new(false),
             shutdown,
+            checks,
             limits: ApiLimits {
                 max_id_bytes: settings.api.max_id_bytes,
                 max_batch: settings.api.max_batch,
@@ -239,6 +249,11 @@ impl Node {
     pub async fn stop_background(&self, within: Duration) -> Vec<&'static str> {
         self.flags.stop();
         self.shutdown.stop(within).await
+    }
+
+    /// The online consistency checks (tests wait for their queue to drain).
+    pub fn consistency_checks(&self) -> &ConsistencyChecks {
+        &self.checks
     }
 
     /// Sessions live on this node now.

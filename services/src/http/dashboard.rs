@@ -1,0 +1,75 @@
+//! `GET /admin/dashboard`, the page of [`crate::dashboard`], and the log-in form that
+//! lets a browser reach it: `GET /admin/login` (the form), `POST /admin/login` (the
+//! token, once: answered with the admin cookie and a redirect to the dashboard),
+//! `POST /admin/logout` (clears the cookie).
+
+use actix_web::http::header;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::admin::AdminAuth;
+use super::error::problem;
+use super::login;
+use crate::dashboard::Dashboard;
+
+/// `GET /admin/dashboard` (behind the admin token or cookie).
+pub async fn dashboard(dashboard: web::Data<Dashboard>) -> HttpResponse {
+    let nonce = login::nonce();
+    login::html(StatusCode::OK, &nonce, dashboard.page(&nonce))
+}
+
+/// `GET /admin/login`: the form (404 while the admin API is disabled).
+pub async fn login_form(auth: web::Data<AdminAuth>) -> HttpResponse {
+    match auth.admin_token() {
+        Some(_) => login::form(StatusCode::OK, false),
+        None => disabled(),
+    }
+}
+
+/// The form's fields.
+#[derive(Deserialize)]
+pub struct LogIn {
+    token: String,
+}
+
+/// `POST /admin/login`: with the admin token, 303 to the dashboard with the admin
+/// cookie; with another, 401 and the form again.
+pub async fn log_in(
+    request: HttpRequest,
+    form: web::Form<LogIn>,
+    auth: web::Data<AdminAuth>,
+) -> HttpResponse {
+    let Some(token) = auth.admin_token() else {
+        return disabled();
+    };
+    if !token.admits(&form.token) {
+        tracing::warn!("dashboard log-in refused: not the admin token");
+        return login::form(StatusCode::UNAUTHORIZED, true);
+    }
+    let secure = request.connection_info().scheme() == "https";
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/admin/dashboard"))
+        .insert_header((header::SET_COOKIE, login::set_cookie(token, secure)))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
+/// `POST /admin/logout`: clears the cookie and shows the form.
+pub async fn log_out() -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/admin/login"))
+        .insert_header((header::SET_COOKIE, login::clear_cookie()))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
+fn disabled() -> HttpResponse {
+    problem(
+        StatusCode::NOT_FOUND,
+        "no-route",
+        "Not found",
+        "the admin API is disabled: no admin.token is configured".to_owned(),
+    )
+    .to_actix_response()
+}
