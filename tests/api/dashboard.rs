@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::helpers::{eventually, session_in_arm, spawn_app, Client, Store, LONG_TTL};
 
-const TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
+pub const TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
 
 pub fn dashboard_settings(extra: &str) -> String {
     format!(

@@ -9,6 +9,7 @@ mod pg;
 mod unleash_admin;
 
 mod adversity;
+mod browser;
 mod cluster;
 mod consistency;
 mod dashboard;

@@ -34,7 +34,7 @@ h1{font-size:1.3rem;margin:0 0 .25rem}h2{font-size:1.1rem;margin:1.5rem 0 .5rem}
 .scroll{overflow-x:auto}table{border-collapse:collapse;min-width:100%;font-variant-numeric:tabular-nums}\
 th,td{padding:.3rem .6rem;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}\
 th:first-child,td:first-child{text-align:left}\
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:.75rem}\
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:.75rem;margin-top:.75rem}\
 figure{margin:0;background:var(--card);border-radius:6px;padding:.5rem}figcaption{font-size:.85rem;color:var(--muted)}\
 svg.chart{width:100%;height:auto;display:block}\
 .axis{fill:none;stroke:var(--line)}.tick{font-size:9px;fill:var(--muted);text-anchor:end}.tick.end{text-anchor:end}\
@@ -45,7 +45,7 @@ svg.chart{width:100%;height:auto;display:block}\
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:.75rem}\
 .card{background:var(--card);border-radius:6px;padding:.5rem .75rem}.card dl{display:grid;grid-template-columns:auto auto;gap:.1rem .75rem;margin:.25rem 0}\
 .card dd{margin:0;text-align:right;font-variant-numeric:tabular-nums}\
-form.logout{float:right}button{font:inherit}\
+form.logout{float:right}button{font:inherit}summary{cursor:pointer;color:var(--muted);margin:.25rem 0}\
 @media (max-width:600px){body{padding:.5rem}th,td{padding:.25rem .4rem}}";
 
 /// The whole page.
@@ -99,7 +99,12 @@ fn experiments(out: &mut String, data: &PageData<'_>) {
         for (i, arm) in arms.iter().enumerate() {
             arm_row(out, flag, i, arm);
         }
-        out.push_str("</tbody></table></div><div class=\"grid\">");
+        // A flag with one arm compares nothing: its charts fold away.
+        out.push_str(if arms.len() > 1 {
+            "</tbody></table></div><div class=\"grid\">"
+        } else {
+            "</tbody></table></div><details><summary>Charts (one arm: nothing to compare)</summary><div class=\"grid\">"
+        });
         let names: Vec<&str> = arms.iter().map(|a| a.label.as_str()).collect();
         for (metric, title, unit) in ARM_CHARTS {
             let series: Vec<Series<'_>> = names
@@ -111,7 +116,11 @@ fn experiments(out: &mut String, data: &PageData<'_>) {
                 .collect();
             svg::chart(out, flag, metric, title, unit, &series);
         }
-        out.push_str("</div></section>");
+        out.push_str(if arms.len() > 1 {
+            "</div></section>"
+        } else {
+            "</div></details></section>"
+        });
     }
 }
 
@@ -181,7 +190,9 @@ pub fn nines(violations: u64, judged: u64) -> String {
     if violations == 0 {
         return format!("≥ {:.1}", (judged as f64).log10());
     }
-    format!("{:.2}", -(violations as f64 / judged as f64).log10())
+    let nines = -(violations as f64 / judged as f64).log10();
+    // Every check a violation: zero nines (not "-0.00").
+    format!("{:.2}", nines.max(0.0).abs())
 }
 
 /// One arm's points of `metric` over the ring: rates between neighbours, latency of
@@ -456,5 +467,6 @@ mod tests {
         assert_eq!(nines(1, 1000), "3.00");
         assert_eq!(nines(0, 1000), "≥ 3.0");
         assert_eq!(nines(500, 1000), "0.30");
+        assert_eq!(nines(7, 7), "0.00");
     }
 }
