@@ -167,3 +167,73 @@ async fn the_dashboard_wants_the_admin_token_or_the_cookie_of_the_log_in_form() 
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
     node.stop().await;
 }
+
+#[actix_web::test]
+async fn the_grafana_dashboard_queries_only_metrics_the_node_exports() {
+    let store = Store::new();
+    let node = spawn_app(
+        &store,
+        &dashboard_settings("[flags.consistency_checks]\nsample = 1.0\n"),
+    );
+    let mut user = Client::with_id(&session_in_arm("edgecache.read-your-writes", false));
+    assert_eq!(
+        user.put(&node, "/v1/articles/g", json!({"title": "t"}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(user.get(&node, "/v1/articles/g").await.status, 200);
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            node.request(Method::GET, "/metrics")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .contains("edgecache_consistency_checks_total{")
+        })
+        .await
+    );
+    let metrics = node
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() >= 15, "{} queries", exprs.len());
+    let mut names = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        let mut rest = expr.as_str();
+        while let Some(i) = rest.find("edgecache_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            names.insert(name);
+        }
+    }
+    for name in &names {
+        assert!(
+            metrics.lines().any(|line| line
+                .strip_prefix(name.as_str())
+                .is_some_and(|r| r.starts_with(['{', ' ']))),
+            "the Grafana dashboard queries {name}, which /metrics does not export"
+        );
+    }
+    assert!(names.contains("edgecache_consistency_checks_total"));
+    node.stop().await;
+}
