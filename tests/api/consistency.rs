@@ -173,3 +173,90 @@ async fn a_full_queue_skips_checks_and_never_holds_a_read() {
     assert!(skipped > 0, "a queue of one overflows under 300 concurrent reads");
     node.stop().await;
 }
+
+#[actix_web::test]
+async fn under_real_replica_lag_the_checks_find_the_stale_reads_of_the_off_arm_only() {
+    let pg = crate::pg::cluster();
+    let name = format!("checked{}", std::process::id());
+    let extra = format!(
+        "{}\n[flags.defaults]\nread-your-writes = \"50%\"\n[flags.consistency_checks]\nsample = 1.0\nqueue = 100000\n",
+        crate::pg::collection(&name)
+    );
+    let mut settings = pg.settings(&extra).await;
+    // Without the change feed: only the session's token keeps its reads fresh.
+    if let edgecache_config::OriginSettings::Postgres(pg) = &mut settings.origin {
+        pg.change_feed = false;
+    }
+    let a = crate::helpers::spawn_with(&settings);
+    let b = crate::helpers::spawn_with(&settings);
+
+    // 50 sessions, half in each arm, 20 write → immediate read pairs each: 1,000.
+    let prefix = crate::helpers::unique("checked");
+    let sessions = [true, false].into_iter().flat_map(|on| {
+        sessions_in_arm(RYW, on, &format!("{prefix}-{on}"), 25)
+            .into_iter()
+            .map(move |id| (on, id))
+    });
+    let runs = sessions.map(|(on, id)| {
+        let (a, b, name) = (&a, &b, &name);
+        async move {
+            let mut user = Client::with_id(&id);
+            let mut stale = 0u64;
+            // A connection per request: under this load (every read also checked
+            // against the primary) a pooled connection the node closed after its
+            // keep-alive was now and then picked for the next request.
+            let close = [("connection", "close")];
+            for i in 0..20 {
+                let item = format!("/v1/{name}/{id}-{i}");
+                let body = json!({"title": "pair", "n": i});
+                let wrote = user
+                    .send_with(
+                        a.request(Method::PUT, &item),
+                        Some(("application/json", body)),
+                        &close,
+                    )
+                    .await;
+                assert!(wrote.status.is_success(), "{}", wrote.body);
+                let read = user.send_with(b.request(Method::GET, &item), None, &close).await;
+                if read.status != 200 || read.body["n"] != i {
+                    stale += 1;
+                }
+            }
+            (on, stale)
+        }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    let stale_on: u64 = results.iter().filter(|(on, _)| *on).map(|(_, s)| s).sum();
+    let stale_off: u64 = results.iter().filter(|(on, _)| !*on).map(|(_, s)| s).sum();
+    assert_eq!(stale_on, 0);
+    assert!(
+        stale_off > 0,
+        "the lagging replica shows stale reads in the off arm"
+    );
+
+    let flag = "read-your-writes";
+    let caught_up = eventually(Duration::from_secs(20), || async {
+        checks(&b, flag, "off", "stale_own").await == stale_off && b.node.consistency_checks().queued() == 0
+    })
+    .await;
+    assert!(
+        caught_up,
+        "the checks found {} stale own reads, the client saw {stale_off}",
+        checks(&b, flag, "off", "stale_own").await
+    );
+    assert_eq!(checks(&b, flag, "on", "stale_own").await, 0);
+    assert_eq!(checks(&b, flag, "on", "regression").await, 0);
+    assert_eq!(checks(&b, flag, "off", "skipped").await, 0);
+    assert!(
+        checks(&b, flag, "on", "ok").await > 0,
+        "reads of the on arm that waited for the replica were checked too"
+    );
+    assert_eq!(b.node.metrics().stale_own(false), stale_off);
+    eprintln!(
+        "under replica lag: {stale_off} stale reads seen and found in the off arm; checks ok: off {}, on {}",
+        checks(&b, flag, "off", "ok").await,
+        checks(&b, flag, "on", "ok").await
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -222,6 +222,8 @@ async fn a_stopped_node_ends_its_background_tasks_and_closes_its_change_feed() {
         running,
         [
             "change feed",
+            "consistency checks",
+            "dashboard snapshots",
             "idempotency sweeper",
             "readiness sampler",
             "replica sampler"
