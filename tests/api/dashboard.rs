@@ -124,6 +124,17 @@ async fn the_dashboard_wants_the_admin_token_or_the_cookie_of_the_log_in_form() 
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     assert!(!wrong.headers().contains_key(SET_COOKIE));
+    let malformed = node
+        .request(Method::POST, "/admin/login")
+        .form(&[("password", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert!(malformed.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/problem+json"));
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

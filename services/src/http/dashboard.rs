@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::admin::AdminAuth;
-use super::error::problem;
+use super::error::{problem, ApiError};
 use super::login;
 use crate::dashboard::Dashboard;
 
@@ -34,25 +34,31 @@ pub struct LogIn {
 }
 
 /// `POST /admin/login`: with the admin token, 303 to the dashboard with the admin
-/// cookie; with another, 401 and the form again.
+/// cookie; with another, 401 and the form again; without a `token` field, 400
+/// `invalid-request`.
 pub async fn log_in(
     request: HttpRequest,
-    form: web::Form<LogIn>,
+    form: Option<web::Form<LogIn>>,
     auth: web::Data<AdminAuth>,
-) -> HttpResponse {
+) -> Result<HttpResponse, ApiError> {
     let Some(token) = auth.admin_token() else {
-        return disabled();
+        return Ok(disabled());
+    };
+    let Some(form) = form else {
+        return Err(ApiError::InvalidRequest(
+            "a log-in is a form (application/x-www-form-urlencoded) with a `token` field".to_owned(),
+        ));
     };
     if !token.admits(&form.token) {
         tracing::warn!("dashboard log-in refused: not the admin token");
-        return login::form(StatusCode::UNAUTHORIZED, true);
+        return Ok(login::form(StatusCode::UNAUTHORIZED, true));
     }
     let secure = request.connection_info().scheme() == "https";
-    HttpResponse::SeeOther()
+    Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/admin/dashboard"))
         .insert_header((header::SET_COOKIE, login::set_cookie(token, secure)))
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish()
+        .finish())
 }
 
 /// `POST /admin/logout`: clears the cookie and shows the form.
