@@ -38,7 +38,7 @@ th:first-child,td:first-child{text-align:left}\
 figure{margin:0;background:var(--card);border-radius:6px;padding:.5rem}figcaption{font-size:.85rem;color:var(--muted)}\
 svg.chart{width:100%;height:auto;display:block}\
 .axis{fill:none;stroke:var(--line)}.tick{font-size:9px;fill:var(--muted);text-anchor:end}.tick.end{text-anchor:end}\
-.line{fill:none;stroke-width:1.8}\
+.line{fill:none;stroke-width:1.8;stroke-linecap:round;stroke-linejoin:round}\
 .s0{stroke:#1f77b4}.s1{stroke:#ff7f0e}.s2{stroke:#2ca02c}.s3{stroke:#d62728}.s4{stroke:#9467bd}.s5{stroke:#8c564b}.s6{stroke:#e377c2}.s7{stroke:#7f7f7f}\
 .k0{color:#1f77b4}.k1{color:#ff7f0e}.k2{color:#2ca02c}.k3{color:#d62728}.k4{color:#9467bd}.k5{color:#8c564b}.k6{color:#e377c2}.k7{color:#7f7f7f}\
 .bad{color:#d62728;font-weight:600}\
@@ -125,13 +125,18 @@ fn experiments(out: &mut String, data: &PageData<'_>) {
 }
 
 /// The charts of every flag, by metric name, title and unit.
-const ARM_CHARTS: [(&str, &str, Unit); 6] = [
+const ARM_CHARTS: [(&str, &str, Unit); 7] = [
     ("reads", "Reads per second", Unit::Number),
     ("hit_ratio", "Hit ratio", Unit::Ratio),
     ("stale_own_rate", "Stale-own-read rate", Unit::Ratio),
     ("regressions", "Regressions per second", Unit::Number),
     ("p50", "p50 read latency", Unit::Micros),
     ("p99", "p99 read latency", Unit::Micros),
+    (
+        "violation_rate",
+        "Consistency checks: violation rate",
+        Unit::Ratio,
+    ),
 ];
 
 fn arm_row(out: &mut String, flag: &str, i: usize, arm: &ArmPoint) {
@@ -143,11 +148,7 @@ fn arm_row(out: &mut String, flag: &str, i: usize, arm: &ArmPoint) {
         }
     };
     let latency = |v: Option<u64>| v.map_or("–".to_owned(), |v| svg::micros(v as f64));
-    let violations: u64 = CHECK_OUTCOMES
-        .iter()
-        .filter(|o| o.is_violation())
-        .map(|o| arm.checks[*o as usize])
-        .sum();
+    let violations = violations_of(arm);
     let judged = violations + arm.checks[CheckOutcome::Ok as usize];
     let bad = |n: u64| if n > 0 { " bad" } else { "" };
     let _ = write!(
@@ -170,6 +171,15 @@ fn arm_row(out: &mut String, flag: &str, i: usize, arm: &ArmPoint) {
         detail = check_detail(arm),
         nines = nines(violations, judged),
     );
+}
+
+/// The checks of `arm` that found a violation, so far.
+fn violations_of(arm: &ArmPoint) -> u64 {
+    CHECK_OUTCOMES
+        .iter()
+        .filter(|o| o.is_violation())
+        .map(|o| arm.checks[*o as usize])
+        .sum()
 }
 
 /// `stale_own 3, regression 0, …` for a tooltip.
@@ -228,6 +238,11 @@ fn arm_points(
                 "regressions" => a.map(|_| delta(|p| p.regressions_served) as f64 / seconds.max(0.001)),
                 "p50" => a.and_then(|a| a.p50_us).map(|v| v as f64),
                 "p99" => a.and_then(|a| a.p99_us).map(|v| v as f64),
+                "violation_rate" => {
+                    let violations = delta(violations_of);
+                    let judged = violations + delta(|p| p.checks[CheckOutcome::Ok as usize]);
+                    (judged > 0).then(|| violations as f64 / judged as f64)
+                }
                 _ => None,
             };
             (x(after), value)

@@ -69,13 +69,10 @@ pub fn chart(out: &mut String, flag: &str, metric: &str, title: &str, unit: Unit
         for (x, y) in &s.points {
             match y {
                 Some(y) => {
-                    let _ = write!(
-                        d,
-                        "{}{:.1} {:.1}",
-                        if pen_down { "L" } else { "M" },
-                        x_of(*x),
-                        y_of(*y)
-                    );
+                    // A new stroke starts with a dot (a zero-length segment with round
+                    // caps), so a value between two gaps still shows.
+                    let (cmd, dot) = if pen_down { ("L", "") } else { ("M", "h0.01") };
+                    let _ = write!(d, "{cmd}{:.1} {:.1}{dot}", x_of(*x), y_of(*y));
                     pen_down = true;
                     drawn = true;
                 }
