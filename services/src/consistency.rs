@@ -29,12 +29,14 @@
 //! version, never less).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use edgecache_actors::{Doc, ItemKey, Version, Watermarks};
 use edgecache_config::{ConsistencyCheckSettings, Freshness};
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::metrics::{CellId, CheckOutcome, Metrics};
@@ -117,6 +119,36 @@ pub struct ConsistencyChecks {
     threshold: u64,
     queue: Option<mpsc::Sender<Queued>>,
     metrics: Arc<Metrics>,
+    /// Whether the checker runs. A node built outside a runtime (a bench's) starts it
+    /// with its first sampled read, from what `pending` keeps.
+    started: AtomicBool,
+    pending: Mutex<Option<Checker>>,
+}
+
+/// What the checker task needs, until it is spawned.
+struct Checker {
+    queue: mpsc::Receiver<Queued>,
+    origin: SharedOrigin,
+    metrics: Arc<Metrics>,
+    concurrency: usize,
+    shutdown: Shutdown,
+}
+
+impl Checker {
+    /// Runs the checker under its shutdown signal, on the current runtime.
+    fn spawn(self) {
+        let Checker {
+            queue,
+            origin,
+            metrics,
+            concurrency,
+            shutdown,
+        } = self;
+        shutdown.spawn(
+            "consistency checks",
+            check_all(queue, origin, metrics, concurrency),
+        );
+    }
 }
 
 const DRAW_BITS: u32 = 53;
@@ -143,7 +175,8 @@ fn draw() -> u64 {
 
 impl ConsistencyChecks {
     /// The checks `settings` ask for, their checker started under `shutdown` on the
-    /// current runtime (none when `sample` is 0).
+    /// current runtime (none when `sample` is 0; outside a runtime, by the first
+    /// sampled read).
     pub fn start(
         settings: &ConsistencyCheckSettings,
         origin: SharedOrigin,
@@ -151,18 +184,30 @@ impl ConsistencyChecks {
         shutdown: &Shutdown,
     ) -> Self {
         let threshold = (settings.sample.clamp(0.0, 1.0) * (1u64 << DRAW_BITS) as f64) as u64;
+        let mut pending = None;
         let queue = (threshold > 0).then(|| {
             let (tx, rx) = mpsc::channel(settings.queue.max(1));
-            shutdown.spawn(
-                "consistency checks",
-                check_all(rx, origin, metrics.clone(), settings.concurrency.max(1)),
-            );
+            pending = Some(Checker {
+                queue: rx,
+                origin,
+                metrics: metrics.clone(),
+                concurrency: settings.concurrency.max(1),
+                shutdown: shutdown.clone(),
+            });
             tx
         });
+        let started = pending.is_none() || tokio::runtime::Handle::try_current().is_ok();
+        if started {
+            if let Some(checker) = pending.take() {
+                checker.spawn();
+            }
+        }
         Self {
             threshold,
             queue,
             metrics,
+            started: AtomicBool::new(started),
+            pending: Mutex::new(pending),
         }
     }
 
@@ -175,6 +220,9 @@ impl ConsistencyChecks {
             return;
         }
         let Some(queue) = &self.queue else { return };
+        if !self.started.load(Ordering::Acquire) {
+            self.start_pending();
+        }
         let queued = Queued {
             cell,
             sample: sample(),
@@ -182,6 +230,16 @@ impl ConsistencyChecks {
         if queue.try_send(queued).is_err() {
             self.metrics.experiments.checked(cell, CheckOutcome::Skipped);
         }
+    }
+
+    /// Spawns the checker a node built outside a runtime could not (a read runs in
+    /// one).
+    #[cold]
+    fn start_pending(&self) {
+        if let Some(checker) = self.pending.lock().take() {
+            checker.spawn();
+        }
+        self.started.store(true, Ordering::Release);
     }
 
     /// Samples waiting for their primary read.
@@ -272,6 +330,60 @@ mod tests {
         );
         old.bound = None;
         assert_eq!(judge(&old, Version(3)), CheckOutcome::Ok, "no bounded field");
+    }
+
+    #[test]
+    fn a_checker_built_outside_a_runtime_starts_with_the_first_sampled_read() {
+        use std::sync::atomic::AtomicU32;
+
+        use edgecache_flags::Strategies;
+
+        let dir = tempfile::tempdir().unwrap();
+        let origin: SharedOrigin = Arc::new(
+            crate::origin::EmbeddedOrigin::open(&dir.path().join("db"), 1, Duration::from_millis(200))
+                .unwrap(),
+        );
+        let metrics = Arc::new(Metrics::default());
+        let settings = ConsistencyCheckSettings {
+            sample: 1.0,
+            queue: 8,
+            concurrency: 1,
+        };
+        let shutdown = Shutdown::new();
+        let checks = ConsistencyChecks::start(&settings, origin, metrics.clone(), &shutdown);
+        assert!(
+            !checks.started.load(Ordering::SeqCst),
+            "no runtime to start it on"
+        );
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let judged = runtime.block_on(async {
+            let cell = metrics
+                .experiments
+                .session_seen("s1", &Strategies::ALL_ON, &AtomicU32::new(0));
+            checks.offer(cell, Tier::Primary, || {
+                unreachable!("a primary read is not sampled")
+            });
+            checks.offer(cell, Tier::Cache, || sample(0, 0, 0));
+            for _ in 0..200 {
+                let arm = &metrics
+                    .experiments
+                    .arms_of(edgecache_flags::Strategy::ReadYourWrites)[0];
+                if arm.checks_with(CheckOutcome::Ok) == 1 {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        });
+        assert!(
+            judged,
+            "the first sampled read started the checker, which judged it"
+        );
+        assert_eq!(shutdown.running(), ["consistency checks"]);
     }
 
     #[test]
