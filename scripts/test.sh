@@ -35,6 +35,20 @@ if [ ! -x /usr/sbin/nginx ]; then
     DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends nginx-light
 fi
 export EDGECACHE_TEST_NGINX=/usr/sbin/nginx
+# The reference OpenAPI validator (PyPI's openapi-spec-validator), for the test that
+# validates /openapi.json: in a virtualenv under target/, installed once.
+validator_env=target/openapi-validator
+if [ ! -x "$validator_env/bin/openapi-spec-validator" ]; then
+    echo "installing openapi-spec-validator"
+    if ! python3 -m venv "$validator_env" 2>/dev/null; then
+        timeout 120 apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends python3-venv
+        rm -rf "$validator_env"
+        python3 -m venv "$validator_env"
+    fi
+    timeout 300 "$validator_env/bin/pip" install -q --disable-pip-version-check "openapi-spec-validator==0.9.0"
+fi
+export EDGECACHE_TEST_OPENAPI_VALIDATOR="$PWD/$validator_env/bin/openapi-spec-validator"
 # Chromium, for the dashboard's browser test (headless, driven over a DevTools pipe).
 if [ ! -x /usr/bin/chromium ]; then
     echo "installing chromium"

@@ -119,15 +119,24 @@ impl SessionRegistry {
         self.budget.used()
     }
 
-    /// A session for a request that named none (its id was just minted): not live —
-    /// no actor, not in the table — until it writes ([`SessionRegistry::adopt`]), so
-    /// anonymous reads pin nothing.
+    /// A session for a request that named none (its id was just minted): never kept
+    /// in the table, so anonymous requests pin nothing. A write starts an actor for
+    /// it that ends with the request ([`SessionRegistry::serve_once`]); the session
+    /// goes on in the token the answer carries, if the client sends it back.
     pub fn anonymous(&self, id: &str) -> Arc<Session> {
-        Arc::new(self.build(id, None))
+        Arc::new(self.build(id, None).detached())
     }
 
-    /// Makes an anonymous session live: starts its actor and enters it in the table.
-    pub fn adopt(&self, session: Arc<Session>) -> SessionHandle {
+    /// Starts an actor for a session that is not kept (an anonymous request's, about
+    /// to write): it serves this request and stops when the request releases it
+    /// ([`LiveSession::release`]).
+    pub fn serve_once(&self, session: Arc<Session>) -> SessionHandle {
+        debug_assert!(!session.is_kept());
+        self.start(session)
+    }
+
+    /// Makes a kept session live: starts its actor and enters it in the table.
+    fn adopt(&self, session: Arc<Session>) -> SessionHandle {
         let handle = self.start(session);
         if let Ok(key) = SessionKey::from(handle.session.id()) {
             self.table.insert(key, handle.clone());

@@ -18,6 +18,11 @@ pub struct Collection {
     /// Where the collection lives in a PostgreSQL origin.
     #[serde(default)]
     pub table: Table,
+    /// Fields whose values are an item's tags (surrogate keys, as Fastly's
+    /// `Surrogate-Key` and Varnish's xkey): a string, or an array of strings. `POST
+    /// /admin/purge {"tag": …}` drops (or marks stale) every cached item tagged so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub surrogate_keys: Vec<String>,
 }
 
 /// The table of a collection in a PostgreSQL origin, so an existing schema can be

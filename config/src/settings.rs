@@ -186,6 +186,16 @@ pub struct CacheSettings {
     /// before it reads the origin itself.
     #[serde(with = "humantime_serde")]
     pub fill_deadline: Duration,
+    /// Most (tag, item) pairs the tag index of the cache keeps for purges by tag
+    /// (`collections.*.surrogate_keys`). Past it, items of a collection are cached
+    /// without their tags, and a purge by tag drops (or marks) that whole collection:
+    /// more than asked, never less.
+    #[serde(default = "default_max_tag_entries")]
+    pub max_tag_entries: usize,
+}
+
+fn default_max_tag_entries() -> usize {
+    1_000_000
 }
 
 /// Sessions: tokens, live actors and their bounds.

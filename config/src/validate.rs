@@ -301,6 +301,7 @@ fn keyed_secrets<'a>(key: &str, secrets: impl Iterator<Item = (&'a str, &'a str)
 fn cache(c: &CacheSettings) -> Check {
     at_least("cache.capacity_bytes", c.capacity_bytes, 64 * KIB as u64)?;
     at_least("cache.estimated_items", c.estimated_items, 1)?;
+    at_least("cache.max_tag_entries", c.max_tag_entries, 1)?;
     positive("cache.fill_deadline", c.fill_deadline)?;
     at_most("cache.fill_deadline", c.fill_deadline, Duration::from_secs(60))
 }
@@ -489,6 +490,14 @@ fn collections(settings: &Settings) -> Check {
             field(&join(&join(&key, "fields"), field_name), field_name, f)?;
         }
         table(&join(&key, "table"), collection)?;
+        for (i, tag_field) in collection.surrogate_keys.iter().enumerate() {
+            if !collection.fields.contains_key(tag_field) {
+                return Err(invalid(
+                    format!("{key}.surrogate_keys[{i}]"),
+                    format!("`{tag_field}` names no field of the collection"),
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
 use tokio::time::Instant;
 
 use crate::origin::OriginTier;
+use crate::tags::{TagIndex, Tagged};
 
 /// One cached item: the item as the origin had it, when it was fetched, and its JSON
 /// body ready to send (so a whole-document hit is not serialised again).
@@ -36,6 +37,9 @@ pub struct CacheEntry {
     /// The origin tier the entry was read from (a write's commit: the primary). A
     /// request that waited on another's fill learns it here.
     pub tier: OriginTier,
+    /// Marked stale by a soft purge: served as past its TTL (within
+    /// stale-while-revalidate, while one refresh runs), whatever its age.
+    pub soft_purged: bool,
 }
 
 impl CacheEntry {
@@ -56,6 +60,19 @@ impl CacheEntry {
             body,
             invalidated: false,
             tier,
+            soft_purged: false,
+        })
+    }
+
+    /// This entry, marked stale by a soft purge.
+    fn soft_purged(&self) -> Arc<Self> {
+        Arc::new(Self {
+            doc: self.doc.clone(),
+            fetched_at: self.fetched_at,
+            body: self.body.clone(),
+            invalidated: false,
+            tier: self.tier,
+            soft_purged: true,
         })
     }
 
@@ -71,6 +88,7 @@ impl CacheEntry {
             body: Bytes::new(),
             invalidated: true,
             tier: OriginTier::Primary,
+            soft_purged: false,
         })
     }
 
@@ -135,6 +153,8 @@ pub enum Fill<E> {
 #[derive(Clone)]
 pub struct SharedCache {
     inner: Arc<Inner>,
+    /// Which cached items carry which tag, for purges by tag.
+    tags: Arc<TagIndex>,
     refreshing: Arc<Mutex<HashSet<ItemKey>>>,
     max_refreshes: usize,
     fill_deadline: Duration,
@@ -156,18 +176,35 @@ impl SharedCache {
                 DefaultHashBuilder::default(),
                 Lifecycle::default(),
             )),
+            tags: Arc::new(TagIndex::new(Default::default(), 1)),
             refreshing: Arc::new(Mutex::new(HashSet::new())),
             max_refreshes: 256,
             fill_deadline,
         }
     }
 
+    /// The cache with `tags` as its tag index (collections with surrogate keys).
+    pub fn with_tags(mut self, tags: TagIndex) -> Self {
+        self.tags = Arc::new(tags);
+        self
+    }
+
     pub fn get(&self, key: KeyRef<'_>) -> Option<Arc<CacheEntry>> {
         self.inner.get(&key)
     }
 
+    /// Indexes the tags of an entry entering the cache (before it is stored, so a
+    /// purge by tag never misses a stored entry; an entry not stored after all only
+    /// costs an extra drop).
+    fn index(&self, key: &ItemKey, entry: &CacheEntry) {
+        if let Some(fields) = &entry.doc.fields {
+            self.tags.record(key, fields);
+        }
+    }
+
     /// Stores `entry` unless the cache already holds a newer view of the item.
     pub fn offer(&self, key: &ItemKey, entry: Arc<CacheEntry>) {
+        self.index(key, &entry);
         let result = self.inner.entry(key, Some(Duration::ZERO), |_, current| {
             if entry.supersedes(current) {
                 *current = entry.clone();
@@ -213,6 +250,62 @@ impl SharedCache {
     /// Drops every entry.
     pub fn clear(&self) {
         self.inner.clear();
+        self.tags.clear();
+    }
+
+    /// Purges `key`'s entry: `soft` marks it stale, otherwise it becomes a marker of
+    /// its version, so the next read goes to the origin and fetches at least what the
+    /// node held (a hard purge is never a step back). Returns whether an entry with
+    /// content was there (markers of the change feed are left as they are).
+    pub fn purge(&self, key: &ItemKey, soft: bool) -> bool {
+        let result = self.inner.entry(key, Some(Duration::ZERO), |_, current| {
+            if current.invalidated || (soft && current.soft_purged) {
+                return EntryAction::Retain(None);
+            }
+            let old = if soft {
+                std::mem::replace(current, current.soft_purged())
+            } else {
+                std::mem::replace(current, CacheEntry::marker(current.doc.version))
+            };
+            EntryAction::Retain(Some(old))
+        });
+        match result {
+            EntryResult::Retained(Some(old)) => {
+                if let (false, Some(fields)) = (soft, &old.doc.fields) {
+                    self.tags.forget(key, fields);
+                }
+                true
+            }
+            // Nothing cached (the guard is dropped unused), or a fill under way: it
+            // reads the origin anyway.
+            _ => false,
+        }
+    }
+
+    /// Purges every entry of `collection` ([`SharedCache::purge`]); returns how many
+    /// had content.
+    pub fn purge_collection(&self, collection: &str, soft: bool) -> u64 {
+        let keys: Vec<ItemKey> = self
+            .inner
+            .iter()
+            .filter(|(key, entry)| key.collection() == collection && !entry.invalidated)
+            .map(|(key, _)| key)
+            .collect();
+        let purged = keys.iter().filter(|key| self.purge(key, soft)).count() as u64;
+        if !soft {
+            self.tags.forget_collection(collection);
+        }
+        purged
+    }
+
+    /// What a purge of `tag` acts on ([`TagIndex::tagged`]).
+    pub fn tagged(&self, tag: &str, collection: Option<&str>, soft: bool) -> Tagged {
+        self.tags.tagged(tag, collection, !soft)
+    }
+
+    /// Whether `collection` has surrogate keys (tags).
+    pub fn tags_collection(&self, collection: &str) -> bool {
+        self.tags.tags_collection(collection)
     }
 
     /// A read of an item the cache does not hold, coalesced: the first request loads
@@ -227,6 +320,7 @@ impl SharedCache {
             Ok(Ok(entry)) => Fill::Loaded(entry),
             Ok(Err(guard)) => match load().await {
                 Ok(entry) => {
+                    self.index(key, &entry);
                     let _ = guard.insert(entry.clone());
                     Fill::Loaded(entry)
                 }
@@ -352,6 +446,39 @@ mod tests {
         assert!(matches!(fill, Fill::Loaded(e) if e.doc.version == Version(2)));
         assert!(started.elapsed() < Duration::from_secs(1));
         stuck.abort();
+    }
+
+    #[tokio::test]
+    async fn a_hard_purge_leaves_a_marker_of_the_version_and_a_soft_one_marks_stale() {
+        let tags = TagIndex::new([("products".to_owned(), vec!["t".to_owned()])].into(), 100);
+        let cache = SharedCache::new(1 << 20, 100, Duration::from_secs(1)).with_tags(tags);
+        let (k1, k2) = (key("p1"), key("p2"));
+        cache.offer(&k1, entry(&k1, 3));
+        let mut tagged = serde_json::Map::new();
+        tagged.insert("t".into(), "red".into());
+        let doc = Doc {
+            version: Version(5),
+            position: Position(50),
+            fields: Some(Arc::new(tagged)),
+        };
+        cache.offer(&k2, CacheEntry::new(&k2, doc, Instant::now()));
+        assert!(cache.purge(&k1, true));
+        let soft = cache.get(k1.as_ref()).unwrap();
+        assert!(soft.soft_purged && !soft.invalidated);
+        assert_eq!(&soft.body[..], br#"{"id":"p1","v":3}"#, "still served, as stale");
+        assert!(!cache.purge(&k1, true), "already marked");
+        assert!(cache.purge(&k1, false));
+        let hard = cache.get(k1.as_ref()).unwrap();
+        assert!(hard.invalidated, "a marker: the next read goes to the origin");
+        assert_eq!(hard.doc.version, Version(3), "for at least the version held");
+        assert!(!cache.purge(&k1, false), "a marker has nothing to drop");
+        assert!(!cache.purge(&key("absent"), false));
+        assert!(cache.get(key("absent").as_ref()).is_none(), "nothing left behind");
+        // Tags: offered entries are indexed; the collection purge takes the rest.
+        assert_eq!(cache.tagged("red", None, true).items, vec![k2.clone()]);
+        assert_eq!(cache.purge_collection("products", false), 1);
+        assert!(cache.get(k2.as_ref()).unwrap().invalidated);
+        assert!(cache.tagged("red", None, false).items.is_empty());
     }
 
     #[test]

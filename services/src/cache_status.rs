@@ -62,6 +62,43 @@ impl CacheStatus {
         }
     }
 
+    /// The parameters of [`CacheStatus::params`] without `detail`, and the words of
+    /// its `detail`.
+    fn parts(self, strict: bool) -> (&'static str, &'static [&'static str]) {
+        const STRICT: &str = "strict-from-primary";
+        match (self, strict) {
+            (CacheStatus::Hit, false) => ("hit", &[]),
+            (CacheStatus::Hit, true) => ("hit", &[STRICT]),
+            (CacheStatus::Stale, false) => ("hit", &["stale-while-revalidate"]),
+            (CacheStatus::Stale, true) => ("hit", &["stale-while-revalidate", STRICT]),
+            (CacheStatus::StaleIfError, _) => ("hit", &["stale-if-error"]),
+            (CacheStatus::Session, false) => ("hit", &["session"]),
+            (CacheStatus::Session, true) => ("hit", &["session", STRICT]),
+            (CacheStatus::Miss, _) => ("fwd=uri-miss; stored", &[]),
+            (CacheStatus::Expired, _) => ("fwd=stale; fwd-status=200; stored", &[]),
+            (CacheStatus::Watermark, _) => ("fwd=miss; stored", &["session-watermark"]),
+        }
+    }
+
+    /// [`CacheStatus::params`] with one more word in `detail` (a projection, e.g.
+    /// `fields=description,name`): the detail becomes an sf-string.
+    pub fn params_with(self, strict: bool, extra: &str) -> String {
+        let (base, words) = self.parts(strict);
+        let mut detail = String::new();
+        for word in words.iter().copied().chain([extra]) {
+            if !detail.is_empty() {
+                detail.push(' ');
+            }
+            for c in word.chars() {
+                if matches!(c, '"' | '\\') {
+                    detail.push('\\');
+                }
+                detail.push(c);
+            }
+        }
+        format!("{base}; detail=\"{detail}\"")
+    }
+
     const ALL: [CacheStatus; 7] = [
         CacheStatus::Hit,
         CacheStatus::Stale,
@@ -81,6 +118,8 @@ impl CacheStatus {
 pub struct CacheStatusHeaders {
     /// By `CacheStatus as usize * 2 + strict`.
     values: [HeaderValue; CacheStatus::ALL.len() * 2],
+    /// The cache's name, as the values start with it.
+    name: String,
 }
 
 impl CacheStatusHeaders {
@@ -98,11 +137,18 @@ impl CacheStatusHeaders {
                 Box::leak(format!("{name}; {}", status.params(i % 2 == 1)).into_boxed_str());
             HeaderValue::from_static(text)
         });
-        Self { values }
+        Self { values, name }
     }
 
     pub fn get(&self, status: CacheStatus, strict: bool) -> HeaderValue {
         self.values[status as usize * 2 + usize::from(strict)].clone()
+    }
+
+    /// The value of [`CacheStatusHeaders::get`] with `extra` in its `detail`
+    /// ([`CacheStatus::params_with`]); made per response.
+    pub fn with_detail(&self, status: CacheStatus, strict: bool, extra: &str) -> HeaderValue {
+        let text = format!("{}; {}", self.name, status.params_with(strict, extra));
+        HeaderValue::from_str(&text).unwrap_or_else(|_| self.get(status, strict))
     }
 }
 
@@ -130,6 +176,44 @@ mod tests {
                 assert_eq!(value.contains("; hit"), status.is_hit(), "{value}");
             }
         }
+    }
+
+    #[test]
+    fn a_projection_joins_the_detail() {
+        let headers = CacheStatusHeaders::new("edge-1");
+        assert_eq!(
+            headers.with_detail(CacheStatus::Hit, false, "fields=description,name"),
+            "edge-1; hit; detail=\"fields=description,name\""
+        );
+        assert_eq!(
+            headers.with_detail(CacheStatus::Stale, true, "fields=stock"),
+            "edge-1; hit; detail=\"stale-while-revalidate strict-from-primary fields=stock\""
+        );
+        assert_eq!(
+            headers.with_detail(CacheStatus::Watermark, false, "fields=a"),
+            "edge-1; fwd=miss; stored; detail=\"session-watermark fields=a\""
+        );
+        // The same parameters as the static values, with the detail moved last.
+        for status in CacheStatus::ALL {
+            for strict in [false, true] {
+                let (base, words) = status.parts(strict);
+                let expected: Vec<&str> = status.params(strict).split("; ").collect();
+                let mut rebuilt: Vec<String> = base.split("; ").map(str::to_owned).collect();
+                match words {
+                    [] => {}
+                    [one] => rebuilt.push(format!("detail={one}")),
+                    many => rebuilt.push(format!("detail=\"{}\"", many.join(" "))),
+                }
+                let mut sorted_expected = expected.clone();
+                sorted_expected.sort_unstable();
+                rebuilt.sort_unstable();
+                assert_eq!(rebuilt, sorted_expected, "{status:?} {strict}");
+            }
+        }
+        assert_eq!(
+            CacheStatus::Hit.params_with(false, "a\"b"),
+            "hit; detail=\"a\\\"b\""
+        );
     }
 
     #[test]

@@ -14,9 +14,12 @@ pub mod metrics;
 pub mod node;
 pub mod origin;
 pub mod plan;
+pub mod projection;
+pub mod purge;
 pub mod readiness;
 pub mod shutdown;
 mod startup;
+pub mod tags;
 mod telemetry;
 mod tier;
 

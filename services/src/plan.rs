@@ -19,42 +19,44 @@ pub struct CollectionPlan {
     pub schema: Collection,
     /// Fields of the strict class (read from the primary on every read).
     pub strict_fields: Vec<String>,
-    /// The distinct classes of the other fields (and the collection default).
-    relaxed_classes: Vec<Freshness>,
+    /// The classes that decide how the whole document is served: its fields' and the
+    /// collection default.
+    whole: Classes,
     /// Every field's class, by name (for `?explain=true`).
     classes: HashMap<String, Freshness>,
 }
 
-impl CollectionPlan {
-    pub fn new(name: &str, schema: &Collection) -> Self {
-        let mut strict_fields = Vec::new();
-        let mut relaxed_classes = vec![schema.freshness];
-        let mut classes = HashMap::new();
-        for (field_name, field) in &schema.fields {
-            let class = schema.freshness_of(field);
-            classes.insert(field_name.clone(), class);
+/// The freshness classes that decide how a group of fields is served — a whole
+/// document, or the fields a projection (`?fields=`) names: whether one of them is
+/// strict (read from the primary on every read), and the distinct classes of the
+/// others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classes {
+    has_strict: bool,
+    relaxed: Vec<Freshness>,
+}
+
+impl Classes {
+    /// The classes of `classes` (strict ones set `has_strict`, the others are kept once
+    /// each).
+    pub fn of(classes: impl IntoIterator<Item = Freshness>) -> Self {
+        let mut this = Self {
+            has_strict: false,
+            relaxed: Vec::new(),
+        };
+        for class in classes {
             match class {
-                Freshness::Strict => strict_fields.push(field_name.clone()),
-                other if !relaxed_classes.contains(&other) => relaxed_classes.push(other),
+                Freshness::Strict => this.has_strict = true,
+                other if !this.relaxed.contains(&other) => this.relaxed.push(other),
                 _ => {}
             }
         }
-        relaxed_classes.retain(|c| *c != Freshness::Strict);
-        Self {
-            name: name.into(),
-            schema: schema.clone(),
-            strict_fields,
-            relaxed_classes,
-            classes,
-        }
+        this
     }
 
+    /// Whether one of the fields is strict.
     pub fn has_strict(&self) -> bool {
-        !self.strict_fields.is_empty()
-    }
-
-    pub fn class_of(&self, field: &str) -> Freshness {
-        self.classes.get(field).copied().unwrap_or(self.schema.freshness)
+        self.has_strict
     }
 
     /// The verdict for the non-strict fields of an entry of this age: the worst of
@@ -62,10 +64,10 @@ impl CollectionPlan {
     /// TTL cache (`plain`), so they join this group.
     pub fn verdict(&self, age: Duration, swr: bool, strict_fields: bool, plain: Freshness) -> Verdict {
         let mut verdict = Verdict::Fresh;
-        for class in &self.relaxed_classes {
+        for class in &self.relaxed {
             verdict = verdict.min(freshness::judge(*class, age, swr));
         }
-        if !strict_fields && self.has_strict() {
+        if !strict_fields && self.has_strict {
             verdict = verdict.min(freshness::judge(plain, age, swr));
         }
         verdict
@@ -75,8 +77,8 @@ impl CollectionPlan {
     /// the tightest of their classes. With `strict_fields` off, strict fields join
     /// them as `plain`.
     pub fn max_staleness(&self, strict_fields: bool, plain: Freshness) -> MaxStaleness {
-        let plain = (!strict_fields && self.has_strict()).then_some(plain);
-        self.relaxed_classes
+        let plain = (!strict_fields && self.has_strict).then_some(plain);
+        self.relaxed
             .iter()
             .copied()
             .chain(plain)
@@ -88,9 +90,94 @@ impl CollectionPlan {
 
     /// Whether the non-strict fields may be served at this age when the origin fails.
     pub fn usable_on_error(&self, age: Duration) -> bool {
-        self.relaxed_classes
-            .iter()
-            .all(|c| freshness::usable_on_error(*c, age))
+        self.relaxed.iter().all(|c| freshness::usable_on_error(*c, age))
+    }
+}
+
+impl CollectionPlan {
+    pub fn new(name: &str, schema: &Collection) -> Self {
+        let mut strict_fields = Vec::new();
+        let mut classes = HashMap::new();
+        for (field_name, field) in &schema.fields {
+            let class = schema.freshness_of(field);
+            classes.insert(field_name.clone(), class);
+            if class == Freshness::Strict {
+                strict_fields.push(field_name.clone());
+            }
+        }
+        // The collection default counts for the document as a whole; a strict default
+        // makes no field strict by itself.
+        let whole = Classes::of(
+            std::iter::once(schema.freshness)
+                .filter(|c| *c != Freshness::Strict)
+                .chain(classes.values().copied()),
+        );
+        Self {
+            name: name.into(),
+            schema: schema.clone(),
+            strict_fields,
+            whole,
+            classes,
+        }
+    }
+
+    /// The classes that decide how the whole document is served.
+    pub fn classes(&self) -> &Classes {
+        &self.whole
+    }
+
+    pub fn has_strict(&self) -> bool {
+        self.whole.has_strict()
+    }
+
+    pub fn class_of(&self, field: &str) -> Freshness {
+        self.classes.get(field).copied().unwrap_or(self.schema.freshness)
+    }
+
+    /// [`Classes::verdict`] of the whole document.
+    pub fn verdict(&self, age: Duration, swr: bool, strict_fields: bool, plain: Freshness) -> Verdict {
+        self.whole.verdict(age, swr, strict_fields, plain)
+    }
+
+    /// [`Classes::max_staleness`] of the whole document.
+    pub fn max_staleness(&self, strict_fields: bool, plain: Freshness) -> MaxStaleness {
+        self.whole.max_staleness(strict_fields, plain)
+    }
+
+    /// [`Classes::usable_on_error`] of the whole document.
+    pub fn usable_on_error(&self, age: Duration) -> bool {
+        self.whole.usable_on_error(age)
+    }
+
+    /// The class a cached absence (a 404) is kept under: the collection's own. A
+    /// strict collection keeps none (every read of an absent item asks the primary),
+    /// unless strict fields are off, when it is a plain TTL.
+    fn absence_class(&self, strict_fields: bool, plain: Freshness) -> Freshness {
+        match self.schema.freshness {
+            Freshness::Strict if !strict_fields => plain,
+            class => class,
+        }
+    }
+
+    /// The verdict for a cached absence of this age ([`CollectionPlan::absence_class`]).
+    pub fn absence_verdict(
+        &self,
+        age: Duration,
+        swr: bool,
+        strict_fields: bool,
+        plain: Freshness,
+    ) -> Verdict {
+        freshness::judge(self.absence_class(strict_fields, plain), age, swr)
+    }
+
+    /// How long a cached absence is fresh.
+    pub fn absence_fresh_for(&self, strict_fields: bool, plain: Freshness) -> Duration {
+        freshness::fresh_for(self.absence_class(strict_fields, plain))
+    }
+
+    /// Whether a cached absence of this age may be served because the origin failed.
+    pub fn absence_usable_on_error(&self, age: Duration, strict_fields: bool, plain: Freshness) -> bool {
+        freshness::usable_on_error(self.absence_class(strict_fields, plain), age)
     }
 
     fn field(&self, name: &str) -> Result<&Field, InvalidInput> {
@@ -361,6 +448,7 @@ mod tests {
                 )]
                 .into(),
                 table: Default::default(),
+                surrogate_keys: Vec::new(),
             },
         );
         let negative = -((two_53 + 1) as i64);

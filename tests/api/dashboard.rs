@@ -169,6 +169,18 @@ async fn the_dashboard_wants_the_admin_token_or_the_cookie_of_the_log_in_form() 
         .await
         .unwrap();
     assert_eq!(report.status(), StatusCode::OK);
+    let purge = client
+        .post(format!("{}/admin/purge", node.address))
+        .header(COOKIE, &pair)
+        .json(&json!({"collection": "articles", "ids": ["d-true"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        purge.status(),
+        StatusCode::UNAUTHORIZED,
+        "a change wants the bearer token"
+    );
     let forged = client
         .get(format!("{}/admin/dashboard", node.address))
         .header(COOKIE, "edgecache_admin=00112233")

@@ -160,6 +160,22 @@ impl Cluster {
         }
     }
 
+    /// Makes every commit on the primary wait for a synchronous standby that never
+    /// answers (`synchronous_standby_names` naming no server) until the guard drops,
+    /// which restores asynchronous commits — also when the test fails, and also if
+    /// the primary is down then: it is started first, so the tests after it do not
+    /// find every commit hanging.
+    pub fn commits_wait_for_nobody(&self) -> CommitsWait<'_> {
+        self.psql(
+            &self.primary,
+            &[
+                "ALTER SYSTEM SET synchronous_standby_names = 'edgecache_nobody'",
+                "SELECT pg_reload_conf()",
+            ],
+        );
+        CommitsWait { cluster: self }
+    }
+
     /// Settings of a node over this cluster with `extra` TOML (collections of the
     /// test, flags) layered on top, and the tables of its collections migrated.
     pub async fn settings(&self, extra: &str) -> Settings {
@@ -195,6 +211,28 @@ impl Drop for PrimaryDown<'_> {
         if !self.cluster.primary_runs() {
             self.cluster.start_primary();
         }
+    }
+}
+
+/// Commits waiting for a standby that never answers; dropping it restores them.
+#[allow(dead_code)]
+pub struct CommitsWait<'a> {
+    cluster: &'a Cluster,
+}
+
+impl Drop for CommitsWait<'_> {
+    fn drop(&mut self) {
+        let c = self.cluster;
+        if !c.primary_runs() {
+            c.start_primary();
+        }
+        c.psql(
+            &c.primary,
+            &[
+                "ALTER SYSTEM RESET synchronous_standby_names",
+                "SELECT pg_reload_conf()",
+            ],
+        );
     }
 }
 

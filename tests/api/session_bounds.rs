@@ -223,3 +223,55 @@ async fn request_headers_past_their_bound_are_refused_431_before_anything_is_ope
     assert_eq!(app.node.sessions().len(), live);
     assert_eq!(Client::new().get(&app, "/v1/products/p1").await.status, 200);
 }
+
+/// A client that writes without naming a session (a back-office job, a webhook) gets
+/// a session id and a token in every answer; the node keeps none of those sessions.
+/// One that comes back with its id and token reads its write, on any node.
+#[actix_web::test]
+async fn anonymous_writes_pin_no_session_and_their_token_still_reads_them() {
+    let store = Store::new();
+    let a = spawn_app(&store, "");
+    let b = spawn_app(&store, "");
+    let mut writers = Vec::new();
+    for n in 0..300 {
+        let mut writer = Client::new();
+        let reply = writer
+            .put(
+                &a,
+                &format!("/v1/profiles/anon-{n}"),
+                serde_json::json!({"display_name": format!("w{n}")}),
+            )
+            .await;
+        assert!(reply.status.is_success(), "{}", reply.body);
+        assert!(writer.session_id.is_some() && writer.token.is_some());
+        writers.push(writer);
+    }
+    let live = a.node.sessions().len();
+    assert_eq!(live, 0, "300 anonymous writes left {live} live sessions");
+
+    // Their tokens carry the writes: each reads its own value, here and elsewhere, and
+    // a second write in the same session raises the version it saw.
+    for (n, writer) in writers.iter_mut().enumerate().step_by(37) {
+        let path = format!("/v1/profiles/anon-{n}");
+        for node in [&a, &b] {
+            let read = writer.get(node, &path).await;
+            assert_eq!(read.status, StatusCode::OK);
+            assert_eq!(read.body["display_name"], format!("w{n}"));
+        }
+        let first = writer.get(&b, &path).await.version();
+        let again = writer
+            .put(
+                &b,
+                &path,
+                serde_json::json!({"display_name": format!("again{n}")}),
+            )
+            .await;
+        assert_eq!(again.version(), first + 1);
+        assert_eq!(
+            writer.get(&a, &path).await.body["display_name"],
+            format!("again{n}")
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -21,7 +21,8 @@ async fn a_passivated_session_is_rebuilt_from_its_token_with_its_guarantees() {
         .await;
     Client::new().get(&b, "/v1/articles/s1").await; // B caches v1
 
-    let mut user = Client::new();
+    // Named from its first request: an anonymous writer's session is not kept.
+    let mut user = Client::with_id("passivated-user");
     user.put(&b, "/v1/articles/s1", json!({"title": "v2"})).await;
     user.put(&a, "/v1/articles/s1", json!({"title": "v3"})).await; // B's cache: v2
     let id = user.session_id.clone().unwrap();

@@ -152,17 +152,6 @@ async fn with_the_primary_down_writes_and_strict_reads_fail_relaxed_fields_are_s
     assert!(after.status.is_success(), "writes work again: {}", after.body);
 }
 
-/// Runs each of `statements` on the primary, one at a time.
-async fn on_primary(pg: &pg::Cluster, statements: &[&str]) {
-    let (db, connection) = tokio_postgres::connect(&pg.primary, tokio_postgres::NoTls)
-        .await
-        .expect("the primary answers");
-    actix_web::rt::spawn(connection);
-    for sql in statements {
-        db.batch_execute(sql).await.expect("the statement runs");
-    }
-}
-
 #[actix_web::test]
 async fn the_primary_killed_while_writes_wait_in_commit_no_write_answered_not_applied_is_there_after() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -182,15 +171,8 @@ async fn the_primary_killed_while_writes_wait_in_commit_no_write_answered_not_ap
     assert_eq!(created.status, 201);
 
     // A synchronous standby that never answers: every commit is written to the
-    // primary's WAL, then waits for it.
-    on_primary(
-        &pg,
-        &[
-            "ALTER SYSTEM SET synchronous_standby_names = 'edgecache_nobody'",
-            "SELECT pg_reload_conf()",
-        ],
-    )
-    .await;
+    // primary's WAL, then waits for it (until the guard drops, whatever happens).
+    let commits_wait = pg.commits_wait_for_nobody();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let items: Vec<String> = (0..8).map(|i| format!("/v1/{table}/item-{i}")).collect();
@@ -213,14 +195,7 @@ async fn the_primary_killed_while_writes_wait_in_commit_no_write_answered_not_ap
     let (puts, increments, ()) = futures_util::join!(puts, increments, kill);
 
     pg.start_primary();
-    on_primary(
-        &pg,
-        &[
-            "ALTER SYSTEM RESET synchronous_standby_names",
-            "SELECT pg_reload_conf()",
-        ],
-    )
-    .await;
+    drop(commits_wait);
     let fresh = spawn_with(&settings);
     let back = eventually(Duration::from_secs(15), || async {
         Client::new().get(&fresh, &counter).await.status == 200
@@ -586,5 +561,48 @@ async fn after_a_restart_of_the_primary_every_kind_of_write_prepares_its_stateme
     assert_eq!(
         (read.body["label"].as_str(), read.body["stock"].as_i64()),
         (Some("keyed"), Some(1))
+    );
+}
+
+#[actix_web::test]
+async fn with_the_primary_down_a_projection_without_strict_fields_is_served_and_the_whole_product_is_not() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = pg::cluster();
+    let table = unique("projected").replace('-', "_");
+    let settings = pg.settings(&pg::shop(&table)).await;
+    let a = spawn_with(&settings);
+    let b = spawn_with(&settings);
+    let cached = format!("/v1/{table}/{}", unique("cached"));
+    let uncached = format!("/v1/{table}/{}", unique("uncached"));
+    for item in [&cached, &uncached] {
+        let put = Client::new()
+            .put(&a, item, json!({"label": "kettle", "price": 49.0, "stock": 3}))
+            .await;
+        assert_eq!(put.status, 201);
+    }
+    // B holds one of them; the replica has both before the primary goes away.
+    assert_eq!(Client::new().get(&b, &cached).await.status, 200);
+    let replicated = eventually(Duration::from_secs(10), || async {
+        let id = uncached.rsplit('/').next().unwrap();
+        pg.replica_version(&table, id) > 0
+    })
+    .await;
+    assert!(replicated, "the replica replayed the writes");
+
+    let _down = pg.primary_down();
+    let strict_before = b.node.metrics().strict_reads.get();
+    for item in [&cached, &uncached] {
+        let page = Client::new().get(&b, &format!("{item}?fields=label")).await;
+        assert_eq!(page.status, 200, "{item}: {}", page.body);
+        assert_eq!(page.body["label"], "kettle");
+        assert!(page.body.get("stock").is_none());
+        let whole = Client::new().get(&b, item).await;
+        assert_eq!(whole.status, 503, "{item}: the strict stock is never guessed");
+        assert_eq!(whole.problem(), "origin-unavailable");
+    }
+    assert_eq!(
+        b.node.metrics().strict_reads.get(),
+        strict_before,
+        "no strict read succeeded while the primary was down"
     );
 }

@@ -40,6 +40,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use secrecy::ExposeSecret;
 use unleash_api_client::api::{features_endpoint, Metrics};
 use unleash_api_client::client::{ClientBuilder, FeatureKey};
@@ -352,17 +354,42 @@ struct PollState {
     fingerprint: Vec<u8>,
 }
 
-/// Fetches, then sleeps `interval`, until stopped or until every [`UnleashFlags`] is
+/// Fetches, then waits [`next_wait`], until stopped or until every [`UnleashFlags`] is
 /// dropped (it holds only a weak reference between rounds).
 async fn poll(shared: Weak<Shared>) {
     let mut state = PollState::default();
+    // Seeded differently in every process (std's hasher keys are random), which is
+    // all the spread needs.
+    let mut rng = SmallRng::seed_from_u64(std::hash::BuildHasher::hash_one(
+        &std::collections::hash_map::RandomState::new(),
+        std::process::id(),
+    ));
     loop {
         let Some(s) = shared.upgrade() else { return };
         s.poll_once(&mut state).await;
-        let interval = s.interval;
+        let wait = next_wait(s.interval, s.status.get().consecutive_failures, rng.random());
         drop(s);
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(wait).await;
     }
+}
+
+/// The longest wait between fetches while they fail (unless the interval is longer):
+/// how late a node may notice that Unleash is back.
+const MAX_FAILING_WAIT: Duration = Duration::from_secs(30);
+
+/// The wait before the next fetch, with `unit` uniform in [0, 1). While fetches
+/// succeed: the interval, shortened by up to a fifth, so that nodes started together
+/// do not poll together and a flag change still takes effect within the interval.
+/// After `failures` failed fetches in a row: the interval doubled per failure, up to
+/// [`MAX_FAILING_WAIT`], drawn from the upper half of that (a fleet does not hammer an
+/// Unleash that is down or overloaded, nor come back to it in step).
+fn next_wait(interval: Duration, failures: u32, unit: f64) -> Duration {
+    if failures == 0 {
+        return interval.mul_f64(1.0 - 0.2 * unit);
+    }
+    let cap = MAX_FAILING_WAIT.max(interval);
+    let grown = interval.saturating_mul(1u32 << failures.min(16)).min(cap);
+    grown.mul_f64(0.5 + 0.5 * unit)
 }
 
 impl Shared {
@@ -481,6 +508,32 @@ fn fingerprint(features: &ClientFeatures) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthy_polls_spread_within_the_interval_and_failing_ones_back_off_to_a_cap() {
+        let second = Duration::from_secs(1);
+        for unit in [0.0, 0.3, 0.999] {
+            let wait = next_wait(second, 0, unit);
+            assert!(wait <= second && wait >= second.mul_f64(0.8), "{wait:?}");
+        }
+        assert!(next_wait(second, 0, 0.0) > next_wait(second, 0, 0.9));
+        // Doubling per failure, drawn from the upper half.
+        assert_eq!(next_wait(second, 1, 0.0), second);
+        assert_eq!(next_wait(second, 3, 0.0), Duration::from_secs(4));
+        assert!(next_wait(second, 3, 0.99) < Duration::from_secs(8));
+        // Capped, however long the outage.
+        for failures in [5, 6, 40, u32::MAX] {
+            let wait = next_wait(second, failures, 0.999);
+            assert!(
+                wait <= MAX_FAILING_WAIT && wait >= MAX_FAILING_WAIT / 2,
+                "{failures}: {wait:?}"
+            );
+        }
+        // An interval beyond the cap is never shortened below half of it.
+        let minute = Duration::from_secs(60);
+        assert!(next_wait(minute, 10, 0.0) >= Duration::from_secs(30));
+        assert!(next_wait(minute, 10, 0.999) <= minute);
+    }
 
     #[test]
     fn the_context_is_refilled_without_stale_values() {

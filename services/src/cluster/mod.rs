@@ -15,6 +15,7 @@
 //! it would be refused.
 
 mod proof;
+mod purge;
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use edgecache_config::ClusterSettings;
 use crate::backoff::Schedule;
 
 pub use proof::{Keys, ProofError, Proven, PROOF_HEADER, PROOF_WINDOW};
+pub use purge::{PeerPurge, PURGE_PATH};
 
 /// The peer route a health check asks (authenticated, unlike `/healthz`).
 pub const HEALTH_PATH: &str = "/cluster/health";

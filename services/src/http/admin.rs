@@ -12,16 +12,16 @@ use std::collections::BTreeMap;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, Error, HttpRequest, HttpResponse};
+use actix_web::{web, Error, HttpResponse};
 use edgecache_config::AdminSettings;
 use edgecache_flags::Strategy;
 use serde::Serialize;
 
 use super::bearer::BearerToken;
-use super::error::problem;
+use super::error::{problem, ProblemType};
 use super::login;
 use crate::metrics::ArmStats;
 use crate::Node;
@@ -67,14 +67,17 @@ pub async fn require_token(
     let Some(token) = token else {
         let response = problem(
             StatusCode::NOT_FOUND,
-            "no-route",
+            ProblemType::NoRoute,
             "Not found",
             "the admin API is disabled: no admin.token is configured".to_owned(),
         )
         .to_actix_response();
         return Ok(request.into_response(response));
     };
-    if login::has_cookie(request.headers(), &token) {
+    // The browser's cookie opens what a browser reads; a change (POST /admin/purge)
+    // wants the bearer token.
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if reads && login::has_cookie(request.headers(), &token) {
         return next.call(request).await.map(ServiceResponse::map_into_boxed_body);
     }
     match token.check(request.headers(), REALM, "admin token") {
@@ -88,7 +91,7 @@ pub async fn require_token(
 }
 
 /// The report of `GET /admin/experiments`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ExperimentsReport<'a> {
     /// The node that counted (every node counts its own requests).
     pub node: &'a str,
@@ -99,7 +102,7 @@ pub struct ExperimentsReport<'a> {
 }
 
 /// One strategy flag's experiment.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct FlagReport {
     /// The Unleash flag name.
     pub flag: &'static str,
@@ -108,7 +111,7 @@ pub struct FlagReport {
 }
 
 /// One arm's counts, since the node started.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ArmReport {
     /// Distinct sessions that made a request in this arm (HyperLogLog estimate: exact
     /// for small counts, within about 2% beyond).
@@ -132,7 +135,7 @@ pub struct ArmReport {
     pub latency_us: Latency,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Latency {
     pub p50: Option<u64>,
     pub p99: Option<u64>,
@@ -160,6 +163,17 @@ impl ArmReport {
 
 /// `GET /admin/experiments`: per strategy flag and arm, the sessions, reads, hit ratio,
 /// stale-own-read rate and p50/p99 read latency this node has seen.
+#[utoipa::path(
+    get,
+    path = "/admin/experiments",
+    tag = "operations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Per strategy flag and arm: sessions, reads, hit ratio, stale own reads, latency", body = ExperimentsReport),
+        (status = 401, description = "No or a wrong admin token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The admin API is disabled (no admin.token)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn experiments(node: web::Data<Node>) -> HttpResponse {
     let counts = &node.metrics().experiments;
     let experiments = Strategy::ALL
@@ -184,19 +198,4 @@ pub async fn experiments(node: web::Data<Node>) -> HttpResponse {
             flag_source: node.flag_status().unwrap_or_else(|| "configuration".to_owned()),
             experiments,
         })
-}
-
-/// Another method on an admin route: 405.
-pub async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
-    let mut response = problem(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "Method not allowed",
-        format!("{} is not allowed here (GET)", request.method()),
-    )
-    .to_actix_response();
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET"));
-    response
 }

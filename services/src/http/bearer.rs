@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::error::problem;
+use super::error::{problem, ProblemType};
 
 /// A configured bearer token, as its digest.
 #[derive(Clone)]
@@ -39,8 +39,13 @@ impl BearerToken {
             ),
         };
         tracing::warn!(realm, "request refused: {detail}");
-        let mut response =
-            problem(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail).to_actix_response();
+        let mut response = problem(
+            StatusCode::UNAUTHORIZED,
+            ProblemType::Unauthorized,
+            "Unauthorized",
+            detail,
+        )
+        .to_actix_response();
         if let Ok(value) = HeaderValue::from_str(&challenge) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
         }

@@ -17,7 +17,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage, HttpResponse};
 use serde_json::json;
 
-use super::error::problem;
+use super::error::{problem, ProblemType};
 use super::forward::target;
 use crate::cluster::{Cluster, PROOF_HEADER};
 
@@ -44,7 +44,7 @@ pub async fn require_peer(
             tracing::warn!(path = request.path(), cause = %refusal, "peer request refused");
             let response = problem(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ProblemType::Unauthorized,
                 "Unauthorized",
                 format!("cluster routes are for peer nodes only: {refusal}"),
             )
@@ -55,17 +55,39 @@ pub async fn require_peer(
 }
 
 /// `GET /cluster/health`: this node answers, and accepts the caller's proof.
+#[utoipa::path(
+    get,
+    path = "/cluster/health",
+    tag = "cluster",
+    security(("peer_proof" = [])),
+    responses(
+        (status = 200, description = "This node answers and accepts the caller's proof", body = Object),
+        (status = 401, description = "No valid peer proof", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn health(cluster: web::Data<Arc<Cluster>>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok", "node": cluster.node_id() }))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct Leaving {
     node: String,
 }
 
 /// `POST /cluster/leave {"node": id}`: the peer that signed the request is stopping.
 /// A peer announces only its own leaving (403 for another node's).
+#[utoipa::path(
+    post,
+    path = "/cluster/leave",
+    tag = "cluster",
+    security(("peer_proof" = [])),
+    request_body = Leaving,
+    responses(
+        (status = 204, description = "The peer is out of rotation"),
+        (status = 401, description = "No valid peer proof", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The body names another node than the signer", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn peer_left(
     request: actix_web::HttpRequest,
     cluster: web::Data<Arc<Cluster>>,
@@ -79,7 +101,7 @@ pub async fn peer_left(
         }
         _ => problem(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ProblemType::Forbidden,
             "Forbidden",
             format!("a node announces only its own leaving, not `{}`'s", body.node),
         )

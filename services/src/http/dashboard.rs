@@ -9,17 +9,37 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::admin::AdminAuth;
-use super::error::{problem, ApiError};
+use super::error::{problem, ApiError, ProblemType};
 use super::login;
 use crate::dashboard::Dashboard;
 
 /// `GET /admin/dashboard` (behind the admin token or cookie).
+#[utoipa::path(
+    get,
+    path = "/admin/dashboard",
+    tag = "operations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The dashboard page: per strategy flag and arm, the node's counts and charts over the last hour", content_type = "text/html"),
+        (status = 401, description = "No or a wrong admin token or cookie: problem+json, or the log-in form for a browser (Accept: text/html)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The admin API is disabled (no admin.token)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn dashboard(dashboard: web::Data<Dashboard>) -> HttpResponse {
     let nonce = login::nonce();
     login::html(StatusCode::OK, &nonce, dashboard.page(&nonce))
 }
 
 /// `GET /admin/login`: the form (404 while the admin API is disabled).
+#[utoipa::path(
+    get,
+    path = "/admin/login",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The log-in form of the dashboard", content_type = "text/html"),
+        (status = 404, description = "The admin API is disabled (no admin.token)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn login_form(auth: web::Data<AdminAuth>) -> HttpResponse {
     match auth.admin_token() {
         Some(_) => login::form(StatusCode::OK, false),
@@ -28,14 +48,27 @@ pub async fn login_form(auth: web::Data<AdminAuth>) -> HttpResponse {
 }
 
 /// The form's fields.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct LogIn {
+    /// The node's admin token.
     token: String,
 }
 
 /// `POST /admin/login`: with the admin token, 303 to the dashboard with the admin
 /// cookie; with another, 401 and the form again; without a `token` field, 400
 /// `invalid-request`.
+#[utoipa::path(
+    post,
+    path = "/admin/login",
+    tag = "operations",
+    request_body(content = LogIn, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Logged in: the admin cookie (HttpOnly, SameSite=Strict) and a redirect to the dashboard"),
+        (status = 400, description = "No `token` field", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not the admin token: the form again", content_type = "text/html"),
+        (status = 404, description = "The admin API is disabled (no admin.token)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn log_in(
     request: HttpRequest,
     form: Option<web::Form<LogIn>>,
@@ -62,6 +95,12 @@ pub async fn log_in(
 }
 
 /// `POST /admin/logout`: clears the cookie and shows the form.
+#[utoipa::path(
+    post,
+    path = "/admin/logout",
+    tag = "operations",
+    responses((status = 303, description = "The admin cookie cleared, and a redirect to the log-in form")),
+)]
 pub async fn log_out() -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/admin/login"))
@@ -73,7 +112,7 @@ pub async fn log_out() -> HttpResponse {
 fn disabled() -> HttpResponse {
     problem(
         StatusCode::NOT_FOUND,
-        "no-route",
+        ProblemType::NoRoute,
         "Not found",
         "the admin API is disabled: no admin.token is configured".to_owned(),
     )

@@ -11,13 +11,88 @@ use http_api_problem::HttpApiProblem;
 use crate::node::{ReadError, SessionError, WriteFailure};
 use crate::origin::{OriginError, WriteError};
 use crate::plan::InvalidInput;
+use crate::projection::ProjectionError;
 
 /// The `type` of every problem is `urn:problem:edgecache:<slug>`.
 pub const PROBLEM_TYPE_PREFIX: &str = "urn:problem:edgecache:";
 
+/// Declares [`ProblemType`] and [`ProblemType::ALL`] from one list, so that a type the
+/// API can answer with cannot be missing from the OpenAPI document (`http::openapi`).
+macro_rules! problem_types {
+    ($($name:ident = $slug:literal: $about:literal;)*) => {
+        /// Every problem `type` the API answers with: `urn:problem:edgecache:<slug>`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ProblemType {
+            $(#[doc = $about] $name,)*
+        }
+
+        impl ProblemType {
+            /// Every problem type, in declaration order.
+            pub const ALL: &'static [ProblemType] = &[$(ProblemType::$name),*];
+
+            /// The stable slug at the end of the `type` URN.
+            pub const fn slug(self) -> &'static str {
+                match self {
+                    $(ProblemType::$name => $slug,)*
+                }
+            }
+
+            /// What the problem means, for the API's documentation.
+            pub const fn about(self) -> &'static str {
+                match self {
+                    $(ProblemType::$name => $about,)*
+                }
+            }
+        }
+    };
+}
+
+problem_types! {
+    MalformedJson = "malformed-json": "The request body is not valid JSON.";
+    NotAnObject = "not-an-object": "The request body must be a JSON object.";
+    UnsupportedMediaType = "unsupported-media-type": "The request's Content-Type is not one the route accepts.";
+    BodyTooLarge = "body-too-large": "The request body exceeds the node's limit.";
+    HeadersTooLarge = "headers-too-large": "The request's headers exceed the node's limit.";
+    InvalidId = "invalid-id": "An item id is empty, too long or has characters outside A-Z, a-z, 0-9, '_', '.', ':' and '-'.";
+    InvalidIfMatch = "invalid-if-match": "If-Match is neither \"*\" nor one ETag this node issued.";
+    InvalidIdempotencyKey = "invalid-idempotency-key": "Idempotency-Key is empty, too long or not visible ASCII.";
+    IdempotencyKeyReused = "idempotency-key-reused": "The Idempotency-Key was used for a different request.";
+    IdempotencyKeyInFlight = "idempotency-key-in-flight": "A request with this Idempotency-Key is still running; retry later.";
+    IdempotencyStoreFull = "idempotency-store-full": "The node cannot record another idempotency key now; the write was not applied.";
+    InvalidSessionId = "invalid-session-id": "X-Session-Id is not a valid session id.";
+    TokenWithoutSession = "token-without-session": "X-Session-Token was sent without X-Session-Id.";
+    UserIdTooLong = "user-id-too-long": "X-User-Id exceeds its limit.";
+    TokenMalformed = "token-malformed": "X-Session-Token cannot be read.";
+    TokenUnknownKey = "token-unknown-key": "X-Session-Token was sealed with a key this node does not hold.";
+    TokenTampered = "token-tampered": "X-Session-Token fails its authentication check.";
+    TokenForeign = "token-foreign": "X-Session-Token belongs to another session.";
+    UnknownCollection = "unknown-collection": "The collection is not configured.";
+    NotFound = "not-found": "The item does not exist.";
+    UnknownField = "unknown-field": "A field is not in the collection's data model.";
+    UnknownProjectionField = "unknown-projection-field": "`fields` names a field that is not in the collection's data model.";
+    WrongType = "wrong-type": "A field's value has the wrong JSON type.";
+    OutOfRange = "out-of-range": "A field's value is outside its bounds.";
+    IdMismatch = "id-mismatch": "The body's id differs from the path's.";
+    UnrepresentableValue = "unrepresentable-value": "A value cannot be stored exactly.";
+    InvalidRequest = "invalid-request": "The request is malformed in another way (the detail says how).";
+    BatchTooLarge = "batch-too-large": "A batch asks for more ids than the node allows.";
+    PreconditionFailed = "precondition-failed": "If-Match names another version than the item's; `current_version` says which.";
+    BoundCrossed = "bound-crossed": "An increment would take a field past its bound.";
+    NotAnInteger = "not-an-integer": "An increment's field does not hold an integer.";
+    OriginUnavailable = "origin-unavailable": "The origin could not answer in time; reads and writes were not served.";
+    SessionBusy = "session-busy": "The session's earlier writes did not finish in time; this write was not applied.";
+    WriteOutcomeUnknown = "write-outcome-unknown": "The write started but its outcome is unknown; retry with the same Idempotency-Key.";
+    ForwardedWithoutProof = "forwarded-without-proof": "X-Edgecache-Forwarded was set without a valid X-Edgecache-Proof.";
+    Unauthorized = "unauthorized": "The route needs a bearer token (admin, metrics) or a peer's proof (cluster).";
+    Forbidden = "forbidden": "A peer asked for something only another node may ask for.";
+    NoRoute = "no-route": "Nothing is mounted at this path (or the admin API is disabled).";
+    MethodNotAllowed = "method-not-allowed": "The path does not take this method; Allow lists those it does.";
+    Internal = "internal": "The node failed; the request id is in its log.";
+}
+
 /// The slug of a request refused because it claims to be forwarded without proof (a
 /// forwarding node that gets it back serves the request itself).
-pub const FORWARDED_WITHOUT_PROOF: &str = "forwarded-without-proof";
+pub const FORWARDED_WITHOUT_PROOF: &str = ProblemType::ForwardedWithoutProof.slug();
 
 /// What the log line of a failed request (5xx) says: the problem and the whole cause
 /// chain. Error responses carry it in their extensions; only the log sees it
@@ -62,6 +137,8 @@ pub enum ApiError {
     NotFound(String),
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
     #[error("{0}")]
     InvalidRequest(String),
     #[error("at most {max} ids per batch")]
@@ -88,52 +165,54 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The stable slug of the problem `type`.
-    pub fn slug(&self) -> &'static str {
+    /// The problem `type` this error answers with.
+    pub fn problem_type(&self) -> ProblemType {
         match self {
-            ApiError::MalformedJson(_) => "malformed-json",
-            ApiError::NotAnObject => "not-an-object",
-            ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
-            ApiError::BodyTooLarge { .. } => "body-too-large",
-            ApiError::HeadersTooLarge { .. } => "headers-too-large",
-            ApiError::InvalidId { .. } => "invalid-id",
-            ApiError::InvalidIfMatch => "invalid-if-match",
-            ApiError::InvalidIdempotencyKey { .. } => "invalid-idempotency-key",
-            ApiError::IdempotencyKeyReused => "idempotency-key-reused",
-            ApiError::IdempotencyKeyInFlight => "idempotency-key-in-flight",
-            ApiError::IdempotencyFull => "idempotency-store-full",
-            ApiError::Session(SessionError::InvalidId) => "invalid-session-id",
-            ApiError::Session(SessionError::TokenWithoutSession) => "token-without-session",
-            ApiError::Session(SessionError::UserIdTooLong { .. }) => "user-id-too-long",
-            ApiError::Session(SessionError::Token(TokenError::Malformed)) => "token-malformed",
-            ApiError::Session(SessionError::Token(TokenError::UnknownKey)) => "token-unknown-key",
-            ApiError::Session(SessionError::Token(TokenError::Tampered)) => "token-tampered",
-            ApiError::Session(SessionError::Token(TokenError::Foreign)) => "token-foreign",
-            ApiError::UnknownCollection(_) => "unknown-collection",
-            ApiError::NotFound(_) => "not-found",
-            ApiError::Invalid(InvalidInput::UnknownField(_)) => "unknown-field",
-            ApiError::Invalid(InvalidInput::WrongType { .. }) => "wrong-type",
-            ApiError::Invalid(InvalidInput::OutOfRange { .. }) => "out-of-range",
-            ApiError::Invalid(InvalidInput::IdMismatch) => "id-mismatch",
-            ApiError::Invalid(InvalidInput::Unrepresentable { .. }) => "unrepresentable-value",
-            ApiError::InvalidRequest(_) => "invalid-request",
-            ApiError::BatchTooLarge { .. } => "batch-too-large",
-            ApiError::PreconditionFailed { .. } => "precondition-failed",
-            ApiError::BoundCrossed(_) => "bound-crossed",
-            ApiError::NotAnInteger(_) => "not-an-integer",
-            ApiError::OriginUnavailable(_) => "origin-unavailable",
-            ApiError::SessionBusy => "session-busy",
-            ApiError::OutcomeUnknown => "write-outcome-unknown",
-            ApiError::ForwardedWithoutProof(_) => FORWARDED_WITHOUT_PROOF,
-            ApiError::Internal(_) => "internal",
+            ApiError::MalformedJson(_) => ProblemType::MalformedJson,
+            ApiError::NotAnObject => ProblemType::NotAnObject,
+            ApiError::UnsupportedMediaType(_) => ProblemType::UnsupportedMediaType,
+            ApiError::BodyTooLarge { .. } => ProblemType::BodyTooLarge,
+            ApiError::HeadersTooLarge { .. } => ProblemType::HeadersTooLarge,
+            ApiError::InvalidId { .. } => ProblemType::InvalidId,
+            ApiError::InvalidIfMatch => ProblemType::InvalidIfMatch,
+            ApiError::InvalidIdempotencyKey { .. } => ProblemType::InvalidIdempotencyKey,
+            ApiError::IdempotencyKeyReused => ProblemType::IdempotencyKeyReused,
+            ApiError::IdempotencyKeyInFlight => ProblemType::IdempotencyKeyInFlight,
+            ApiError::IdempotencyFull => ProblemType::IdempotencyStoreFull,
+            ApiError::Session(SessionError::InvalidId) => ProblemType::InvalidSessionId,
+            ApiError::Session(SessionError::TokenWithoutSession) => ProblemType::TokenWithoutSession,
+            ApiError::Session(SessionError::UserIdTooLong { .. }) => ProblemType::UserIdTooLong,
+            ApiError::Session(SessionError::Token(TokenError::Malformed)) => ProblemType::TokenMalformed,
+            ApiError::Session(SessionError::Token(TokenError::UnknownKey)) => ProblemType::TokenUnknownKey,
+            ApiError::Session(SessionError::Token(TokenError::Tampered)) => ProblemType::TokenTampered,
+            ApiError::Session(SessionError::Token(TokenError::Foreign)) => ProblemType::TokenForeign,
+            ApiError::UnknownCollection(_) => ProblemType::UnknownCollection,
+            ApiError::NotFound(_) => ProblemType::NotFound,
+            ApiError::Invalid(InvalidInput::UnknownField(_)) => ProblemType::UnknownField,
+            ApiError::Invalid(InvalidInput::WrongType { .. }) => ProblemType::WrongType,
+            ApiError::Invalid(InvalidInput::OutOfRange { .. }) => ProblemType::OutOfRange,
+            ApiError::Invalid(InvalidInput::IdMismatch) => ProblemType::IdMismatch,
+            ApiError::Invalid(InvalidInput::Unrepresentable { .. }) => ProblemType::UnrepresentableValue,
+            ApiError::InvalidRequest(_) => ProblemType::InvalidRequest,
+            ApiError::Projection(ProjectionError::UnknownField(_)) => ProblemType::UnknownProjectionField,
+            ApiError::Projection(ProjectionError::Empty) => ProblemType::InvalidRequest,
+            ApiError::BatchTooLarge { .. } => ProblemType::BatchTooLarge,
+            ApiError::PreconditionFailed { .. } => ProblemType::PreconditionFailed,
+            ApiError::BoundCrossed(_) => ProblemType::BoundCrossed,
+            ApiError::NotAnInteger(_) => ProblemType::NotAnInteger,
+            ApiError::OriginUnavailable(_) => ProblemType::OriginUnavailable,
+            ApiError::SessionBusy => ProblemType::SessionBusy,
+            ApiError::OutcomeUnknown => ProblemType::WriteOutcomeUnknown,
+            ApiError::ForwardedWithoutProof(_) => ProblemType::ForwardedWithoutProof,
+            ApiError::Internal(_) => ProblemType::Internal,
         }
     }
 
     /// A problem response with another status and type than the error's own.
-    pub fn error_response_with(&self, status: StatusCode, slug: &str) -> HttpResponse {
+    pub fn error_response_with(&self, status: StatusCode, kind: ProblemType) -> HttpResponse {
         problem(
             status,
-            slug,
+            kind,
             status.canonical_reason().unwrap_or("Error"),
             self.to_string(),
         )
@@ -206,6 +285,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidIdempotencyKey { .. }
             | ApiError::Session(_)
             | ApiError::InvalidRequest(_)
+            | ApiError::Projection(ProjectionError::Empty)
             | ApiError::ForwardedWithoutProof(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownCollection(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BoundCrossed(_) | ApiError::IdempotencyKeyInFlight => StatusCode::CONFLICT,
@@ -214,7 +294,9 @@ impl ResponseError for ApiError {
             ApiError::BodyTooLarge { .. } | ApiError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::Invalid(_) | ApiError::NotAnInteger(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_)
+            | ApiError::NotAnInteger(_)
+            | ApiError::Projection(ProjectionError::UnknownField(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::OriginUnavailable(_)
             | ApiError::SessionBusy
             | ApiError::OutcomeUnknown
@@ -226,14 +308,14 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         if !status.is_server_error() {
-            tracing::debug!(problem = self.slug(), detail = %self, "request rejected");
+            tracing::debug!(problem = self.problem_type().slug(), detail = %self, "request rejected");
         }
         let detail = match self {
             // Internals stay in the log.
             ApiError::Internal(_) => "the node failed to answer; the request id is in the log".to_owned(),
             other => other.to_string(),
         };
-        let mut problem = problem(status, self.slug(), self.title(), detail);
+        let mut problem = problem(status, self.problem_type(), self.title(), detail);
         if let ApiError::PreconditionFailed { current } = self {
             problem.set_value("current_version", current);
         }
@@ -241,7 +323,7 @@ impl ResponseError for ApiError {
         if status.is_server_error() {
             // Logged with the request's id once the response leaves (http::envelope).
             response.extensions_mut().insert(Failure {
-                problem: self.slug(),
+                problem: self.problem_type().slug(),
                 cause: ErrorChain(self).to_string(),
             });
         }
@@ -270,12 +352,12 @@ impl fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// A problem document with a status, the `type` of `slug`, a title and a detail.
-pub fn problem(status: StatusCode, slug: &str, title: &str, detail: String) -> HttpApiProblem {
+/// A problem document with a status, its `type`, a title and a detail.
+pub fn problem(status: StatusCode, kind: ProblemType, title: &str, detail: String) -> HttpApiProblem {
     let status = http_api_problem::StatusCode::from_u16(status.as_u16())
         .unwrap_or(http_api_problem::StatusCode::INTERNAL_SERVER_ERROR);
     HttpApiProblem::new(status)
-        .type_url(format!("{PROBLEM_TYPE_PREFIX}{slug}"))
+        .type_url(format!("{PROBLEM_TYPE_PREFIX}{}", kind.slug()))
         .title(title)
         .detail(detail)
 }
@@ -283,5 +365,17 @@ pub fn problem(status: StatusCode, slug: &str, title: &str, detail: String) -> H
 /// 404 `no-route`: nothing is mounted at the request's path.
 pub fn no_route(request: &HttpRequest) -> HttpResponse {
     ApiError::InvalidRequest(format!("no route for {} {}", request.method(), request.path()))
-        .error_response_with(StatusCode::NOT_FOUND, "no-route")
+        .error_response_with(StatusCode::NOT_FOUND, ProblemType::NoRoute)
+}
+
+/// 405 `method-not-allowed`: the path takes only `allowed` (a comma-separated list,
+/// also sent as `Allow`).
+pub fn method_not_allowed(method: &actix_web::http::Method, allowed: &'static str) -> HttpResponse {
+    let mut response = ApiError::InvalidRequest(format!("{method} is not allowed here ({allowed})"))
+        .error_response_with(StatusCode::METHOD_NOT_ALLOWED, ProblemType::MethodNotAllowed);
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allowed),
+    );
+    response
 }

@@ -13,12 +13,23 @@ use crate::origin::OriginError;
 use crate::readiness::{Readiness, Ready};
 use crate::Node;
 
+/// `GET /healthz`: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process answers", body = Object)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: from the last readiness sample, never a query of its own. 503
 /// `origin-unavailable` when the origin did not answer it (or it is too old).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: the origin's position, live sessions, peers, flag source", body = Object),
+        (status = 503, description = "The origin did not answer the last readiness check", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn readyz(
     node: web::Data<Node>,
     cluster: web::Data<Arc<Cluster>>,

@@ -16,9 +16,9 @@ use crate::Node;
 
 /// `{"field": "stock", "by": -1, "min": 0}`. The field's own bounds from the data
 /// model always apply; `min`/`max` can only narrow them.
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Increment {
+pub(super) struct Increment {
     field: String,
     by: i64,
     #[serde(default)]
@@ -28,6 +28,33 @@ struct Increment {
 }
 
 /// `POST /v1/{collection}/{id}/increment`
+#[utoipa::path(
+    post,
+    path = "/v1/{collection}/{id}/increment",
+    tag = "items",
+    params(
+        ("collection" = String, Path, description = "A configured collection"),
+        ("id" = String, Path, description = "1 to max_id_bytes of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        crate::http::openapi::SessionHeaders,
+        crate::http::openapi::WriteHeaders,
+    ),
+    request_body = Increment,
+    responses(
+        (status = 200, description = "The document after the add", body = crate::http::openapi::Document, headers(
+            ("ETag" = String, description = "The new version"),
+            ("X-Session-Token" = String, description = "The session's new token: send it with the next request"),
+            ("Idempotent-Replayed" = bool, description = "true when this answers a recorded write"),
+        )),
+        (status = 409, description = "The add would cross the field's bound", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A malformed request or session header", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such collection (or item, for PATCH/DELETE/increment)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not a JSON content type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The body breaks the data model, or the Idempotency-Key was used for another request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not applied (origin-unavailable, session-busy, idempotency-store-full) or outcome unknown (write-outcome-unknown): see the problem type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(name = "increment", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
 pub async fn increment(
     node: &Node,

@@ -2,8 +2,8 @@
 //! once and answers with a cookie (`HttpOnly`, `SameSite=Strict`, path `/admin`,
 //! `Secure` over HTTPS). The cookie holds a value derived from the token, not the
 //! token, and is compared in constant time; `Authorization: Bearer` keeps working
-//! beside it. `SameSite=Strict` keeps other sites' pages from riding on it, and every
-//! admin route but the log-out reads only.
+//! beside it. `SameSite=Strict` keeps other sites' pages from riding on it, and it
+//! opens only `GET`s: a change (`POST /admin/purge`) wants the bearer token.
 
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::StatusCode;

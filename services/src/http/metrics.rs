@@ -19,6 +19,16 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 const REALM: &str = "edgecache-metrics";
 
 /// `GET /metrics`
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Counters in the OpenMetrics text format", content_type = "application/openmetrics-text"),
+        (status = 401, description = "admin.metrics_token is set and the request does not carry it", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn metrics(
     request: HttpRequest,
     node: web::Data<Node>,

@@ -2,17 +2,19 @@
 //! problem+json ([`ApiError`]).
 //!
 //! Files import only files before them in: route, error, bearer, login, admin,
-//! dashboard, metrics,
-//! health, request, idempotency, write, items, increment, batch, v1, forward, cluster,
-//! envelope (this module mounts them all).
+//! dashboard, metrics, health, request, fields, conditional, idempotency, write, items,
+//! increment, batch, v1, forward, cluster, purge, openapi, envelope (this module mounts
+//! them all).
 
 pub mod admin;
 mod batch;
 mod bearer;
 mod cluster;
+mod conditional;
 mod dashboard;
 pub mod envelope;
 mod error;
+mod fields;
 pub mod forward;
 mod health;
 mod idempotency;
@@ -20,6 +22,8 @@ mod increment;
 mod items;
 mod login;
 pub mod metrics;
+pub mod openapi;
+mod purge;
 mod request;
 pub mod route;
 mod v1;
@@ -34,35 +38,45 @@ pub use request::{SESSION_ID, SESSION_TOKEN, USER_ID};
 /// Mounts every route. Every resource is named by its full template, the `route`
 /// label of the HTTP metrics ([`route::ROUTES`]).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz", route::HEALTHZ).route(web::get().to(health::healthz)))
-        .service(resource("/readyz", route::READYZ).route(web::get().to(health::readyz)))
+    cfg.service(resource("/healthz", route::HEALTHZ, "GET").route(web::get().to(health::healthz)))
+        .service(resource("/readyz", route::READYZ, "GET").route(web::get().to(health::readyz)))
         .service(
             web::scope("/cluster")
                 .wrap(actix_web::middleware::from_fn(cluster::require_peer))
-                .service(resource("/health", route::CLUSTER_HEALTH).route(web::get().to(cluster::health)))
-                .service(resource("/leave", route::CLUSTER_LEAVE).route(web::post().to(cluster::peer_left))),
+                .service(
+                    resource("/health", route::CLUSTER_HEALTH, "GET").route(web::get().to(cluster::health)),
+                )
+                .service(
+                    resource("/leave", route::CLUSTER_LEAVE, "POST")
+                        .route(web::post().to(cluster::peer_left)),
+                )
+                .service(
+                    resource("/purge", route::CLUSTER_PURGE, "POST").route(web::post().to(purge::from_peer)),
+                ),
         )
-        .service(resource("/metrics", route::METRICS).route(web::get().to(metrics::metrics)))
+        .service(resource("/metrics", route::METRICS, "GET").route(web::get().to(metrics::metrics)))
+        .service(resource("/openapi.json", route::OPENAPI, "GET").route(web::get().to(openapi::openapi_json)))
         // The log-in form and its post need no token: mounted before the scope that
         // wants one.
         .service(
-            resource("/admin/login", route::ADMIN_LOGIN)
+            resource("/admin/login", route::ADMIN_LOGIN, "GET, POST")
                 .route(web::get().to(dashboard::login_form))
                 .route(web::post().to(dashboard::log_in)),
         )
-        .service(resource("/admin/logout", route::ADMIN_LOGOUT).route(web::post().to(dashboard::log_out)))
+        .service(
+            resource("/admin/logout", route::ADMIN_LOGOUT, "POST").route(web::post().to(dashboard::log_out)),
+        )
         .service(
             web::scope("/admin")
                 .wrap(actix_web::middleware::from_fn(admin::require_token))
                 .service(
-                    resource("/experiments", route::ADMIN_EXPERIMENTS)
-                        .route(web::get().to(admin::experiments))
-                        .default_service(web::to(admin::method_not_allowed)),
+                    resource("/experiments", route::ADMIN_EXPERIMENTS, "GET")
+                        .route(web::get().to(admin::experiments)),
                 )
+                .service(resource("/purge", route::ADMIN_PURGE, "POST").route(web::post().to(purge::purge)))
                 .service(
-                    resource("/dashboard", route::ADMIN_DASHBOARD)
-                        .route(web::get().to(dashboard::dashboard))
-                        .default_service(web::to(admin::method_not_allowed)),
+                    resource("/dashboard", route::ADMIN_DASHBOARD, "GET")
+                        .route(web::get().to(dashboard::dashboard)),
                 ),
         )
         .service(web::scope("/v1").default_service(actix_web::dev::fn_service(v1::serve)))
@@ -70,9 +84,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// A resource at `path` (relative to its scope) named `template`, its full template
-/// and its `route` label.
-fn resource(path: &str, template: &'static str) -> Resource {
-    web::resource(path).name(template)
+/// and its `route` label, that takes the methods in `allow` (other methods: 405
+/// problem+json with `Allow`).
+fn resource(path: &str, template: &'static str, allow: &'static str) -> Resource {
+    web::resource(path)
+        .name(template)
+        .default_service(web::to(move |request: HttpRequest| async move {
+            error::method_not_allowed(request.method(), allow)
+        }))
 }
 
 async fn not_found(request: HttpRequest) -> HttpResponse {

@@ -10,6 +10,9 @@ pub const CLUSTER_HEALTH: &str = "/cluster/health";
 pub const CLUSTER_LEAVE: &str = "/cluster/leave";
 pub const METRICS: &str = "/metrics";
 pub const ADMIN_EXPERIMENTS: &str = "/admin/experiments";
+pub const OPENAPI: &str = "/openapi.json";
+pub const ADMIN_PURGE: &str = "/admin/purge";
+pub const CLUSTER_PURGE: &str = "/cluster/purge";
 pub const ADMIN_DASHBOARD: &str = "/admin/dashboard";
 pub const ADMIN_LOGIN: &str = "/admin/login";
 pub const ADMIN_LOGOUT: &str = "/admin/logout";
@@ -17,7 +20,7 @@ pub const ADMIN_LOGOUT: &str = "/admin/logout";
 /// The `route` label values of the HTTP metrics. `http::routes` names every resource
 /// by its template, so a request's route is read from the match without building its
 /// pattern. Requests that match no named resource count as [`crate::metrics::UNMATCHED`].
-pub const ROUTES: [&str; 12] = [
+pub const ROUTES: [&str; 15] = [
     ITEM,
     BATCH_GET,
     INCREMENT,
@@ -27,6 +30,9 @@ pub const ROUTES: [&str; 12] = [
     CLUSTER_LEAVE,
     METRICS,
     ADMIN_EXPERIMENTS,
+    OPENAPI,
+    ADMIN_PURGE,
+    CLUSTER_PURGE,
     ADMIN_DASHBOARD,
     ADMIN_LOGIN,
     ADMIN_LOGOUT,

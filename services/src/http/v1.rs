@@ -15,12 +15,12 @@
 use std::borrow::Cow;
 
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::http::{header, Method, StatusCode};
+use actix_web::http::Method;
 use actix_web::{web, Error, HttpRequest, HttpResponse, ResponseError};
 
-use super::error::no_route;
+use super::error::{method_not_allowed, no_route};
 use super::request::ItemPath;
-use super::{batch, increment, items, route, ApiError};
+use super::{batch, increment, items, route};
 use crate::Node;
 
 /// What a `/v1` path addresses.
@@ -114,16 +114,6 @@ async fn answer(node: &Node, request: &HttpRequest, payload: Payload) -> HttpRes
         },
     };
     result.unwrap_or_else(|err| err.error_response())
-}
-
-/// 405 with the methods the path allows, in `Allow` and in the problem's detail.
-fn method_not_allowed(method: &Method, allowed: &'static str) -> HttpResponse {
-    let mut response = ApiError::InvalidRequest(format!("{method} is not allowed here ({allowed})"))
-        .error_response_with(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
-    response
-        .headers_mut()
-        .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
-    response
 }
 
 #[cfg(test)]

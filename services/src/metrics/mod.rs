@@ -92,6 +92,21 @@ pub struct Metrics {
     pub primary_fallbacks: Counter,
     /// Cache entries dropped by the change feed (written through another node).
     pub invalidations: Counter,
+    /// Conditional GETs answered 304 Not Modified (`If-None-Match` named the version
+    /// served).
+    pub not_modified: Counter,
+    /// 404s served from a cached absence (negative caching): no origin read.
+    pub negative_hits: Counter,
+    /// 404s read from the origin (the absence is then cached under the collection's
+    /// class, with the position it was read at).
+    pub negative_misses: Counter,
+    /// Purges applied on this node (`POST /admin/purge`, from a peer or the change
+    /// feed; each purge once).
+    pub purges: Counter,
+    /// Cache entries a hard purge dropped (left as markers of their versions).
+    pub purge_dropped: Counter,
+    /// Cache entries a soft purge marked stale.
+    pub purge_marked: Counter,
     /// Reads by tier and cache status, stale reads, latency and sessions, per
     /// strategy and arm.
     pub experiments: Experiments,

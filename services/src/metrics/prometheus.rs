@@ -268,6 +268,44 @@ impl Collector for Scrape {
         )?;
         single(
             &mut e,
+            "not_modified",
+            "Conditional GETs answered 304 Not Modified: If-None-Match named the version the session would be served.",
+            None,
+            counter(m.not_modified.get()),
+        )?;
+        single(
+            &mut e,
+            "negative_hits",
+            "404s served from a cached absence, without an origin read (negative caching).",
+            None,
+            counter(m.negative_hits.get()),
+        )?;
+        single(
+            &mut e,
+            "negative_misses",
+            "404s read from the origin; the absence is then cached under the collection's class.",
+            None,
+            counter(m.negative_misses.get()),
+        )?;
+        single(
+            &mut e,
+            "purges",
+            "Purges applied on this node (from the admin API, a peer or the change feed; each once).",
+            None,
+            counter(m.purges.get()),
+        )?;
+        family(
+            &mut e,
+            "purged_entries",
+            "Cache entries purged: dropped (hard purge) or marked stale (soft purge).",
+            None,
+            [
+                ([("action", "dropped")], counter(m.purge_dropped.get())),
+                ([("action", "marked")], counter(m.purge_marked.get())),
+            ],
+        )?;
+        single(
+            &mut e,
             "refreshes",
             "Background refreshes started (stale-while-revalidate).",
             None,

@@ -4,18 +4,21 @@
 use edgecache_actors::{ItemKey, KeyRef, Position};
 use edgecache_flags::Strategy;
 
-use super::{Node, ReadError, ReadOutcome, SessionCtx};
+use super::{Node, ReadError, ReadOptions, ReadOutcome, SessionCtx};
 use crate::cache::CacheEntry;
 use crate::origin::ReadRequest;
+use crate::projection::Projection;
 
 impl Node {
-    /// Reads several items; a missing one comes back with `fields: None`. Items the
-    /// cache lacks are fetched in one origin round trip first.
+    /// Reads several items (only the fields of `projection`, when given); a missing
+    /// one comes back with `fields: None`. Items the cache lacks are fetched in one
+    /// origin round trip first.
     pub async fn read_batch(
         &self,
         s: &SessionCtx,
         collection: &str,
         ids: &[String],
+        projection: Option<&Projection>,
     ) -> Result<Vec<ReadOutcome>, ReadError> {
         let plan = self
             .collections
@@ -28,7 +31,9 @@ impl Node {
             .collect();
         if !absent.is_empty() {
             let strict = s.strategies.is_on(Strategy::StrictFields);
-            let request = ReadRequest::at_least(Position(0), false, plan.max_staleness(strict, self.plain));
+            let classes = projection.map_or(plan.classes(), Projection::classes);
+            let request =
+                ReadRequest::at_least(Position(0), false, classes.max_staleness(strict, self.plain));
             match self.origin.read_many(absent.clone(), request).await {
                 Ok(reads) => {
                     for (item, read) in absent.iter().zip(reads) {
@@ -40,7 +45,11 @@ impl Node {
                 Err(err) => tracing::warn!(cause = %err, "batch prefetch failed"),
             }
         }
-        let reads = ids.iter().map(|id| self.read(s, collection, id, false));
+        let options = ReadOptions {
+            explain: false,
+            projection,
+        };
+        let reads = ids.iter().map(|id| self.read_with(s, collection, id, options));
         futures_util::future::join_all(reads).await.into_iter().collect()
     }
 }

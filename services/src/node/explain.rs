@@ -7,6 +7,7 @@ use edgecache_actors::Doc;
 use edgecache_config::Freshness;
 
 use crate::plan::CollectionPlan;
+use crate::projection::Projection;
 use crate::Tier;
 
 /// Where one field of a response came from (`?explain=true`).
@@ -21,6 +22,7 @@ pub struct FieldSource {
 
 pub(super) fn explain_fields(
     plan: &CollectionPlan,
+    projection: Option<&Projection>,
     doc: &Doc,
     tier: Tier,
     age: Duration,
@@ -31,6 +33,7 @@ pub(super) fn explain_fields(
     };
     fields
         .keys()
+        .filter(|name| projection.is_none_or(|p| p.contains(name)))
         .map(|name| {
             let class = plan.class_of(name);
             let from_primary = strict_from_primary && class == Freshness::Strict;

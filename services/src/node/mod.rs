@@ -13,6 +13,7 @@
 mod batch;
 mod error;
 mod explain;
+mod purge;
 mod read;
 mod session;
 mod write;
@@ -29,7 +30,8 @@ use secrecy::ExposeSecret;
 
 pub use error::{ReadError, SessionError, WriteFailure};
 pub use explain::FieldSource;
-pub use read::ReadOutcome;
+pub use purge::{PurgeCount, Purger};
+pub use read::{ReadOptions, ReadOutcome};
 pub use session::{valid_session_id, SessionCtx};
 
 use crate::cache::SharedCache;
@@ -39,6 +41,7 @@ use crate::metrics::{Gauges, Metrics, Scrape};
 use crate::origin::{Change, ChangeSink, SharedOrigin};
 use crate::plan::{CollectionPlan, Collections};
 use crate::shutdown::Shutdown;
+use crate::tags::TagIndex;
 
 /// One edge node's data plane. Shared by every worker (`Arc<Node>`).
 pub struct Node {
@@ -63,6 +66,8 @@ pub struct Node {
     limits: ApiLimits,
     /// The signal the node's background tasks select on.
     shutdown: Shutdown,
+    /// Applies purges to the cache (also those the change feed brings).
+    purger: Purger,
     /// The online consistency checks of sampled reads.
     checks: ConsistencyChecks,
 }
@@ -94,16 +99,24 @@ impl Node {
             &session.active_key,
         )
         .expect("validated: the active key is among the keys");
+        let surrogate_keys = settings
+            .collections
+            .iter()
+            .map(|(name, c)| (name.clone(), c.surrogate_keys.clone()))
+            .collect();
         let cache = SharedCache::new(
             settings.cache.capacity_bytes,
             settings.cache.estimated_items,
             settings.cache.fill_deadline,
-        );
+        )
+        .with_tags(TagIndex::new(surrogate_keys, settings.cache.max_tag_entries));
         let metrics = Arc::new(Metrics::default());
+        let purger = Purger::new(cache.clone(), metrics.clone());
         let shutdown = Shutdown::new();
         let sink: ChangeSink = {
             let cache = cache.clone();
             let metrics = metrics.clone();
+            let purger = purger.clone();
             Arc::new(move |change| match change {
                 Change::Item {
                     collection,
@@ -117,6 +130,9 @@ impl Node {
                 Change::Reset => {
                     tracing::warn!("the change feed may have missed changes; clearing the cache");
                     cache.clear();
+                }
+                Change::Purge(message) => {
+                    purger.apply(&message);
                 }
             })
         };
@@ -152,6 +168,7 @@ impl Node {
             idempotency: settings.idempotency.clone(),
             idempotency_full: AtomicBool::new(false),
             shutdown,
+            purger,
             checks,
             limits: ApiLimits {
                 max_id_bytes: settings.api.max_id_bytes,
@@ -226,6 +243,11 @@ impl Node {
     /// fields came from the primary), naming this node.
     pub fn cache_status_header(&self, status: CacheStatus, strict: bool) -> HeaderValue {
         self.cache_status.get(status, strict)
+    }
+
+    /// [`Node::cache_status_header`] with `extra` in its `detail` (a projection).
+    pub fn cache_status_header_with(&self, status: CacheStatus, strict: bool, extra: &str) -> HeaderValue {
+        self.cache_status.with_detail(status, strict, extra)
     }
 
     pub fn collection(&self, name: &str) -> Option<&Arc<CollectionPlan>> {

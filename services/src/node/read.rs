@@ -20,6 +20,7 @@ use crate::freshness::Verdict;
 use crate::metrics::ServedRead;
 use crate::origin::{MaxStaleness, OriginError, OriginTier, ReadRequest, TierPolicy};
 use crate::plan::CollectionPlan;
+use crate::projection::Projection;
 use crate::{CacheStatus, Tier};
 
 /// A read's answer.
@@ -38,6 +39,15 @@ pub struct ReadOutcome {
     pub explain: Option<Vec<FieldSource>>,
 }
 
+/// What a read asks for besides the item.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions<'a> {
+    /// Per-field provenance (`?explain=true`).
+    pub explain: bool,
+    /// Only these fields (`?fields=`): their classes alone decide the tiers.
+    pub projection: Option<&'a Projection>,
+}
+
 /// What the non-strict fields of a read come from.
 enum Base {
     Cache(Arc<CacheEntry>),
@@ -48,7 +58,6 @@ enum Base {
 impl Node {
     /// Reads one item for the session, under its guarantees and the item's freshness
     /// classes.
-    #[tracing::instrument(level = "debug", skip(self, s), fields(session_id = %s.id()))]
     pub async fn read(
         &self,
         s: &SessionCtx,
@@ -56,10 +65,28 @@ impl Node {
         id: &str,
         explain: bool,
     ) -> Result<ReadOutcome, ReadError> {
+        let options = ReadOptions {
+            explain,
+            projection: None,
+        };
+        self.read_with(s, collection, id, options).await
+    }
+
+    /// Reads one item for the session with `options`: a projection is served by the
+    /// classes of its fields alone, and answers only them.
+    #[tracing::instrument(level = "debug", skip(self, s, options), fields(session_id = %s.id()))]
+    pub async fn read_with(
+        &self,
+        s: &SessionCtx,
+        collection: &str,
+        id: &str,
+        options: ReadOptions<'_>,
+    ) -> Result<ReadOutcome, ReadError> {
         let plan = self
             .collections
             .get(collection)
             .ok_or_else(|| ReadError::UnknownCollection(collection.to_owned()))?;
+        let classes = options.projection.map_or(plan.classes(), Projection::classes);
         let key = KeyRef::new(&plan.name, id);
         let arms = &s.strategies;
         let ryw = arms.is_on(Strategy::ReadYourWrites);
@@ -81,7 +108,25 @@ impl Node {
         };
         if let Some(entry) = &cached {
             if need.admits(&entry.doc) {
-                match plan.verdict(entry.age(now), swr, strict, self.plain) {
+                // A cached absence (negative caching) is judged by the collection's
+                // class alone: no field of it is served. A soft-purged entry is judged
+                // as past its TTL, whatever its age.
+                let mut age = entry.age(now);
+                if entry.soft_purged {
+                    age = age.max(soft_purged_age(
+                        plan,
+                        classes,
+                        entry.doc.exists(),
+                        strict,
+                        self.plain,
+                    ));
+                }
+                let verdict = if entry.doc.exists() {
+                    classes.verdict(age, swr, strict, self.plain)
+                } else {
+                    plan.absence_verdict(age, swr, strict, self.plain)
+                };
+                match verdict {
                     Verdict::Fresh => {
                         status = CacheStatus::Hit;
                         base = Some(Base::Cache(entry.clone()));
@@ -89,7 +134,7 @@ impl Node {
                     Verdict::Revalidate => {
                         status = CacheStatus::Stale;
                         base = Some(Base::Cache(entry.clone()));
-                        self.refresh_in_background(plan, id, plan.max_staleness(strict, self.plain));
+                        self.refresh_in_background(plan, id, classes.max_staleness(strict, self.plain));
                     }
                     Verdict::Expired => {
                         status = CacheStatus::Expired;
@@ -110,7 +155,7 @@ impl Node {
                 let age = now.saturating_duration_since(own.committed_at);
                 if newer
                     && need.admits(&own.doc)
-                    && plan.verdict(age, false, strict, self.plain) == Verdict::Fresh
+                    && classes.verdict(age, false, strict, self.plain) == Verdict::Fresh
                 {
                     status = CacheStatus::Session;
                     base = Some(Base::Session(own.doc.clone(), own.committed_at));
@@ -128,13 +173,18 @@ impl Node {
                     status = CacheStatus::Expired;
                 }
                 let absent = cached.is_none() && changed_to.is_none();
-                let max_staleness = plan.max_staleness(strict, self.plain);
+                let max_staleness = classes.max_staleness(strict, self.plain);
                 match self.read_origin(&item, need, absent, wait, max_staleness).await {
                     Ok((entry, tier)) => Base::Origin(entry, tier),
                     Err(err) => {
                         self.metrics.origin_errors.inc();
-                        let usable = fallback
-                            .filter(|f| plan.usable_on_error(f.age(now)) && !(strict && plan.has_strict()));
+                        let usable = fallback.filter(|f| {
+                            if f.doc.exists() {
+                                classes.usable_on_error(f.age(now)) && !(strict && classes.has_strict())
+                            } else {
+                                plan.absence_usable_on_error(f.age(now), strict, self.plain)
+                            }
+                        });
                         match usable {
                             Some(entry) => {
                                 tracing::warn!(cause = %err, item = %item, "origin failed; serving stale-if-error");
@@ -151,8 +201,13 @@ impl Node {
         // Strict fields come from the primary on every read. If the primary has moved
         // past what the base holds, the primary's answer becomes the base.
         let mut strict_from_primary = false;
-        let read_strict =
-            strict && plan.has_strict() && !matches!(base, Base::Origin(_, OriginTier::Primary));
+        // A cached absence has no strict field to read: the collection's class
+        // bounds it (a create through any node replaces it through the change feed).
+        let negative_hit = matches!(&base, Base::Cache(entry) if !entry.doc.exists());
+        let read_strict = strict
+            && classes.has_strict()
+            && !negative_hit
+            && !matches!(base, Base::Origin(_, OriginTier::Primary));
         if read_strict {
             let item = ItemKey::new(plan.name.clone(), id);
             let request = ReadRequest::PRIMARY;
@@ -228,6 +283,13 @@ impl Node {
             state.record_read(key.hash, &doc, session.limits());
             (stale_own, regression)
         };
+        if !doc.exists() {
+            if negative_hit {
+                self.metrics.negative_hits.inc();
+            } else if matches!(base, Base::Origin(..)) {
+                self.metrics.negative_misses.inc();
+            }
+        }
         self.metrics.read_served(
             arms,
             s.experiment,
@@ -240,7 +302,13 @@ impl Node {
             },
         );
 
-        let explain = explain.then(|| explain_fields(plan, &doc, tier, age, strict_from_primary));
+        let body = match options.projection {
+            Some(projection) => projection.cut(id, &doc),
+            None => body,
+        };
+        let explain = options
+            .explain
+            .then(|| explain_fields(plan, options.projection, &doc, tier, age, strict_from_primary));
         Ok(ReadOutcome {
             doc,
             body,
@@ -341,6 +409,24 @@ impl Node {
             }
         });
     }
+}
+
+/// The age a soft-purged entry is judged at: just past the tightest of its classes'
+/// fresh windows, so it is served only within stale-while-revalidate, while one
+/// refresh runs (or not at all, for a class without that window).
+fn soft_purged_age(
+    plan: &CollectionPlan,
+    classes: &crate::plan::Classes,
+    exists: bool,
+    strict: bool,
+    plain: edgecache_config::Freshness,
+) -> Duration {
+    let fresh = if exists {
+        classes.max_staleness(strict, plain).fresh
+    } else {
+        plan.absence_fresh_for(strict, plain)
+    };
+    fresh.saturating_add(Duration::from_nanos(1))
 }
 
 /// The doc a base holds.

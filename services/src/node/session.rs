@@ -18,7 +18,7 @@ pub struct SessionCtx {
     /// The state the request reads and records into, and whose token answers it.
     pub session: Arc<Session>,
     /// The session's actor and table entry; `None` for a session minted for a request
-    /// that named none, which becomes live only when it writes.
+    /// that named none, which is never kept (a write gets an actor for itself).
     pub(super) live: Option<SessionHandle>,
     pub strategies: Strategies,
     pub start: SessionStart,
@@ -32,7 +32,7 @@ impl SessionCtx {
     }
 
     /// Whether the session is in the node's table (a named one is; an anonymous
-    /// request's is not until it writes).
+    /// request's never is).
     pub fn is_live(&self) -> bool {
         self.live.is_some()
     }
@@ -77,8 +77,8 @@ impl Node {
             }
             Some(_) => return Err(SessionError::InvalidId),
             None if token.is_some() => return Err(SessionError::TokenWithoutSession),
-            // Nothing to look up or keep: the session lives in this request (and in
-            // the token it answers with) until it writes.
+            // Nothing to look up or keep: the session lives in this request and in
+            // the token it answers with.
             None => {
                 let id = uuid::Uuid::new_v4().simple().to_string();
                 (self.sessions.anonymous(&id), None, SessionStart::New)

@@ -106,10 +106,12 @@ impl Node {
         let handle = match &s.live {
             Some(live) if live.addr.connected() && !live.session.is_retired() => live.clone(),
             Some(stopped) => self.sessions.revive(stopped.session.clone()),
-            // An anonymous request's session becomes live with its first write.
-            None => self.sessions.adopt(s.session.clone()),
+            // An anonymous request's session gets an actor for this write only: a
+            // client that writes without naming a session pins nothing in the table
+            // (its answer's token carries the write, should it come back with it).
+            None => self.sessions.serve_once(s.session.clone()),
         };
-        // A detached session revived here serves this write only.
+        // A detached or anonymous session's actor serves this write only.
         let _revived = Released(handle.clone());
         let ticket = WriteTicket::new();
         let sent = handle

@@ -18,6 +18,7 @@ use edgecache_actors::{Doc, ItemKey, Position};
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
+use crate::purge::PurgeMessage;
 use crate::shutdown::Shutdown;
 
 pub use embedded::EmbeddedOrigin;
@@ -144,6 +145,8 @@ pub enum Change {
     },
     /// Changes may have been missed (the feed reconnected): drop everything.
     Reset,
+    /// A purge taken by some node (`POST /admin/purge`), published on the feed.
+    Purge(PurgeMessage),
 }
 
 /// Receives the change feed.
@@ -177,6 +180,14 @@ pub trait Origin: Send + Sync + 'static {
 
     /// A short name for logs and `/readyz` (`embedded`, `postgres`).
     fn kind(&self) -> &'static str;
+
+    /// Publishes `message` (a purge's JSON, [`PurgeMessage::encode`]) on the origin's
+    /// change feed, so every node following it receives it. `false`: this origin has
+    /// no feed to publish on.
+    fn publish(&self, message: String) -> BoxFuture<'static, Result<bool, OriginError>> {
+        let _ = message;
+        Box::pin(async { Ok(false) })
+    }
 
     /// Starts the origin's background work, every task under `shutdown`: delivering
     /// every change committed through any node to `sink`, and the origin's own upkeep

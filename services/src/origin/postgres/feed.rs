@@ -1,6 +1,7 @@
 //! The change feed: a LISTEN connection to the primary. Every write notifies, in its
 //! own transaction, `{"c": collection, "i": id, "v": version}` on the channel; every
-//! node drops cache entries older than that. After a reconnect the node cannot know
+//! node drops cache entries older than that; a purge is published on the same channel
+//! (`crate::purge`). After a reconnect the node cannot know
 //! what it missed, so it drops everything (`Change::Reset`).
 
 use std::time::Duration;
@@ -13,12 +14,27 @@ use tokio_postgres::{AsyncMessage, Config, NoTls};
 
 use crate::backoff::Backoff;
 use crate::origin::{Change, ChangeSink};
+use crate::purge::PurgeMessage;
 
 #[derive(Deserialize)]
 struct Payload {
     c: String,
     i: String,
     v: u64,
+}
+
+/// A notification's change: an item's `{"c","i","v"}`, or a purge ([`PurgeMessage`]).
+pub fn decode(payload: &str) -> Result<Change, serde_json::Error> {
+    match serde_json::from_str::<Payload>(payload) {
+        Ok(p) => Ok(Change::Item {
+            collection: p.c,
+            id: p.i,
+            version: Version(p.v),
+        }),
+        Err(not_an_item) => PurgeMessage::decode(payload)
+            .map(Change::Purge)
+            .map_err(|_| not_an_item),
+    }
 }
 
 /// The first reconnect waits up to this long; each failure doubles it, up to
@@ -62,18 +78,12 @@ pub async fn follow(config: Config, channel: String, sink: ChangeSink) {
                     tracing::info!(%channel, "change feed following");
                     while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
                         match message {
-                            Ok(AsyncMessage::Notification(n)) => {
-                                match serde_json::from_str::<Payload>(n.payload()) {
-                                    Ok(p) => sink(Change::Item {
-                                        collection: p.c,
-                                        id: p.i,
-                                        version: Version(p.v),
-                                    }),
-                                    Err(e) => {
-                                        tracing::warn!(cause = %e, "change feed: unreadable notification")
-                                    }
+                            Ok(AsyncMessage::Notification(n)) => match decode(n.payload()) {
+                                Ok(change) => sink(change),
+                                Err(e) => {
+                                    tracing::warn!(cause = %e, "change feed: unreadable notification")
                                 }
-                            }
+                            },
                             Ok(_) => {}
                             Err(e) => {
                                 tracing::warn!(cause = %e, "change feed: connection lost");

@@ -509,6 +509,21 @@ impl Origin for PostgresOrigin {
         "postgres"
     }
 
+    /// `SELECT pg_notify(<notify_channel>, <message>)` on the primary: every node
+    /// following the channel receives it, also nodes outside this one's cluster.
+    fn publish(&self, message: String) -> BoxFuture<'static, Result<bool, OriginError>> {
+        let inner = self.inner.clone();
+        let run = self.run(async move {
+            let client = inner.primary.get().await.map_err(pool_error)?;
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&inner.channel, &message])
+                .await
+                .map_err(|e| pg_error("publishing on the change feed", e))?;
+            Ok(true)
+        });
+        Box::pin(async move { run.await? })
+    }
+
     fn start(&self, sink: ChangeSink, shutdown: &Shutdown) {
         let inner = &self.inner;
         if !inner.replicas.all.is_empty() {
