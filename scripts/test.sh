@@ -10,7 +10,8 @@
 # interrupt; the flag tests need a real Unleash server (scripts/unleash.sh: Node 22 and
 # unleash-server 8.2 from the npm registry, on a PostgreSQL of its own). Other services
 # that tests need go the same way; the multi-node tests run their own nginx (Debian's
-# nginx-light, installed here if missing) in front of three node processes.
+# nginx-light, installed here if missing) in front of three node processes; the
+# dashboard's browser test runs Debian's chromium (installed here if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,13 @@ if [ ! -x "$validator_env/bin/openapi-spec-validator" ]; then
     timeout 300 "$validator_env/bin/pip" install -q --disable-pip-version-check "openapi-spec-validator==0.9.0"
 fi
 export EDGECACHE_TEST_OPENAPI_VALIDATOR="$PWD/$validator_env/bin/openapi-spec-validator"
+# Chromium, for the dashboard's browser test (headless, driven over a DevTools pipe).
+if [ ! -x /usr/bin/chromium ]; then
+    echo "installing chromium"
+    timeout 120 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends chromium
+fi
+export EDGECACHE_TEST_CHROMIUM=/usr/bin/chromium
 # shellcheck source=scripts/pg-cluster.sh
 source scripts/pg-cluster.sh
 # shellcheck source=scripts/unleash.sh

@@ -13,8 +13,8 @@ mod validate;
 pub use load::{effective_toml, load, ConfigError, Sources, BASE};
 pub use schema::{Collection, Field, FieldType, Freshness, Reason, Table, Unrepresentable, MAX_JSON_DEPTH};
 pub use settings::{
-    AdminSettings, ApiSettings, CacheSettings, ChangeFeed, ClusterSecret, ClusterSettings, FlagSettings,
-    IdempotencySettings, NodeSettings, OriginSettings, PostgresSettings, ServerSettings, SessionSettings,
-    Settings, TokenKey,
+    AdminSettings, ApiSettings, CacheSettings, ChangeFeed, ClusterSecret, ClusterSettings,
+    ConsistencyCheckSettings, FlagSettings, IdempotencySettings, NodeSettings, OriginSettings,
+    PostgresSettings, ServerSettings, SessionSettings, Settings, TokenKey,
 };
 pub use validate::{InvalidSetting, SettingWarning, DEVELOPMENT_ENVIRONMENTS};

@@ -416,10 +416,41 @@ pub struct FlagSettings {
     /// last fetched flags; a strategy Unleash has no flag for follows its default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unleash: Option<edgecache_flags::UnleashSettings>,
+    /// Online consistency checks: a sample of the session reads served from the cache
+    /// or a replica is read again from the primary in the background and judged
+    /// against the session's needs at serve time, per strategy flag and arm.
+    #[serde(default)]
+    pub consistency_checks: ConsistencyCheckSettings,
 }
 
-/// The operator routes: the admin API (`GET /admin/experiments`) and `/metrics`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// The online consistency checks (`edgecache_consistency_checks_total`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyCheckSettings {
+    /// The fraction of session reads served from the cache or a replica that are
+    /// checked, in every arm alike (0 to 1; 0.01 is 1 %; 0 turns the checks off and
+    /// costs the read path one comparison).
+    pub sample: f64,
+    /// Most checks waiting for their primary read; a sampled read that finds the queue
+    /// full is counted `skipped` and never waits.
+    pub queue: usize,
+    /// Primary reads the checker runs at once.
+    pub concurrency: usize,
+}
+
+impl Default for ConsistencyCheckSettings {
+    fn default() -> Self {
+        Self {
+            sample: 0.01,
+            queue: 1024,
+            concurrency: 4,
+        }
+    }
+}
+
+/// The operator routes: the admin API (`GET /admin/experiments`,
+/// `GET /admin/dashboard`) and `/metrics`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     /// The bearer token every `/admin/...` request must carry
@@ -434,4 +465,23 @@ pub struct AdminSettings {
     /// reaches the node's port. Better set by `EDGECACHE__ADMIN__METRICS_TOKEN`.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
     pub metrics_token: Option<SecretString>,
+    /// How often the node takes a snapshot of its counters for the charts of
+    /// `GET /admin/dashboard`.
+    #[serde(with = "humantime_serde")]
+    pub dashboard_interval: Duration,
+    /// How far back the dashboard's charts go: the snapshot ring keeps
+    /// `dashboard_history / dashboard_interval` snapshots (at most 10,000).
+    #[serde(with = "humantime_serde")]
+    pub dashboard_history: Duration,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            token: None,
+            metrics_token: None,
+            dashboard_interval: Duration::from_secs(10),
+            dashboard_history: Duration::from_secs(3600),
+        }
+    }
 }

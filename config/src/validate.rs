@@ -364,7 +364,26 @@ fn admin(a: &crate::settings::AdminSettings) -> Check {
     if let Some(token) = &a.metrics_token {
         bearer_token("admin.metrics_token", token, "the token of /metrics")?;
     }
-    Ok(())
+    at_least(
+        "admin.dashboard_interval",
+        a.dashboard_interval,
+        Duration::from_millis(100),
+    )?;
+    at_most(
+        "admin.dashboard_interval",
+        a.dashboard_interval,
+        Duration::from_secs(3600),
+    )?;
+    at_least(
+        "admin.dashboard_history",
+        a.dashboard_history,
+        a.dashboard_interval,
+    )?;
+    at_most(
+        "admin.dashboard_history",
+        a.dashboard_history,
+        a.dashboard_interval * 10_000,
+    )
 }
 
 fn bearer_token(key: &str, token: &secrecy::SecretString, what: &str) -> Check {
@@ -393,6 +412,18 @@ fn bearer_token(key: &str, token: &secrecy::SecretString, what: &str) -> Check {
 }
 
 fn flags(f: &crate::settings::FlagSettings) -> Check {
+    let checks = &f.consistency_checks;
+    if !(0.0..=1.0).contains(&checks.sample) {
+        return Err(invalid(
+            "flags.consistency_checks.sample",
+            format!(
+                "must be a fraction between 0 and 1 (0.01 is 1 %), is {}",
+                checks.sample
+            ),
+        ));
+    }
+    in_range("flags.consistency_checks.queue", checks.queue, 1..=1_000_000)?;
+    in_range("flags.consistency_checks.concurrency", checks.concurrency, 1..=64)?;
     let Some(u) = &f.unleash else { return Ok(()) };
     let rest = u
         .url

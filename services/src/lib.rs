@@ -5,6 +5,8 @@ pub mod backoff;
 pub mod cache;
 mod cache_status;
 pub mod cluster;
+pub mod consistency;
+pub mod dashboard;
 pub mod freshness;
 pub mod hash;
 pub mod http;

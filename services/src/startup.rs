@@ -10,6 +10,7 @@ use edgecache_config::{OriginSettings, Settings};
 use edgecache_flags::{ConfigFlags, FlagSource, UnleashFlags};
 
 use crate::cluster::Cluster;
+use crate::dashboard::Dashboard;
 use crate::http::envelope::Envelope;
 use crate::origin::{EmbeddedOrigin, OriginError, PostgresOrigin, SharedOrigin};
 use crate::readiness::Readiness;
@@ -94,6 +95,9 @@ impl Application {
         let data = web::Data::from(node.clone());
         let cluster_data = web::Data::new(cluster.clone());
         let admin = web::Data::new(crate::http::AdminAuth::new(&settings.admin));
+        let dashboard = Arc::new(Dashboard::new(node.clone(), cluster.clone(), &settings.admin));
+        shutdown.spawn("dashboard snapshots", dashboard.clone().sample());
+        let dashboard = web::Data::from(dashboard);
         let (envelope_node, envelope_cluster) = (node.clone(), cluster.clone());
         let mut server = HttpServer::new(move || {
             App::new()
@@ -101,6 +105,7 @@ impl Application {
                 .app_data(data.clone())
                 .app_data(cluster_data.clone())
                 .app_data(admin.clone())
+                .app_data(dashboard.clone())
                 .app_data(readiness.clone())
                 .configure(crate::http::routes)
         })

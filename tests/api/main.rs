@@ -9,8 +9,11 @@ mod pg;
 mod unleash_admin;
 
 mod adversity;
+mod browser;
 mod cluster;
 mod conditional;
+mod consistency;
+mod dashboard;
 mod domain;
 mod durability;
 mod errors;

@@ -240,6 +240,8 @@ async fn stops_and_closes(pg: &crate::pg::Cluster, extra: &str, feed_sql: &str) 
         running,
         [
             "change feed",
+            "consistency checks",
+            "dashboard snapshots",
             "idempotency sweeper",
             "readiness sampler",
             "replica sampler"

@@ -1,9 +1,10 @@
 //! The admin API under `/admin`: `GET /admin/experiments`, the per-arm report of every
-//! strategy flag.
+//! strategy flag (and `GET /admin/dashboard`, its page: [`super::dashboard`]).
 //!
-//! Every admin request must carry `Authorization: Bearer <admin.token>`; without it, or
-//! with another token, the answer is 401 problem+json with `WWW-Authenticate: Bearer`
-//! ([`super::bearer`]). With no `admin.token` configured the admin API is disabled:
+//! Every admin request must carry `Authorization: Bearer <admin.token>` or the
+//! browser's admin cookie ([`super::login`]); without either, or with another token,
+//! the answer is 401 with `WWW-Authenticate: Bearer` ([`super::bearer`]):
+//! problem+json, or the log-in form for a browser. With no `admin.token` configured the admin API is disabled:
 //! every `/admin/...` route answers 404. `/metrics` wants `admin.metrics_token` when
 //! one is configured.
 
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpResponse};
 use edgecache_config::AdminSettings;
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 use super::bearer::BearerToken;
 use super::error::{problem, ProblemType};
+use super::login;
 use crate::metrics::ArmStats;
 use crate::Node;
 
@@ -47,6 +49,11 @@ impl AdminAuth {
     pub fn metrics_token(&self) -> Option<&BearerToken> {
         self.metrics.as_ref()
     }
+
+    /// The admin token, if the admin API is enabled.
+    pub fn admin_token(&self) -> Option<&BearerToken> {
+        self.token.as_ref()
+    }
 }
 
 /// The middleware of the `/admin` scope (mounted with `middleware::from_fn`).
@@ -67,8 +74,18 @@ pub async fn require_token(
         .to_actix_response();
         return Ok(request.into_response(response));
     };
+    // The browser's cookie opens what a browser reads; a change (POST /admin/purge)
+    // wants the bearer token.
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if reads && login::has_cookie(request.headers(), &token) {
+        return next.call(request).await.map(ServiceResponse::map_into_boxed_body);
+    }
     match token.check(request.headers(), REALM, "admin token") {
         Ok(()) => next.call(request).await.map(ServiceResponse::map_into_boxed_body),
+        Err(_) if login::wants_html(request.request()) => {
+            let form = login::form(StatusCode::UNAUTHORIZED, false);
+            Ok(request.into_response(form))
+        }
         Err(refusal) => Ok(request.into_response(refusal)),
     }
 }

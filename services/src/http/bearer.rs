@@ -53,9 +53,18 @@ impl BearerToken {
     }
 
     /// Whether `presented` is this token, in constant time.
-    fn admits(&self, presented: &str) -> bool {
+    pub(super) fn admits(&self, presented: &str) -> bool {
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         presented.ct_eq(&self.0).into()
+    }
+
+    /// A value derived from the token for `purpose` (SHA-256 of the purpose and the
+    /// token's digest): it proves knowledge of the token without being it.
+    pub(super) fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(purpose);
+        hasher.update(self.0);
+        hasher.finalize().into()
     }
 }
 

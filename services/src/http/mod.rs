@@ -1,15 +1,17 @@
 //! The REST API: routes grouped per resource, one file each; every error is
 //! problem+json ([`ApiError`]).
 //!
-//! Files import only files before them in: route, error, bearer, admin, metrics,
-//! health, request, fields, conditional, idempotency, write, items, increment, batch,
-//! v1, forward, cluster, purge, openapi, envelope (this module mounts them all).
+//! Files import only files before them in: route, error, bearer, login, admin,
+//! dashboard, metrics, health, request, fields, conditional, idempotency, write, items,
+//! increment, batch, v1, forward, cluster, purge, openapi, envelope (this module mounts
+//! them all).
 
 pub mod admin;
 mod batch;
 mod bearer;
 mod cluster;
 mod conditional;
+mod dashboard;
 pub mod envelope;
 mod error;
 mod fields;
@@ -18,6 +20,7 @@ mod health;
 mod idempotency;
 mod increment;
 mod items;
+mod login;
 pub mod metrics;
 pub mod openapi;
 mod purge;
@@ -53,6 +56,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/metrics", route::METRICS, "GET").route(web::get().to(metrics::metrics)))
         .service(resource("/openapi.json", route::OPENAPI, "GET").route(web::get().to(openapi::openapi_json)))
+        // The log-in form and its post need no token: mounted before the scope that
+        // wants one.
+        .service(
+            resource("/admin/login", route::ADMIN_LOGIN, "GET, POST")
+                .route(web::get().to(dashboard::login_form))
+                .route(web::post().to(dashboard::log_in)),
+        )
+        .service(
+            resource("/admin/logout", route::ADMIN_LOGOUT, "POST").route(web::post().to(dashboard::log_out)),
+        )
         .service(
             web::scope("/admin")
                 .wrap(actix_web::middleware::from_fn(admin::require_token))
@@ -60,7 +73,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     resource("/experiments", route::ADMIN_EXPERIMENTS, "GET")
                         .route(web::get().to(admin::experiments)),
                 )
-                .service(resource("/purge", route::ADMIN_PURGE, "POST").route(web::post().to(purge::purge))),
+                .service(resource("/purge", route::ADMIN_PURGE, "POST").route(web::post().to(purge::purge)))
+                .service(
+                    resource("/dashboard", route::ADMIN_DASHBOARD, "GET")
+                        .route(web::get().to(dashboard::dashboard)),
+                ),
         )
         .service(web::scope("/v1").default_service(actix_web::dev::fn_service(v1::serve)))
         .default_service(web::to(not_found));

@@ -15,7 +15,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::error::{ProblemType, PROBLEM_TYPE_PREFIX};
-use super::{admin, batch, cluster, health, increment, items, metrics, purge};
+use super::{admin, batch, cluster, dashboard, health, increment, items, metrics, purge};
 
 /// The media type of a problem document (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -145,6 +145,10 @@ pub struct BatchGetAnswer {
         health::readyz,
         metrics::metrics,
         admin::experiments,
+        dashboard::dashboard,
+        dashboard::login_form,
+        dashboard::log_in,
+        dashboard::log_out,
         purge::purge,
         cluster::health,
         cluster::peer_left,

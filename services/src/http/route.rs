@@ -13,11 +13,14 @@ pub const ADMIN_EXPERIMENTS: &str = "/admin/experiments";
 pub const OPENAPI: &str = "/openapi.json";
 pub const ADMIN_PURGE: &str = "/admin/purge";
 pub const CLUSTER_PURGE: &str = "/cluster/purge";
+pub const ADMIN_DASHBOARD: &str = "/admin/dashboard";
+pub const ADMIN_LOGIN: &str = "/admin/login";
+pub const ADMIN_LOGOUT: &str = "/admin/logout";
 
 /// The `route` label values of the HTTP metrics. `http::routes` names every resource
 /// by its template, so a request's route is read from the match without building its
 /// pattern. Requests that match no named resource count as [`crate::metrics::UNMATCHED`].
-pub const ROUTES: [&str; 12] = [
+pub const ROUTES: [&str; 15] = [
     ITEM,
     BATCH_GET,
     INCREMENT,
@@ -30,4 +33,7 @@ pub const ROUTES: [&str; 12] = [
     OPENAPI,
     ADMIN_PURGE,
     CLUSTER_PURGE,
+    ADMIN_DASHBOARD,
+    ADMIN_LOGIN,
+    ADMIN_LOGOUT,
 ];

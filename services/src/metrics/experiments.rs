@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use edgecache_flags::{Strategies, Strategy};
 
+use super::checks::{CheckOutcome, CHECK_OUTCOMES};
 use super::counter::Counter;
 use super::histogram::{LatencyCounts, LogHistogram};
 use super::hll::{session_hash, Hll};
@@ -145,6 +146,9 @@ struct Cell {
     /// The read counts, one copy per stripe.
     counts: Box<[CellCounts]>,
     sessions: Hll,
+    /// Consistency checks of the cell's reads, by [`CheckOutcome`] (counted off the
+    /// request path, but for `skipped`: not striped).
+    checks: [Counter; CHECK_OUTCOMES.len()],
 }
 
 /// One stripe of a cell's read counts (cache-line aligned: stripes never share a line).
@@ -171,6 +175,7 @@ impl Cell {
                 })
                 .collect(),
             sessions: Hll::new(),
+            checks: Default::default(),
         }
     }
 }
@@ -245,6 +250,11 @@ impl Experiments {
         }
     }
 
+    /// Records the outcome of a consistency check of a read served in `cell`.
+    pub fn checked(&self, cell: CellId, outcome: CheckOutcome) {
+        self.cell(cell).checks[outcome as usize].inc();
+    }
+
     /// Reads served from `tier` with `status`, in every arm.
     pub fn reads_of(&self, tier: Tier, status: CacheStatus) -> u64 {
         let i = status_index(status);
@@ -292,6 +302,8 @@ pub struct ArmStats<'a> {
     pub regressions_served: u64,
     /// Read latency.
     pub latency: LatencyCounts,
+    /// Consistency checks of the arm's reads, by outcome ([`CHECK_OUTCOMES`] order).
+    pub checks: [u64; CHECK_OUTCOMES.len()],
 }
 
 impl<'a> ArmStats<'a> {
@@ -300,6 +312,12 @@ impl<'a> ArmStats<'a> {
         let mut reads = 0;
         let mut hits = 0;
         let (mut stale_own_reads, mut regressions_served) = (0, 0);
+        let mut checks = [0; CHECK_OUTCOMES.len()];
+        for cell in cells {
+            for (total, count) in checks.iter_mut().zip(&cell.checks) {
+                *total += count.get();
+            }
+        }
         for counts in cells.iter().flat_map(|cell| cell.counts.iter()) {
             latency.add(&counts.latency);
             stale_own_reads += counts.stale_own.get();
@@ -322,7 +340,13 @@ impl<'a> ArmStats<'a> {
             stale_own_reads,
             regressions_served,
             latency,
+            checks,
         }
+    }
+
+    /// The checks of this arm with `outcome`.
+    pub fn checks_with(&self, outcome: CheckOutcome) -> u64 {
+        self.checks[outcome as usize]
     }
 }
 

@@ -79,6 +79,18 @@ impl LatencyCounts {
         self.buckets.iter().sum()
     }
 
+    /// The counts recorded after `earlier` was read (of the same histograms).
+    pub fn since(&self, earlier: &LatencyCounts) -> LatencyCounts {
+        let mut buckets = self.buckets.clone();
+        for (bucket, before) in buckets.iter_mut().zip(&earlier.buckets) {
+            *bucket = bucket.saturating_sub(*before);
+        }
+        LatencyCounts {
+            buckets,
+            sum_micros: self.sum_micros.saturating_sub(earlier.sum_micros),
+        }
+    }
+
     pub fn sum_micros(&self) -> u64 {
         self.sum_micros
     }
@@ -158,5 +170,11 @@ mod tests {
         assert!((500..=500 * 9 / 8).contains(&p50), "p50 {p50}");
         assert!((990..=990 * 9 / 8).contains(&p99), "p99 {p99}");
         assert_eq!(c.coarse(&[64, 128, 256, 512, 1024]), vec![6, 6, 13, 26, 49, 0]);
+
+        let later = counts((1..=100).map(|v| v * 10).chain([5000; 10]));
+        let interval = later.since(&c);
+        assert_eq!((interval.count(), interval.sum_micros()), (10, 50_000));
+        assert!((5000..=5000 * 9 / 8).contains(&interval.quantile(0.5).unwrap()));
+        assert_eq!(c.since(&LatencyCounts::default()).count(), 100);
     }
 }

@@ -22,21 +22,25 @@
 //! (`histogram`), the HTTP series (`http_series`) and the Prometheus rendering
 //! (`prometheus`); [`Metrics`], the node's counters, is here.
 
+mod checks;
 mod counter;
 mod experiments;
 mod histogram;
 mod hll;
 mod http_series;
 mod prometheus;
+mod ring;
 mod stripe;
 
 use edgecache_flags::{Strategies, Strategy};
 
+pub use checks::{CheckOutcome, CHECK_OUTCOMES};
 pub use counter::Counter;
 pub use experiments::{ArmStats, CellId, Experiments, ServedRead, MAX_ARMS, MAX_CELLS, OTHER_ARM, STATUSES};
 pub use histogram::LatencyCounts;
 pub use http_series::{HttpCounts, HttpMetrics, HTTP_BOUNDS, METHODS, ROUTES, STATUS_CLASSES, UNMATCHED};
 pub use prometheus::{Gauges, Scrape};
+pub use ring::{ArmPoint, NodePoint, Snapshot, SnapshotRing, Snapshotter};
 // The route templates live next to the router, the tier next to the cache status;
 // both are named here too for callers that know them as metrics labels.
 pub use crate::http::route;

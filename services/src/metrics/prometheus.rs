@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{HttpCounts, LatencyCounts, Metrics, HTTP_BOUNDS, STATUSES};
+use super::{HttpCounts, LatencyCounts, Metrics, CHECK_OUTCOMES, HTTP_BOUNDS, STATUSES};
 use crate::origin::FeedStatus;
 use crate::{CacheStatus, Tier};
 
@@ -438,6 +438,24 @@ impl Collector for Scrape {
             Some(&Unit::Seconds),
             arms.iter()
                 .map(|(s, arm)| (labels_arm(*s, arm.label), Histogram::read_latency(&arm.latency))),
+        )?;
+        family(
+            &mut e,
+            "consistency_checks",
+            "Sampled reads from the cache or a replica, read again from the primary in the background and judged against the session's needs when served, per strategy flag, arm and outcome (ok, stale_own, regression, over_bound; skipped: not judged).",
+            None,
+            arms.iter().flat_map(|(s, arm)| {
+                CHECK_OUTCOMES.into_iter().map(move |outcome| {
+                    (
+                        [
+                            ("flag", s.as_str()),
+                            ("arm", arm.label),
+                            ("outcome", outcome.as_str()),
+                        ],
+                        counter(arm.checks_with(outcome)),
+                    )
+                })
+            }),
         )?;
         Ok(())
     }

@@ -36,6 +36,7 @@ pub use session::{valid_session_id, SessionCtx};
 
 use crate::cache::SharedCache;
 use crate::cache_status::{CacheStatus, CacheStatusHeaders};
+use crate::consistency::ConsistencyChecks;
 use crate::metrics::{Gauges, Metrics, Scrape};
 use crate::origin::{Change, ChangeSink, FeedStatus, SharedOrigin};
 use crate::plan::{CollectionPlan, Collections};
@@ -67,6 +68,8 @@ pub struct Node {
     shutdown: Shutdown,
     /// Applies purges to the cache (also those the change feed brings).
     purger: Purger,
+    /// The online consistency checks of sampled reads.
+    checks: ConsistencyChecks,
 }
 
 /// Bounds of what one request may carry.
@@ -134,6 +137,12 @@ impl Node {
             })
         };
         origin.start(sink, &shutdown);
+        let checks = ConsistencyChecks::start(
+            &settings.flags.consistency_checks,
+            origin.clone(),
+            metrics.clone(),
+            &shutdown,
+        );
         let limits = SessionLimits {
             max_items: session.max_token_items,
             max_pending: session.max_pending_writes,
@@ -160,6 +169,7 @@ impl Node {
             idempotency_full: AtomicBool::new(false),
             shutdown,
             purger,
+            checks,
             limits: ApiLimits {
                 max_id_bytes: settings.api.max_id_bytes,
                 max_batch: settings.api.max_batch,
@@ -278,6 +288,11 @@ impl Node {
     pub async fn stop_background(&self, within: Duration) -> Vec<&'static str> {
         self.flags.stop();
         self.shutdown.stop(within).await
+    }
+
+    /// The online consistency checks (tests wait for their queue to drain).
+    pub fn consistency_checks(&self) -> &ConsistencyChecks {
+        &self.checks
     }
 
     /// Sessions live on this node now.

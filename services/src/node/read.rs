@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::explain::{explain_fields, FieldSource};
 use super::{Node, ReadError, SessionCtx};
 use crate::cache::{document_json, CacheEntry, Fill};
+use crate::consistency::Sample;
 use crate::freshness::Verdict;
 use crate::metrics::ServedRead;
 use crate::origin::{MaxStaleness, OriginError, OriginTier, ReadRequest, TierPolicy};
@@ -290,6 +291,9 @@ impl Node {
             if regression {
                 tracing::info!(item = %key.id, monotonic, version = doc.version.0, "read older than one the session read");
             }
+            self.checks.offer(s.experiment, tier, || {
+                Sample::of(plan, id, &doc, age, state.watermarks())
+            });
             state.record_read(key.hash, &doc, session.limits());
             (stale_own, regression)
         };
