@@ -60,7 +60,7 @@ pub fn render(data: &PageData<'_>) -> String {
     );
     let _ = write!(
         out,
-        r#"<form class="logout" method="post" action="/admin/logout"><button type="submit">Log out</button></form><h1>edgecache <span id="node">{node}</span></h1><p class="meta">Flags from {source} · {n} snapshots of {span} · reloads every {refresh} s</p>"#,
+        r#"<form class="logout" method="post" action="/admin/logout"><button type="submit">Log out</button></form><h1>edgecache <span id="node">{node}</span></h1><p class="meta">Flags from {source} · {n} snapshots over the last {span} · reloads every {refresh} s</p>"#,
         node = Escaped(data.node_id),
         source = Escaped(data.flag_source),
         n = data.history.len(),
