@@ -428,8 +428,9 @@ pub struct FlagSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ConsistencyCheckSettings {
     /// The fraction of session reads served from the cache or a replica that are
-    /// checked, in every arm alike (0 to 1; 0.01 is 1 %; 0 turns the checks off and
-    /// costs the read path one comparison).
+    /// checked, in every arm alike (0 to 1; 0.001, the default, is 0.1 %; 0 turns the
+    /// checks off and costs the read path one comparison). Each check is a primary
+    /// read, so the fraction is the primary load it adds, relative to the hits.
     pub sample: f64,
     /// Most checks waiting for their primary read; a sampled read that finds the queue
     /// full is counted `skipped` and never waits.
@@ -441,7 +442,7 @@ pub struct ConsistencyCheckSettings {
 impl Default for ConsistencyCheckSettings {
     fn default() -> Self {
         Self {
-            sample: 0.01,
+            sample: 0.001,
             queue: 1024,
             concurrency: 4,
         }
