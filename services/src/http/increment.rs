@@ -46,13 +46,7 @@ pub(super) struct Increment {
             ("Idempotent-Replayed" = bool, description = "true when this answers a recorded write"),
         )),
         (status = 409, description = "The add would cross the field's bound", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 400, description = "A malformed request or session header", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such collection (or item, for PATCH/DELETE/increment)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not a JSON content type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The body breaks the data model, or the Idempotency-Key was used for another request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Not applied (origin-unavailable, session-busy, idempotency-store-full) or outcome unknown (write-outcome-unknown): see the problem type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        crate::http::openapi::WriteProblems,
     )
 )]
 #[tracing::instrument(name = "increment", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]

@@ -183,13 +183,7 @@ pub fn read_response(
             ("Idempotent-Replayed" = bool, description = "true when this answers a recorded write"),
         )),
         (status = 201, description = "The document was created", body = crate::http::openapi::Document),
-        (status = 400, description = "A malformed request or session header", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such collection (or item, for PATCH/DELETE/increment)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not a JSON content type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The body breaks the data model, or the Idempotency-Key was used for another request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Not applied (origin-unavailable, session-busy, idempotency-store-full) or outcome unknown (write-outcome-unknown): see the problem type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        crate::http::openapi::WriteProblems,
     )
 )]
 #[tracing::instrument(name = "put_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]
@@ -232,13 +226,7 @@ pub async fn put_item(
             ("X-Session-Token" = String, description = "The session's new token: send it with the next request"),
             ("Idempotent-Replayed" = bool, description = "true when this answers a recorded write"),
         )),
-        (status = 400, description = "A malformed request or session header", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such collection (or item, for PATCH/DELETE/increment)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match names another version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not a JSON content type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The body breaks the data model, or the Idempotency-Key was used for another request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Not applied (origin-unavailable, session-busy, idempotency-store-full) or outcome unknown (write-outcome-unknown): see the problem type", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        crate::http::openapi::WriteProblems,
     )
 )]
 #[tracing::instrument(name = "patch_item", level = "debug", skip_all, fields(collection = %path.collection, id = %path.id))]

@@ -12,7 +12,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::error::{ProblemType, PROBLEM_TYPE_PREFIX};
 use super::{admin, batch, cluster, dashboard, health, increment, items, metrics, purge};
@@ -107,6 +107,54 @@ pub struct Problem {
     detail: String,
     /// With `precondition-failed`: the item's current version.
     current_version: Option<u64>,
+}
+
+/// The problems a write with a body can answer (PUT, PATCH, increment).
+#[derive(IntoResponses)]
+#[allow(dead_code)] // Documents `ApiError`'s statuses for writes; never built.
+pub enum WriteProblems {
+    #[response(
+        status = 400,
+        description = "A malformed request or session header",
+        content_type = "application/problem+json"
+    )]
+    BadRequest(Problem),
+    #[response(
+        status = 404,
+        description = "No such collection (or item, for PATCH/DELETE/increment)",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    #[response(
+        status = 412,
+        description = "If-Match names another version",
+        content_type = "application/problem+json"
+    )]
+    PreconditionFailed(Problem),
+    #[response(
+        status = 413,
+        description = "The body is too large",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    #[response(
+        status = 415,
+        description = "Not a JSON content type",
+        content_type = "application/problem+json"
+    )]
+    UnsupportedMediaType(Problem),
+    #[response(
+        status = 422,
+        description = "The body breaks the data model, or the Idempotency-Key was used for another request",
+        content_type = "application/problem+json"
+    )]
+    Unprocessable(Problem),
+    #[response(
+        status = 503,
+        description = "Not applied (origin-unavailable, session-busy, idempotency-store-full) or outcome unknown (write-outcome-unknown): see the problem type",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
 }
 
 /// A document: the collection's fields plus `id`. Its version is in the ETag.
