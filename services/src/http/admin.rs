@@ -86,7 +86,7 @@ pub async fn require_token(
             let form = login::form(StatusCode::UNAUTHORIZED, false);
             Ok(request.into_response(form))
         }
-        Err(refusal) => Ok(request.into_response(refusal)),
+        Err(refusal) => Ok(request.into_response(*refusal)),
     }
 }
 

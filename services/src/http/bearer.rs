@@ -21,9 +21,10 @@ impl BearerToken {
         Self(Sha256::digest(token.expose_secret().as_bytes()).into())
     }
 
-    /// Whether `headers` carry this token. `Err` is the 401 answer, its challenge
-    /// naming `realm`; `what` says which token is wanted.
-    pub fn check(&self, headers: &HeaderMap, realm: &str, what: &str) -> Result<(), HttpResponse> {
+    /// Whether `headers` carry this token. `Err` is the 401 answer (boxed: the
+    /// refusal is the rare path), its challenge naming `realm`; `what` says which
+    /// token is wanted.
+    pub fn check(&self, headers: &HeaderMap, realm: &str, what: &str) -> Result<(), Box<HttpResponse>> {
         let presented = bearer(headers);
         if presented.is_some_and(|token| self.admits(token)) {
             return Ok(());
@@ -49,7 +50,7 @@ impl BearerToken {
         if let Ok(value) = HeaderValue::from_str(&challenge) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
         }
-        Err(response)
+        Err(Box::new(response))
     }
 
     /// Whether `presented` is this token, in constant time.

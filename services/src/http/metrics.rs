@@ -36,7 +36,7 @@ pub async fn metrics(
 ) -> Result<HttpResponse, ApiError> {
     if let Some(token) = auth.metrics_token() {
         if let Err(refusal) = token.check(request.headers(), REALM, "metrics token") {
-            return Ok(refusal);
+            return Ok(*refusal);
         }
     }
     let body = node
