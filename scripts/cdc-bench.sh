@@ -105,20 +105,9 @@ trap 'exit 130' INT TERM
 
 # -- PostgreSQL -------------------------------------------------------------------------
 
-log "PostgreSQL primary + replica (scripts/pg-cluster.sh), fsync off"
-# shellcheck source=scripts/pg-cluster.sh
-source "$ROOT/scripts/pg-cluster.sh"
-PG_STARTED=1
-pg_cluster_start || die "starting PostgreSQL"
-PSQL=("$EDGECACHE_TEST_PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1)
-primary_sql() { "${PSQL[@]}" "$EDGECACHE_TEST_PG_PRIMARY" "$@" </dev/null; }
-for url in "$EDGECACHE_TEST_PG_PRIMARY" "$EDGECACHE_TEST_PG_REPLICA"; do
-    "${PSQL[@]}" "$url" -c "ALTER SYSTEM SET fsync = off" -c "SELECT pg_reload_conf()" >/dev/null </dev/null
-done
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=scripts/perf/pg-bench.sh
+source "$ROOT/scripts/perf/pg-bench.sh"
+bench_pg_start
 write_config() {
     local feed=$1
     cat >"$WORK/node-$feed.toml" <<EOF

@@ -93,7 +93,7 @@ cleanup() {
         kill -KILL "$NODE_PID" 2>/dev/null || true
     fi
     if [ "$PG_STARTED" = 1 ]; then
-        cp "$EDGECACHE_TEST_PG_PRIMARY_DATA/log" "$WORK/logs/primary.log" 2>/dev/null || true
+        cp "${EDGECACHE_TEST_PG_PRIMARY_DATA:-/nonexistent}/log" "$WORK/logs/primary.log" 2>/dev/null || true
         pg_cluster_stop 2>/dev/null
     fi
     rm -rf "$OUT/logs" "$OUT/statements"
@@ -108,20 +108,9 @@ trap 'exit 130' INT TERM
 
 # -- PostgreSQL -------------------------------------------------------------------------
 
-log "PostgreSQL primary + replica (scripts/pg-cluster.sh), fsync off"
-# shellcheck source=scripts/pg-cluster.sh
-source "$ROOT/scripts/pg-cluster.sh"
-PG_STARTED=1
-pg_cluster_start || die "starting PostgreSQL"
-PSQL=("$EDGECACHE_TEST_PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1)
-primary_sql() { "${PSQL[@]}" "$EDGECACHE_TEST_PG_PRIMARY" "$@" </dev/null; }
-for url in "$EDGECACHE_TEST_PG_PRIMARY" "$EDGECACHE_TEST_PG_REPLICA"; do
-    "${PSQL[@]}" "$url" -c "ALTER SYSTEM SET fsync = off" -c "SELECT pg_reload_conf()" >/dev/null </dev/null
-done
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=scripts/perf/pg-bench.sh
+source "$ROOT/scripts/perf/pg-bench.sh"
+bench_pg_start
 PORT=$(free_port)
 URL=http://127.0.0.1:$PORT
 cat >"$WORK/node.toml" <<EOF
