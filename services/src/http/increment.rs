@@ -33,8 +33,7 @@ pub(super) struct Increment {
     path = "/v1/{collection}/{id}/increment",
     tag = "items",
     params(
-        ("collection" = String, Path, description = "A configured collection"),
-        ("id" = String, Path, description = "1 to max_id_bytes of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        crate::http::openapi::ItemPathParams,
         crate::http::openapi::SessionHeaders,
         crate::http::openapi::WriteHeaders,
     ),

@@ -49,8 +49,7 @@ fn explain(query: &str) -> Result<bool, ApiError> {
     path = "/v1/{collection}/{id}",
     tag = "items",
     params(
-        ("collection" = String, Path, description = "A configured collection"),
-        ("id" = String, Path, description = "1 to max_id_bytes of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        crate::http::openapi::ItemPathParams,
         crate::http::openapi::SessionHeaders,
         crate::http::openapi::ExplainQuery,
         crate::http::openapi::FieldsQuery,
@@ -170,8 +169,7 @@ pub fn read_response(
     path = "/v1/{collection}/{id}",
     tag = "items",
     params(
-        ("collection" = String, Path, description = "A configured collection"),
-        ("id" = String, Path, description = "1 to max_id_bytes of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        crate::http::openapi::ItemPathParams,
         crate::http::openapi::SessionHeaders,
         crate::http::openapi::WriteHeaders,
     ),
@@ -214,8 +212,7 @@ pub async fn put_item(
     path = "/v1/{collection}/{id}",
     tag = "items",
     params(
-        ("collection" = String, Path, description = "A configured collection"),
-        ("id" = String, Path, description = "1 to max_id_bytes of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        crate::http::openapi::ItemPathParams,
         crate::http::openapi::SessionHeaders,
         crate::http::openapi::WriteHeaders,
     ),
@@ -252,8 +249,7 @@ pub async fn patch_item(
     path = "/v1/{collection}/{id}",
     tag = "items",
     params(
-        ("collection" = String, Path, description = "A configured collection"),
-        ("id" = String, Path, description = "1 to max_id_bytes of A-Z, a-z, 0-9, '_', '.', ':', '-'"),
+        crate::http::openapi::ItemPathParams,
         crate::http::openapi::SessionHeaders,
         crate::http::openapi::WriteHeaders,
     ),

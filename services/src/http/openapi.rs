@@ -20,6 +20,17 @@ use super::{admin, batch, cluster, dashboard, health, increment, items, metrics,
 /// The media type of a problem document (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The path of one item.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Documents `request::ItemPath`; never built.
+pub struct ItemPathParams {
+    /// A configured collection.
+    collection: String,
+    /// 1 to `api.max_id_bytes` of A-Z, a-z, 0-9, '_', '.', ':', '-'.
+    id: String,
+}
+
 /// The session headers every `/v1` request may carry.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
