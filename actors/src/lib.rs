@@ -3,12 +3,14 @@
 
 mod model;
 mod registry;
+mod retired;
 mod session;
 mod token;
 mod watermarks;
 
 pub use model::{item_hash, Doc, Fields, ItemKey, KeyRef, Position, Version};
 pub use registry::{LiveSession, SessionHandle, SessionRegistry, SessionStart, MAX_SESSION_ID_BYTES};
+pub use retired::RetiredMarks;
 pub use session::{
     Passivate, PendingBudget, PendingWrite, Session, SessionActor, SessionLimits, SessionState, Write,
     WriteFuture, WriteTicket, Written,

@@ -10,6 +10,7 @@ use arrayvec::ArrayString;
 use quick_cache::sync::{Cache, GuardResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, UnitWeighter};
 
+use crate::retired::RetiredMarks;
 use crate::session::{PendingBudget, Session, SessionActor, SessionLimits};
 use crate::token::Carried;
 use crate::Lineage;
@@ -60,7 +61,9 @@ pub const MAX_SESSION_ID_BYTES: usize = 64;
 /// look-ups take the `&str`.
 type SessionKey = ArrayString<MAX_SESSION_ID_BYTES>;
 
-/// Marks an evicted session retired, so its actor stops at its next tick.
+/// Marks an evicted session retired, so its actor stops at its next tick. It pours
+/// its marks into the retired marks first, under the table's lock: a request that
+/// finds the session gone and rebuilds it from an older token finds them there.
 #[derive(Clone, Copy, Default)]
 struct RetireOnEvict;
 
@@ -83,7 +86,12 @@ pub struct SessionRegistry {
     limits: SessionLimits,
     lease: Duration,
     budget: Arc<PendingBudget>,
+    /// What retired copies of sessions recorded (see [`RetiredMarks`]).
+    retired: Arc<RetiredMarks>,
 }
+
+/// Slots of the retired marks unless configured ([`SessionRegistry::with_retired_marks`]).
+const DEFAULT_RETIRED_SLOTS: usize = 1 << 16;
 
 impl SessionRegistry {
     /// A table of at most `max_live` sessions, each passivated after `lease` idle.
@@ -104,7 +112,15 @@ impl SessionRegistry {
             limits,
             lease,
             budget: PendingBudget::new(u64::MAX),
+            retired: RetiredMarks::new(DEFAULT_RETIRED_SLOTS),
         }
+    }
+
+    /// Keeps what retired session copies recorded in a table of `slots` positions per
+    /// kind (`16 × slots` bytes; see [`RetiredMarks`]).
+    pub fn with_retired_marks(mut self, slots: usize) -> Self {
+        self.retired = RetiredMarks::new(slots);
+        self
     }
 
     /// Bounds the bytes of the written values all sessions keep (see
@@ -177,11 +193,14 @@ impl SessionRegistry {
         } else {
             SessionStart::New
         };
-        let session = || Arc::new(self.build(id, token));
+        let session = || Arc::new(self.build_named(id, token));
         // An id past the bound (callers validate ids) gets a session that is not kept:
         // its requests rebuild it from their tokens, which is slower, never wrong.
         let Ok(key) = SessionKey::from(id) else {
-            return (self.start(Arc::new(self.build(id, token).detached())), start);
+            return (
+                self.start(Arc::new(self.build_named(id, token).detached())),
+                start,
+            );
         };
         // One request creates the session; a concurrent one waits for it briefly.
         let guard = match self
@@ -209,7 +228,13 @@ impl SessionRegistry {
     /// its lineage: it must not see that session's marks, nor add to them. The caller
     /// ends it when the request is done ([`LiveSession::release`]).
     pub fn detached(&self, id: &str, token: Option<&Carried>) -> SessionHandle {
-        self.start(Arc::new(self.build(id, token).detached()))
+        self.start(Arc::new(self.build_named(id, token).detached()))
+    }
+
+    /// The session `id` as [`SessionRegistry::build`] makes it, sharing the node's
+    /// retired marks: a session a client named.
+    fn build_named(&self, id: &str, token: Option<&Carried>) -> Session {
+        self.build(id, token).with_retired_marks(self.retired.clone())
     }
 
     /// A session from what `token` carries (a token of the first format names no
@@ -218,19 +243,29 @@ impl SessionRegistry {
         let lineage = token.and_then(|t| t.lineage).unwrap_or_else(Lineage::random);
         let mut watermarks = token.map(|t| t.watermarks.clone()).unwrap_or_default();
         watermarks.compact(self.limits.max_items);
-        Session::new(id.into(), lineage, watermarks, self.limits).with_budget(self.budget.clone())
+        let session =
+            Session::new(id.into(), lineage, watermarks, self.limits).with_budget(self.budget.clone());
+        if token.is_some_and(|t| t.lineage.is_some()) {
+            session.proven()
+        } else {
+            session
+        }
     }
 
     /// Starts a new actor for a session whose actor stopped while a request still
     /// held it (evicted or passivated mid-request), and makes it live again (unless
     /// it was detached: then it stays out of the table).
     pub fn revive(&self, session: Arc<Session>) -> SessionHandle {
-        let (lineage, watermarks) = {
+        let (lineage, watermarks, proven) = {
             let state = session.state();
-            (state.lineage(), state.watermarks().clone())
+            (state.lineage(), state.watermarks().clone(), state.is_proven())
         };
-        let fresh = Session::new(session.id().into(), lineage, watermarks, self.limits)
-            .with_budget(self.budget.clone());
+        let mut fresh = Session::new(session.id().into(), lineage, watermarks, self.limits)
+            .with_budget(self.budget.clone())
+            .with_retired_marks(self.retired.clone());
+        if proven {
+            fresh = fresh.proven();
+        }
         if !session.is_kept() {
             return self.start(Arc::new(fresh.detached()));
         }
@@ -377,6 +412,71 @@ mod tests {
         let longer = "y".repeat(MAX_SESSION_ID_BYTES + 1);
         assert_eq!(reg.open(&longer, None).1, SessionStart::New);
         assert!(reg.get(&longer).is_none());
+    }
+
+    /// Two requests of one session in parallel while its table entry is evicted: one
+    /// still holds the evicted copy and records a write into it; the other rebuilt
+    /// the session from the token it carried, issued before that write. The client
+    /// may keep the second answer's token (it arrived last), so the node must: a read
+    /// by the rebuilt copy asks for a source at the write's position.
+    #[actix_rt::test]
+    async fn a_copy_rebuilt_from_an_older_token_never_asks_less_than_an_evicted_copy_recorded() {
+        let reg = registry(4, Duration::from_secs(60));
+        // Sessions that came first and are used again hold the table's hot places.
+        let first: Vec<_> = (0..8).map(|i| reg.open(&format!("f{i}"), None).0).collect();
+        for i in 0..8 {
+            let _ = reg.get(&format!("f{i}"));
+        }
+        let (old, _) = reg.open("s1", None);
+        let token = {
+            let state = old.session.state();
+            Carried {
+                lineage: Some(state.lineage()),
+                watermarks: state.watermarks().clone(),
+            }
+        };
+        // Other sessions take the places: s1's copy is evicted.
+        let mut others = Vec::new();
+        while !old.session.is_retired() && others.len() < 10_000 {
+            others.push(reg.open(&format!("s{}", others.len() + 2), None).0);
+        }
+        assert!(
+            old.session.is_retired(),
+            "evicted ({} others after {})",
+            others.len(),
+            first.len()
+        );
+        // A parallel request of s1 rebuilds it from the older token…
+        let (rebuilt, start) = reg.open("s1", Some(&token));
+        assert_eq!(start, SessionStart::Rebuilt);
+        let item = 7;
+        assert!(rebuilt.session.state().need(item, true, true).is_none());
+        // …and then the request holding the evicted copy records its write.
+        let mut write = Watermarks::default();
+        write.record_write(item, Version(14), Position(1400), 8);
+        old.session.state().merge(&write, reg.limits());
+        let need = rebuilt.session.state().need(item, true, false);
+        assert!(
+            need.position >= Position(1400),
+            "the rebuilt copy's read of the item needs a source at the write: {need:?}"
+        );
+        // What the evicted copy held before it was evicted counts too (poured at
+        // eviction), and monotonic reads likewise.
+        let mut read = Watermarks::default();
+        read.record_read(8, Version(3), Position(900), 8);
+        old.session.state().merge(&read, reg.limits());
+        assert!(rebuilt.session.state().need(8, false, true).position >= Position(900));
+        // A detached copy (a request without a token of the session's lineage: it
+        // may be the holder's, from a token of another lineage) pours when it ends.
+        let detached = reg.detached("s1", None);
+        let mut other = Watermarks::default();
+        other.record_write(9, Version(2), Position(5000), 8);
+        detached.session.state().merge(&other, reg.limits());
+        detached.release();
+        assert!(rebuilt.session.state().need(9, true, false).position >= Position(5000));
+        // Another session's needs are untouched.
+        let (s3, _) = reg.open("s3-unrelated", None);
+        assert!(s3.session.state().need(9, true, true).is_none());
     }
 
     #[actix_rt::test]

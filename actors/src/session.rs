@@ -14,6 +14,7 @@ use futures_util::future::LocalBoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::retired::{session_hash, RetiredMarks};
 use crate::{Doc, ItemKey, KeyRef, Lineage, Need, TokenKeys, Watermarks};
 
 /// Bounds of one session's state.
@@ -96,6 +97,18 @@ pub struct SessionState {
     strategies: Option<KeptStrategies>,
     /// Where the bytes of `pending` are counted (none: unbounded, in unit tests).
     budget: Option<Arc<PendingBudget>>,
+    /// The node's marks of retired session copies, and this session's id hashed for
+    /// it: every need takes them in (none: in unit tests).
+    retired_marks: Option<(Arc<RetiredMarks>, u64)>,
+    /// This copy retired and poured its marks into `retired_marks`: what it records
+    /// from now on goes there too (a request that still holds it may record more).
+    poured: bool,
+    /// A request proved it holds the session: it sent a token of its lineage, or the
+    /// session was rebuilt from one. Until then the session is only a name — every
+    /// request of it came without a token (a client's parallel first requests) — and
+    /// tokenless requests share it; after, they are detached (see
+    /// [`SessionState::claim`]).
+    proven: bool,
 }
 
 impl Drop for SessionState {
@@ -126,9 +139,76 @@ impl SessionState {
         self.lineage
     }
 
-    /// The need of a read of `item` under the given switches.
+    /// Whether a request proved it holds the session (see the field).
+    pub fn is_proven(&self) -> bool {
+        self.proven
+    }
+
+    /// A request sent a token of this session's lineage.
+    pub fn prove(&mut self) {
+        self.proven = true;
+    }
+
+    /// A request sent a verified token of `lineage`, another one, while this session
+    /// was still unproven: every request it served so far came without a token, so it
+    /// holds nothing that belongs to anyone more than to the token's holder. The token
+    /// claims it: the session takes the token's lineage (its answers now carry tokens
+    /// of it, which the session's tokenless requests never held), takes the token's
+    /// watermarks in, and is proven. Returns false, changing nothing, if the session
+    /// is proven already.
+    pub fn claim(
+        &mut self,
+        lineage: Lineage,
+        token: &str,
+        carried: &Watermarks,
+        limits: SessionLimits,
+    ) -> bool {
+        if self.proven {
+            return false;
+        }
+        self.lineage = lineage;
+        self.issued = None;
+        self.generation += 1;
+        self.merge_token(token, carried, limits);
+        self.proven = true;
+        true
+    }
+
+    /// The need of a read of `item` under the given switches: what this copy's
+    /// watermarks ask, and what retired copies of the session on this node asked.
     pub fn need(&self, item: u64, ryw: bool, monotonic: bool) -> Need {
-        self.watermarks.need(item, ryw, monotonic)
+        let mut need = self.watermarks.need(item, ryw, monotonic);
+        if let Some((table, session)) = &self.retired_marks {
+            table.raise_need(*session, item, ryw, monotonic, &mut need);
+        }
+        need
+    }
+
+    /// Pours this copy's marks into the node's retired marks, now and from now on
+    /// (see [`crate::retired`]).
+    fn pour(&mut self) {
+        self.poured = true;
+        if let Some((table, session)) = &self.retired_marks {
+            table.keep(*session, &self.watermarks);
+        }
+    }
+
+    /// After a retired copy recorded `item` (a read if `read`): its mark goes to the
+    /// retired marks too, where a newer copy of the session finds it.
+    fn pour_mark(&self, item: u64, read: bool) {
+        let Some((table, session)) = self.retired_marks.as_ref().filter(|_| self.poured) else {
+            return;
+        };
+        let marks = &self.watermarks;
+        let (list, floor) = if read {
+            (marks.reads(), marks.read_floor())
+        } else {
+            (marks.writes(), marks.write_floor())
+        };
+        // Compaction may have folded the mark into the floor.
+        let position = list.iter().find(|m| m.item == item).map_or(floor, |m| m.position);
+        table.keep_mark(*session, item, position, read);
+        table.keep_mark(*session, crate::retired::FLOOR_ITEM, floor, read);
     }
 
     /// This session's own last write of `key`, if still kept.
@@ -145,6 +225,7 @@ impl SessionState {
             .record_read(item, doc.version, doc.position, limits.max_items)
         {
             self.generation += 1;
+            self.pour_mark(item, true);
         }
     }
 
@@ -152,6 +233,9 @@ impl SessionState {
     pub fn merge(&mut self, other: &Watermarks, limits: SessionLimits) {
         if self.watermarks.merge(other, limits.max_items) {
             self.generation += 1;
+            if self.poured {
+                self.pour();
+            }
         }
     }
 
@@ -163,6 +247,7 @@ impl SessionState {
             .record_write(key.hash(), doc.version, doc.position, limits.max_items)
         {
             self.generation += 1;
+            self.pour_mark(key.hash(), false);
         }
         let mut freed = 0;
         self.pending.retain(|p| {
@@ -275,6 +360,9 @@ impl Session {
                 merged: None,
                 strategies: None,
                 budget: None,
+                retired_marks: None,
+                poured: false,
+                proven: false,
             }),
             limits,
             last_seen: AtomicU64::new(0),
@@ -288,6 +376,19 @@ impl Session {
     /// Counts the session's kept values against `budget`.
     pub fn with_budget(self, budget: Arc<PendingBudget>) -> Self {
         self.state.lock().budget = Some(budget);
+        self
+    }
+
+    /// A session proven from birth (rebuilt from a token of its lineage).
+    pub fn proven(self) -> Self {
+        self.state.lock().proven = true;
+        self
+    }
+
+    /// Takes in (on every need) and keeps (on retiring) the marks of retired copies
+    /// of this session in `table`.
+    pub fn with_retired_marks(self, table: Arc<RetiredMarks>) -> Self {
+        self.state.lock().retired_marks = Some((table, session_hash(&self.id)));
         self
     }
 
@@ -324,6 +425,11 @@ impl Session {
         self.last_seen.store(now, Ordering::Relaxed);
     }
 
+    /// How long ago this copy of the session started.
+    pub fn age(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
     fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_seen.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
@@ -335,7 +441,15 @@ impl Session {
         &self.counted_in
     }
 
+    /// Retires this copy. It first pours its marks into the node's retired marks, so a
+    /// newer copy that finds it retired also finds them. A detached copy pours too: it
+    /// may have served the session's holder (from a token of another lineage), whose
+    /// next request may carry an older token; a squatter's marks only make the
+    /// session's reads more careful.
     pub(crate) fn retire(&self) {
+        if !self.retired.load(Ordering::Acquire) {
+            self.state.lock().pour();
+        }
         self.retired.store(true, Ordering::Release);
     }
 

@@ -169,6 +169,14 @@ impl ChangeFeed {
     }
 }
 
+fn default_first_requests_window() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_retired_marks_slots() -> usize {
+    1 << 17
+}
+
 fn default_max_pending_bytes() -> u64 {
     64 * 1024 * 1024
 }
@@ -247,6 +255,18 @@ pub struct SessionSettings {
     /// the origin instead: never stale, a little slower).
     #[serde(default = "default_max_pending_bytes")]
     pub max_pending_bytes: u64,
+    /// Slots (per kind: writes, reads) of the table that keeps what retired copies of
+    /// sessions recorded, so a copy rebuilt from an older token (parallel requests of
+    /// one session while it was evicted) never asks less of a source: 16 bytes each.
+    /// Smaller only raises needs by collisions (extra origin reads), never lowers one.
+    #[serde(default = "default_retired_marks_slots")]
+    pub retired_marks_slots: usize,
+    /// How long after a session starts on a node its requests without a token share
+    /// it, until one sends a token back: a client's first requests, sent in parallel
+    /// before any answer brought a token. Past it (or once a token came back) such a
+    /// request gets a detached session of its own (docs/decisions/0008).
+    #[serde(default = "default_first_requests_window", with = "humantime_serde")]
+    pub first_requests_window: Duration,
     /// Most per-item watermarks a token carries before it compacts to a position
     /// floor (more conservative: an extra origin read, never a stale one).
     pub max_token_items: usize,

@@ -310,6 +310,13 @@ fn cache(c: &CacheSettings) -> Check {
 fn session(s: &SessionSettings) -> Check {
     at_least("session.idle_lease", s.idle_lease, Duration::from_secs(1))?;
     at_least("session.max_live", s.max_live, 1)?;
+    at_least("session.retired_marks_slots", s.retired_marks_slots, 64)?;
+    at_most("session.retired_marks_slots", s.retired_marks_slots, 1 << 26)?;
+    at_most(
+        "session.first_requests_window",
+        s.first_requests_window,
+        Duration::from_secs(60),
+    )?;
     at_most("session.max_pending_writes", s.max_pending_writes, 1024)?;
     at_most("session.max_token_items", s.max_token_items, MAX_TOKEN_ITEMS)?;
     positive("session.write_timeout", s.write_timeout)?;

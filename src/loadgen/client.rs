@@ -34,11 +34,11 @@ pub struct Client {
 /// variable set by each `fetch`'s handler, overwritten in arrival order — and the
 /// client cannot do better without reading the token: it is opaque and signed, and a
 /// request carries one. The node makes it sound: a live session takes in every token
-/// it is sent and answers with all of its watermarks, so an answer covers the
-/// session's earlier answers from that node. A token that arrived last but was issued
-/// before another answer's (or by another node, or by a copy of the session evicted
-/// while the request ran) may lack what that answer added; the next request carries
-/// it to the node, which then holds the rest only if the session is still live there.
+/// it is sent and answers with all of its watermarks, a new session's tokenless first
+/// requests share it, and a copy of the session that leaves the node's table leaves
+/// its marks for the next copy (docs/decisions/0008). A token that arrived last but
+/// was signed before another answer, carried to another node, may still lack what
+/// that answer added.
 pub struct SessionState {
     pub id: String,
     chain: Mutex<Chain>,

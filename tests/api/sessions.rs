@@ -249,3 +249,94 @@ async fn tokens_over_http_do_not_reveal_which_known_ids_a_session_touched() {
     }
     assert_eq!(tokens[0].len(), tokens[1].len(), "nor told apart by length");
 }
+
+/// A request in session `id` with no token writing `title` to `articles/{article}`; the
+/// token it got back.
+async fn first_write(app: &TestApp, id: &str, article: &str, title: &str) -> String {
+    let response = app
+        .request(reqwest::Method::PUT, &format!("/v1/articles/{article}"))
+        .header("x-session-id", id)
+        .json(&json!({ "title": title }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response.headers()["x-session-token"].to_str().unwrap().to_owned()
+}
+
+/// A client's first requests often leave together, before any answer brought a
+/// token (a page that loads several things at once). The node sees two requests of a
+/// new session without a token: they must be one session, or the client — which keeps
+/// whichever answer's token arrived last — may be left with a token that lacks its
+/// own write. Once a token came back, or once the session is past its first requests
+/// (`session.first_requests_window`), a tokenless request is someone else's: detached.
+#[actix_web::test]
+async fn a_sessions_first_requests_without_a_token_are_one_session_later_tokenless_ones_are_not() {
+    let store = Store::new();
+    let config = format!("{LONG_TTL}\n[session]\nfirst_requests_window = \"1s\"\n");
+    let a = spawn_app(&store, &config);
+    let b = spawn_app(&store, &config);
+    Client::new()
+        .put(&a, "/v1/articles/cart", json!({"title": "old"}))
+        .await;
+    assert_eq!(
+        Client::new().get(&b, "/v1/articles/cart").await.body["title"],
+        "old"
+    );
+
+    // The first two requests of session `tab`, neither with a token: a write, and a
+    // read whose answer arrives last, so the client keeps its token.
+    let id = "tab-first-requests";
+    let _written = first_write(&a, id, "cart", "mine").await;
+    let (kept, _, _) = as_session(&a, id, None, "/v1/articles/weather").await;
+    assert!(
+        names(&opened(&store, id, &kept), "cart"),
+        "the second first request shared the session: its token carries the write"
+    );
+    // With that token, node B (which still caches "old") serves the client its write.
+    let (_, status, title) = as_session(&b, id, Some(&kept), "/v1/articles/cart").await;
+    assert_eq!(title, "mine", "read-your-writes on another node ({status})");
+
+    // The token came back to A: the session is proven. A tokenless request within
+    // the window is now someone else's, and learns nothing of it.
+    let (_, _, _) = as_session(&a, id, Some(&kept), "/v1/articles/weather").await;
+    let detached_before = a.node.metrics().sessions_detached.get();
+    let (theirs, _, _) = as_session(&a, id, None, "/v1/articles/weather").await;
+    assert!(!names(&opened(&store, id, &theirs), "cart"));
+    assert_eq!(a.node.metrics().sessions_detached.get(), detached_before + 1);
+
+    // Past the window, an unproven session is closed to tokenless requests too.
+    let late = "tab-late-request";
+    first_write(&a, late, "pharmacy", "mine").await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (theirs, _, _) = as_session(&a, late, None, "/v1/articles/weather").await;
+    assert!(!names(&opened(&store, late, &theirs), "pharmacy"));
+    assert_eq!(a.node.metrics().sessions_detached.get(), detached_before + 2);
+}
+
+/// A session that started on a node without a token, then was claimed: a token of
+/// another lineage that arrives while the session is young and unproven takes it over
+/// (its first requests were split by an eviction between them), merging what the
+/// session did, so the client's next read sees both halves.
+#[actix_web::test]
+async fn a_young_unproven_session_is_claimed_by_the_first_token_of_another_lineage() {
+    let store = Store::new();
+    let config = format!("{LONG_TTL}\n[session]\nfirst_requests_window = \"30s\"\n");
+    let a = spawn_app(&store, &config);
+    let b = spawn_app(&store, &config);
+    let id = "tab-split";
+    // Half one: a write through B, whose token the client keeps.
+    let kept = first_write(&b, id, "diagnosis", "mine").await;
+    // Half two: a tokenless write through A starts the session there.
+    first_write(&a, id, "pharmacy", "mine").await;
+    // The client's next request carries B's token to A: it claims A's session.
+    let (token, _, _) = as_session(&a, id, Some(&kept), "/v1/articles/weather").await;
+    let carried = opened(&store, id, &token);
+    assert!(
+        names(&carried, "diagnosis") && names(&carried, "pharmacy"),
+        "both halves: {carried:?}"
+    );
+    // Claimed, so proven: a tokenless request is detached from now on.
+    let (theirs, _, _) = as_session(&a, id, None, "/v1/articles/weather").await;
+    assert!(!names(&opened(&store, id, &theirs), "diagnosis"));
+}

@@ -228,7 +228,11 @@ fn run(
             .arg("--config")
             .arg(&configs[i])
             .current_dir(dir)
-            .env("EDGECACHE_LOG", "warn")
+            // EDGECACHE_TEST_NODE_LOG (an EDGECACHE_LOG filter) to debug a violation.
+            .env(
+                "EDGECACHE_LOG",
+                std::env::var("EDGECACHE_TEST_NODE_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

@@ -59,6 +59,9 @@ pub struct Node {
     /// The class strict fields get when the strict-fields strategy is off.
     plain: Freshness,
     write_timeout: Duration,
+    /// How long after a session starts here its tokenless requests share it
+    /// (`session.first_requests_window`).
+    first_requests_window: Duration,
     idempotency: IdempotencySettings,
     /// Set while the origin holds `idempotency.max_records` records or more (as of
     /// the last sweep).
@@ -152,7 +155,8 @@ impl Node {
             origin,
             cache,
             sessions: SessionRegistry::new(session.max_live, session.idle_lease, limits)
-                .with_pending_budget(session.max_pending_bytes),
+                .with_pending_budget(session.max_pending_bytes)
+                .with_retired_marks(session.retired_marks_slots),
             keys,
             flags,
             metrics,
@@ -165,6 +169,7 @@ impl Node {
                 stale_if_error: Duration::ZERO,
             },
             write_timeout: session.write_timeout,
+            first_requests_window: session.first_requests_window,
             idempotency: settings.idempotency.clone(),
             idempotency_full: AtomicBool::new(false),
             shutdown,

@@ -53,13 +53,16 @@ impl Node {
     /// `api.max_user_id_bytes` opens nothing: the session would keep it.
     ///
     /// A session id is a name anyone may send; a token is what a request proves with
-    /// that it holds the session. A request that names a live session without a token
-    /// of its lineage ([`edgecache_actors::Lineage`]: none, or one issued to another
-    /// holder of the name) is served by a detached session of its own, from its token
-    /// if any: it sees none of the live session's marks (nor, through `Cache-Status`,
-    /// their effect), adds nothing to them, and its answer's token carries only what
-    /// it did itself. Clients that send their tokens keep every guarantee; one that
-    /// sends none has nothing to carry guarantees with from request to request.
+    /// that it holds the session. A request that names a live, proven session without
+    /// a token of its lineage ([`edgecache_actors::Lineage`]: none, or one issued to
+    /// another holder of the name) is served by a detached session of its own, from
+    /// its token if any: it sees none of the live session's marks (nor, through
+    /// `Cache-Status`, their effect), adds nothing to them, and its answer's token
+    /// carries only what it did itself. A session no token has proven yet (all its
+    /// requests came without one) is shared by tokenless requests and claimed by the
+    /// first token of another lineage (see `docs/decisions/0008-parallel-requests-of-a-session.md`).
+    /// Clients that send their tokens keep every guarantee; one that sends none has
+    /// nothing to carry guarantees with from request to request.
     pub fn open_session(
         &self,
         session_id: Option<&str>,
@@ -128,9 +131,7 @@ impl Node {
         token: Option<&str>,
     ) -> Result<(SessionHandle, SessionStart), SessionError> {
         Ok(match (self.sessions.get(id), token) {
-            // No token of the live session: a session of its own, so the request
-            // learns nothing of the live one's marks.
-            (Some(_), None) => (self.sessions.detached(id, None), SessionStart::Detached),
+            (Some(live), None) => self.tokenless(id, live),
             (Some(live), Some(token)) => self.take_in(id, live, token, None)?,
             (None, token) => {
                 let carried = token.map(|t| self.keys.verify(id, t)).transpose()?;
@@ -150,9 +151,7 @@ impl Node {
                     (SessionStart::Live, Some(token), Some(carried)) => {
                         self.take_in(id, handle, token, Some(carried))?
                     }
-                    (SessionStart::Live, None, _) => {
-                        (self.sessions.detached(id, None), SessionStart::Detached)
-                    }
+                    (SessionStart::Live, None, _) => self.tokenless(id, handle),
                     _ => (handle, start),
                 }
             }
@@ -172,6 +171,7 @@ impl Node {
     ) -> Result<(SessionHandle, SessionStart), SessionError> {
         let mut state = live.session.state();
         if state.contains(token) {
+            state.prove();
             drop(state);
             return Ok((live, SessionStart::Live));
         }
@@ -179,13 +179,45 @@ impl Node {
             Some(carried) => carried,
             None => self.keys.verify(id, token)?,
         };
-        if carried.lineage == Some(state.lineage()) {
-            state.merge_token(token, &carried.watermarks, self.sessions.limits());
-            drop(state);
+        let limits = self.sessions.limits();
+        let claimed = match carried.lineage {
+            Some(lineage) if lineage == state.lineage() => {
+                state.merge_token(token, &carried.watermarks, limits);
+                state.prove();
+                true
+            }
+            // A session no token has proven yet yields to the first that comes while
+            // it is young (its first requests: see `tokenless`).
+            Some(lineage) if self.first_requests(&live) => {
+                state.claim(lineage, token, &carried.watermarks, limits)
+            }
+            Some(_) => false,
+            None => false,
+        };
+        drop(state);
+        if claimed {
             return Ok((live, SessionStart::Live));
         }
-        drop(state);
         Ok((self.sessions.detached(id, Some(&carried)), SessionStart::Detached))
+    }
+
+    /// A request without a token for the `live` session `id`: it shares the session
+    /// while no request has proven it holds it and the session is young
+    /// (`session.first_requests_window`) — a client's first requests, sent in
+    /// parallel before any answer brought a token, are one session, and splitting
+    /// them would leave the client with the token of only one half. Otherwise it gets
+    /// a detached session of its own.
+    fn tokenless(&self, id: &str, live: SessionHandle) -> (SessionHandle, SessionStart) {
+        if self.first_requests(&live) && !live.session.state().is_proven() {
+            (live, SessionStart::Live)
+        } else {
+            (self.sessions.detached(id, None), SessionStart::Detached)
+        }
+    }
+
+    /// Whether `live` is young enough that its first requests may still be arriving.
+    fn first_requests(&self, live: &SessionHandle) -> bool {
+        live.session.age() < self.first_requests_window
     }
 
     /// The token to send back: the session's current watermarks, signed.

@@ -1,0 +1,191 @@
+//! What retired copies of sessions knew, kept so a newer copy of the same session on
+//! this node never asks less of a source than they did.
+//!
+//! A session can have two copies on one node: its table entry is evicted (a full
+//! table) or passivated while a request still holds it, and the next request of the
+//! session rebuilds it from the token it carries. With requests of one session in
+//! parallel, that token may lack what the old copy recorded meanwhile — a write the
+//! old copy committed after the token was issued, or one whose answer arrived at the
+//! client before another answer's older token replaced it. The old copy's marks would
+//! then be lost to the node, and the session could read an item older than its own
+//! write.
+//!
+//! So a copy pours its marks in here when it retires, and every mark it records after
+//! that too; every read's need takes in what is here for its session and item. The
+//! table is lossy the safe way: a fixed array of positions, each slot the highest of
+//! every (session, item) that hashes to it. A collision only raises a need's position
+//! (an extra origin read, or a cache entry the change feed must vouch for), never
+//! lowers it; the array never grows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::{Need, Position, Watermarks};
+
+/// Stands for "every item" in a slot: where a copy's floors go.
+pub(crate) const FLOOR_ITEM: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The positions retired session copies recorded, per (session, item), for writes
+/// (read-your-writes) and reads (monotonic reads).
+#[derive(Debug)]
+pub struct RetiredMarks {
+    writes: Box<[AtomicU64]>,
+    reads: Box<[AtomicU64]>,
+    mask: u64,
+}
+
+impl RetiredMarks {
+    /// A table of `slots` positions per kind, rounded up to a power of two (at least
+    /// 64); it takes `16 × slots` bytes.
+    pub fn new(slots: usize) -> Arc<Self> {
+        let slots = slots.max(64).next_power_of_two();
+        let zeros = || (0..slots).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        Arc::new(Self {
+            writes: zeros(),
+            reads: zeros(),
+            mask: slots as u64 - 1,
+        })
+    }
+
+    /// The slots per kind.
+    pub fn slots(&self) -> usize {
+        self.writes.len()
+    }
+
+    fn slot(&self, session: u64, item: u64) -> usize {
+        (mix(session ^ item.rotate_left(29)) & self.mask) as usize
+    }
+
+    fn raise(slots: &[AtomicU64], slot: usize, position: Position) {
+        if position.0 > 0 {
+            slots[slot].fetch_max(position.0, Ordering::AcqRel);
+        }
+    }
+
+    /// Keeps everything `marks` (of the session hashed to `session`) asks of a source.
+    pub fn keep(&self, session: u64, marks: &Watermarks) {
+        Self::raise(&self.writes, self.slot(session, FLOOR_ITEM), marks.write_floor());
+        Self::raise(&self.reads, self.slot(session, FLOOR_ITEM), marks.read_floor());
+        for mark in marks.writes() {
+            Self::raise(&self.writes, self.slot(session, mark.item), mark.position);
+        }
+        for mark in marks.reads() {
+            Self::raise(&self.reads, self.slot(session, mark.item), mark.position);
+        }
+    }
+
+    /// Keeps one mark.
+    pub fn keep_mark(&self, session: u64, item: u64, position: Position, read: bool) {
+        let slots = if read { &self.reads } else { &self.writes };
+        Self::raise(slots, self.slot(session, item), position);
+    }
+
+    /// Raises `need` (a read of `item` by the session hashed to `session`) to what
+    /// retired copies of the session asked: a source must reflect their positions.
+    pub fn raise_need(&self, session: u64, item: u64, ryw: bool, monotonic: bool, need: &mut Need) {
+        let mut position = need.position;
+        let at =
+            |slots: &[AtomicU64], item| Position(slots[self.slot(session, item)].load(Ordering::Acquire));
+        if ryw {
+            position = position
+                .max(at(&self.writes, item))
+                .max(at(&self.writes, FLOOR_ITEM));
+        }
+        if monotonic {
+            position = position
+                .max(at(&self.reads, item))
+                .max(at(&self.reads, FLOOR_ITEM));
+        }
+        need.position = position;
+        need.origin_position = need.origin_position.max(position);
+    }
+}
+
+/// The hash of a session id, as [`RetiredMarks`] keys sessions.
+pub fn session_hash(id: &str) -> u64 {
+    crate::item_hash("", id)
+}
+
+/// A finaliser (splitmix64's): every input bit moves every output bit, so slots take
+/// the low bits.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Version;
+
+    fn marks() -> Watermarks {
+        let mut w = Watermarks::default();
+        w.record_write(7, Version(3), Position(30), 8);
+        w.record_read(8, Version(5), Position(40), 8);
+        w
+    }
+
+    #[test]
+    fn a_need_takes_in_the_positions_a_retired_copy_recorded_for_its_session_and_item() {
+        let table = RetiredMarks::new(1 << 12);
+        let s = session_hash("s1");
+        table.keep(s, &marks());
+        let need = |item, ryw, monotonic| {
+            let mut need = Need::default();
+            table.raise_need(s, item, ryw, monotonic, &mut need);
+            need
+        };
+        assert_eq!(need(7, true, false).position, Position(30), "its own write");
+        assert_eq!(need(7, true, false).origin_position, Position(30));
+        assert_eq!(need(8, false, true).position, Position(40), "what it read");
+        assert_eq!(
+            need(7, false, false),
+            Need::default(),
+            "nothing asked when both are off"
+        );
+        // Another session and another item: unaffected (the table is large enough
+        // that these do not collide).
+        let mut other = Need::default();
+        table.raise_need(session_hash("s2"), 7, true, true, &mut other);
+        assert_eq!(other, Need::default());
+        assert_eq!(need(9, true, true), Need::default());
+    }
+
+    #[test]
+    fn floors_stand_for_every_item_and_a_need_is_never_lowered() {
+        let table = RetiredMarks::new(64);
+        let s = session_hash("s1");
+        let w = Watermarks::from_parts(vec![], vec![], Position(50), Position(60));
+        table.keep(s, &w);
+        let mut need = Need::default();
+        table.raise_need(s, 12345, true, false, &mut need);
+        assert_eq!(need.position, Position(50));
+        let mut high = Need {
+            version: Version(9),
+            position: Position(99),
+            origin_position: Position(99),
+        };
+        table.raise_need(s, 12345, true, true, &mut high);
+        assert_eq!(high.position, Position(99));
+        assert_eq!(high.version, Version(9));
+    }
+
+    #[test]
+    fn a_full_table_only_raises_positions() {
+        // 64 slots, 10,000 sessions: every slot is shared; each need is at least what
+        // its own session kept.
+        let table = RetiredMarks::new(64);
+        for i in 0..10_000u64 {
+            table.keep_mark(session_hash(&format!("s{i}")), i, Position(i + 1), false);
+        }
+        for i in 0..10_000u64 {
+            let mut need = Need::default();
+            table.raise_need(session_hash(&format!("s{i}")), i, true, false, &mut need);
+            assert!(need.position >= Position(i + 1));
+        }
+        assert_eq!(table.slots(), 64);
+    }
+}
