@@ -79,6 +79,8 @@ const SELECT_ITEM: &str = "
 SELECT (SELECT position FROM meta WHERE id = 0), i.version, i.doc
 FROM (SELECT 1) LEFT JOIN items AS i ON i.collection = ?1 AND i.id = ?2";
 
+const SELECT_VERSION: &str = "SELECT version FROM items WHERE collection = ?1 AND id = ?2";
+
 const SELECT_POSITION: &str = "SELECT position FROM meta WHERE id = 0";
 
 const UPDATE_POSITION: &str = "UPDATE meta SET position = ?1 WHERE id = 0";
@@ -288,6 +290,40 @@ impl Origin for EmbeddedOrigin {
                 warn_if_behind(key, row.position, &request);
             }
             Ok(rows.into_iter().map(|row| row.into_read(as_of)).collect())
+        })
+    }
+
+    /// Reads only the version column of each key, in one read transaction.
+    fn versions(&self, keys: Vec<ItemKey>) -> BoxFuture<'static, Result<Vec<Version>, OriginError>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            inner
+                .with_reader(move |conn| {
+                    let tx = conn
+                        .transaction()
+                        .map_err(|err| sql_error("starting a read transaction", err))?;
+                    let versions = {
+                        let mut stmt = tx
+                            .prepare_cached(SELECT_VERSION)
+                            .map_err(|err| sql_error("preparing a version read", err))?;
+                        keys.iter()
+                            .map(|key| {
+                                let version = stmt
+                                    .query_row((key.collection(), key.id()), |row| row.get::<_, i64>(0))
+                                    .optional()
+                                    .map_err(|err| sql_error(format!("reading the version of {key}"), err))?;
+                                version.map_or(Ok(Version(0)), |v| to_u64(v, "item version").map(Version))
+                            })
+                            .collect::<Result<Vec<_>, _>>()?
+                    };
+                    tx.commit()
+                        .map_err(|err| sql_error("ending a read transaction", err))?;
+                    Ok(versions)
+                })
+                .await
         })
     }
 
@@ -1122,6 +1158,32 @@ mod tests {
             (recreated.doc.version, recreated.doc.position),
             (Version(3), Position(3))
         );
+    }
+
+    #[tokio::test]
+    async fn versions_are_what_whole_reads_from_the_primary_say() {
+        let dir = TempDir::new().unwrap();
+        let origin = open(&dir);
+        put(&origin, key("c", "a"), json!({"n": "a"})).await;
+        put(&origin, key("c", "a"), json!({"n": "a2"})).await;
+        put(&origin, key("c", "b"), json!({"n": "b"})).await;
+        put(&origin, key("d", "a"), json!({"n": "other collection"})).await;
+        origin
+            .write(op(key("c", "b"), None, WriteOpKind::Delete))
+            .await
+            .unwrap();
+        let keys = vec![key("c", "missing"), key("c", "b"), key("c", "a"), key("d", "a")];
+        let versions = origin.versions(keys.clone()).await.unwrap();
+        let whole: Vec<Version> = origin
+            .read_many(keys, ReadRequest::PRIMARY)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.doc.version)
+            .collect();
+        assert_eq!(versions, whole);
+        assert_eq!(versions, [Version(0), Version(2), Version(2), Version(1)]);
+        assert!(origin.versions(vec![]).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ mod write_op;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgecache_actors::{Doc, ItemKey, Position};
+use edgecache_actors::{Doc, ItemKey, Position, Version};
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
@@ -141,7 +141,7 @@ pub enum Change {
     Item {
         collection: String,
         id: String,
-        version: edgecache_actors::Version,
+        version: Version,
     },
     /// Changes may have been missed (the feed reconnected): drop everything.
     Reset,
@@ -177,6 +177,15 @@ pub trait Origin: Send + Sync + 'static {
         keys: Vec<ItemKey>,
         request: ReadRequest,
     ) -> BoxFuture<'static, Result<Vec<OriginRead>, OriginError>>;
+
+    /// The primary's current version of each of `keys` (0: no row), in the order of
+    /// `keys`: what a background consistency check compares a served read with. Only
+    /// the version is read, in as few round trips as the origin allows; the default
+    /// reads whole items.
+    fn versions(&self, keys: Vec<ItemKey>) -> BoxFuture<'static, Result<Vec<Version>, OriginError>> {
+        let reads = self.read_many(keys, ReadRequest::PRIMARY);
+        Box::pin(async move { Ok(reads.await?.into_iter().map(|read| read.doc.version).collect()) })
+    }
 
     /// Applies one write atomically and returns once it is committed.
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Committed, WriteError>>;

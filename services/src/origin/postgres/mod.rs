@@ -522,6 +522,48 @@ impl Origin for PostgresOrigin {
         Box::pin(async move { futures_util::future::try_join_all(reads).await })
     }
 
+    /// One `= ANY($1)` query per collection on one primary connection.
+    fn versions(&self, keys: Vec<ItemKey>) -> BoxFuture<'static, Result<Vec<Version>, OriginError>> {
+        let inner = self.inner.clone();
+        let run = self.run(async move {
+            let mut versions = vec![Version(0); keys.len()];
+            if keys.is_empty() {
+                return Ok(versions);
+            }
+            let client = inner.primary.get().await.map_err(pool_error)?;
+            let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+            for (i, key) in keys.iter().enumerate() {
+                groups.entry(key.collection()).or_default().push(i);
+            }
+            for at in groups.into_values() {
+                let def = table(&inner, &keys[at[0]])?;
+                let statement = client
+                    .prepare_cached(&def.versions)
+                    .await
+                    .map_err(|e| pg_error("version read failed", e))?;
+                let ids: Vec<&str> = at.iter().map(|&i| keys[i].id()).collect();
+                let rows = client
+                    .query(&statement, &[&ids])
+                    .await
+                    .map_err(|e| pg_error("version read failed", e))?;
+                let mut found = HashMap::with_capacity(rows.len());
+                for row in &rows {
+                    let bad = |e| OriginError::internal(format!("unreadable row in {}", def.table_name), e);
+                    let id: String = row.try_get(0).map_err(bad)?;
+                    let version: i64 = row.try_get(1).map_err(bad)?;
+                    found.insert(id, Version(version.max(0) as u64));
+                }
+                for i in at {
+                    if let Some(version) = found.get(keys[i].id()) {
+                        versions[i] = *version;
+                    }
+                }
+            }
+            Ok(versions)
+        });
+        Box::pin(async move { run.await? })
+    }
+
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Committed, WriteError>> {
         let inner = self.inner.clone();
         let run = self.run(async move { write::write(&inner, op).await });

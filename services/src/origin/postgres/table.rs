@@ -49,6 +49,9 @@ pub struct TableDef {
     pub select: String,
     /// The same with `FOR UPDATE`.
     pub lock: String,
+    /// `SELECT key, version FROM table WHERE key = ANY($1)`: the versions of several
+    /// rows (the consistency checks).
+    pub versions: String,
     /// See [`TableDef::update`].
     update: String,
     /// See [`TableDef::upsert`].
@@ -93,6 +96,7 @@ impl TableDef {
         let projection = format!("{version}, {tombstone}, {}", list.join(", "));
         let select = format!("SELECT {projection} FROM {table} WHERE {key} = $1");
         let lock = format!("{select} FOR UPDATE");
+        let versions = format!("SELECT {key}, {version} FROM {table} WHERE {key} = ANY($1)");
         let mut def = Self {
             collection: name.into(),
             watched: Watched {
@@ -108,6 +112,7 @@ impl TableDef {
             columns,
             notify,
             select,
+            versions,
             lock,
             update: String::new(),
             upsert: String::new(),
