@@ -116,8 +116,8 @@ impl SessionRegistry {
         }
     }
 
-    /// Keeps what retired session copies recorded in a table of `slots` positions per
-    /// kind (`16 × slots` bytes; see [`RetiredMarks`]).
+    /// Keeps what retired session copies recorded in a table of `slots` (session,
+    /// item) slots (`24 × slots` bytes; see [`RetiredMarks`]).
     pub fn with_retired_marks(mut self, slots: usize) -> Self {
         self.retired = RetiredMarks::new(slots);
         self

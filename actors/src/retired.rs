@@ -12,89 +12,129 @@
 //!
 //! So a copy pours its marks in here when it retires, and every mark it records after
 //! that too; every read's need takes in what is here for its session and item. The
-//! table is lossy the safe way: a fixed array of positions, each slot the highest of
-//! every (session, item) that hashes to it. A collision only raises a need's position
+//! table is lossy the safe way: fixed arrays of positions, each slot the highest of
+//! every session (floors) or (session, item) (marks) that hashes to it. A collision only raises a need's position
 //! (an extra origin read, or a cache entry the change feed must vouch for), never
-//! lowers it; the array never grows.
+//! lowers it; the arrays never grow. A session's slot says whether any of its item
+//! slots holds a mark above the need, so a read of a session that never retired a
+//! copy looks at one cache line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::{Need, Position, Watermarks};
 
-/// Stands for "every item" in a slot: where a copy's floors go.
-pub(crate) const FLOOR_ITEM: u64 = 0x9e37_79b9_7f4a_7c15;
+/// One session's slot: the floors its retired copies poured, and the highest position
+/// of any per-item mark they poured (0: none, so no item slot needs a look). One
+/// cache line holds two, so a read of a session that never retired a copy costs one
+/// line.
+#[derive(Debug, Default)]
+#[repr(C, align(32))]
+struct SessionSlot {
+    write_floor: AtomicU64,
+    read_floor: AtomicU64,
+    items: AtomicU64,
+}
 
-/// The positions retired session copies recorded, per (session, item), for writes
-/// (read-your-writes) and reads (monotonic reads).
+/// One (session, item) slot: the positions of the write and read marks poured.
+#[derive(Debug, Default)]
+#[repr(C, align(16))]
+struct ItemSlot {
+    write: AtomicU64,
+    read: AtomicU64,
+}
+
+/// The positions retired session copies recorded, per session (floors) and per
+/// (session, item) (marks), for writes (read-your-writes) and reads (monotonic
+/// reads).
 #[derive(Debug)]
 pub struct RetiredMarks {
-    writes: Box<[AtomicU64]>,
-    reads: Box<[AtomicU64]>,
-    mask: u64,
+    sessions: Box<[SessionSlot]>,
+    items: Box<[ItemSlot]>,
 }
 
 impl RetiredMarks {
-    /// A table of `slots` positions per kind, rounded up to a power of two (at least
-    /// 64); it takes `16 × slots` bytes.
+    /// A table of `slots` (session, item) slots, rounded up to a power of two (at
+    /// least 64), and a quarter as many session slots: `24 × slots` bytes.
     pub fn new(slots: usize) -> Arc<Self> {
         let slots = slots.max(64).next_power_of_two();
-        let zeros = || (0..slots).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
         Arc::new(Self {
-            writes: zeros(),
-            reads: zeros(),
-            mask: slots as u64 - 1,
+            sessions: (0..slots / 4).map(|_| SessionSlot::default()).collect(),
+            items: (0..slots).map(|_| ItemSlot::default()).collect(),
         })
     }
 
-    /// The slots per kind.
+    /// The (session, item) slots.
     pub fn slots(&self) -> usize {
-        self.writes.len()
+        self.items.len()
     }
 
-    fn slot(&self, session: u64, item: u64) -> usize {
-        (mix(session ^ item.rotate_left(29)) & self.mask) as usize
+    fn session_slot(&self, session: u64) -> &SessionSlot {
+        &self.sessions[(mix(session) as usize) & (self.sessions.len() - 1)]
     }
 
-    fn raise(slots: &[AtomicU64], slot: usize, position: Position) {
+    fn item_slot(&self, session: u64, item: u64) -> &ItemSlot {
+        &self.items[(mix(session ^ item.rotate_left(29)) as usize) & (self.items.len() - 1)]
+    }
+
+    fn raise(slot: &AtomicU64, position: Position) {
         if position.0 > 0 {
-            slots[slot].fetch_max(position.0, Ordering::AcqRel);
+            slot.fetch_max(position.0, Ordering::AcqRel);
         }
     }
 
     /// Keeps everything `marks` (of the session hashed to `session`) asks of a source.
     pub fn keep(&self, session: u64, marks: &Watermarks) {
-        Self::raise(&self.writes, self.slot(session, FLOOR_ITEM), marks.write_floor());
-        Self::raise(&self.reads, self.slot(session, FLOOR_ITEM), marks.read_floor());
         for mark in marks.writes() {
-            Self::raise(&self.writes, self.slot(session, mark.item), mark.position);
+            self.keep_mark(session, mark.item, mark.position, false);
         }
         for mark in marks.reads() {
-            Self::raise(&self.reads, self.slot(session, mark.item), mark.position);
+            self.keep_mark(session, mark.item, mark.position, true);
         }
+        self.keep_floor(session, marks.write_floor(), false);
+        self.keep_floor(session, marks.read_floor(), true);
     }
 
-    /// Keeps one mark.
+    /// Keeps one mark. The item slot is raised before the session slot says there
+    /// is one to look at.
     pub fn keep_mark(&self, session: u64, item: u64, position: Position, read: bool) {
-        let slots = if read { &self.reads } else { &self.writes };
-        Self::raise(slots, self.slot(session, item), position);
+        let slot = self.item_slot(session, item);
+        Self::raise(if read { &slot.read } else { &slot.write }, position);
+        Self::raise(&self.session_slot(session).items, position);
+    }
+
+    /// Keeps a floor (what stands for every item).
+    pub fn keep_floor(&self, session: u64, floor: Position, read: bool) {
+        let slot = self.session_slot(session);
+        Self::raise(if read { &slot.read_floor } else { &slot.write_floor }, floor);
     }
 
     /// Raises `need` (a read of `item` by the session hashed to `session`) to what
     /// retired copies of the session asked: a source must reflect their positions.
+    #[inline]
     pub fn raise_need(&self, session: u64, item: u64, ryw: bool, monotonic: bool, need: &mut Need) {
+        if !(ryw || monotonic) {
+            return;
+        }
+        let at = |slot: &AtomicU64| Position(slot.load(Ordering::Acquire));
+        let s = self.session_slot(session);
+        let items = at(&s.items);
         let mut position = need.position;
-        let at =
-            |slots: &[AtomicU64], item| Position(slots[self.slot(session, item)].load(Ordering::Acquire));
         if ryw {
-            position = position
-                .max(at(&self.writes, item))
-                .max(at(&self.writes, FLOOR_ITEM));
+            position = position.max(at(&s.write_floor));
         }
         if monotonic {
-            position = position
-                .max(at(&self.reads, item))
-                .max(at(&self.reads, FLOOR_ITEM));
+            position = position.max(at(&s.read_floor));
+        }
+        // An item mark can only raise the need if some item mark is above it.
+        if items > position {
+            let i = self.item_slot(session, item);
+            if ryw {
+                position = position.max(at(&i.write));
+            }
+            if monotonic {
+                position = position.max(at(&i.read));
+            }
         }
         need.position = position;
         need.origin_position = need.origin_position.max(position);

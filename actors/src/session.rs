@@ -206,9 +206,10 @@ impl SessionState {
             (marks.writes(), marks.write_floor())
         };
         // Compaction may have folded the mark into the floor.
-        let position = list.iter().find(|m| m.item == item).map_or(floor, |m| m.position);
-        table.keep_mark(*session, item, position, read);
-        table.keep_mark(*session, crate::retired::FLOOR_ITEM, floor, read);
+        match list.iter().find(|m| m.item == item) {
+            Some(mark) => table.keep_mark(*session, item, mark.position, read),
+            None => table.keep_floor(*session, floor, read),
+        }
     }
 
     /// This session's own last write of `key`, if still kept.

@@ -255,9 +255,9 @@ pub struct SessionSettings {
     /// the origin instead: never stale, a little slower).
     #[serde(default = "default_max_pending_bytes")]
     pub max_pending_bytes: u64,
-    /// Slots (per kind: writes, reads) of the table that keeps what retired copies of
-    /// sessions recorded, so a copy rebuilt from an older token (parallel requests of
-    /// one session while it was evicted) never asks less of a source: 16 bytes each.
+    /// Slots of the table that keeps what retired copies of sessions recorded, so a
+    /// copy rebuilt from an older token (parallel requests of one session while it
+    /// was evicted) never asks less of a source: 24 bytes each.
     /// Smaller only raises needs by collisions (extra origin reads), never lowers one.
     #[serde(default = "default_retired_marks_slots")]
     pub retired_marks_slots: usize,
