@@ -448,21 +448,22 @@ pub struct FlagSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ConsistencyCheckSettings {
     /// The fraction of session reads served from the cache or a replica that are
-    /// checked, in every arm alike (0 to 1; 0.001, the default, is 0.1 %; 0 turns the
-    /// checks off and costs the read path one comparison). Each check is a primary
-    /// read, so the fraction is the primary load it adds, relative to the hits.
+    /// checked, in every arm alike (0 to 1; 0.01, the default, is 1 %; 0 turns the
+    /// checks off and costs the read path one comparison). The checker reads the
+    /// versions of the samples that arrive within 20 ms of each other (up to 256) in
+    /// one primary read.
     pub sample: f64,
     /// Most checks waiting for their primary read; a sampled read that finds the queue
     /// full is counted `skipped` and never waits.
     pub queue: usize,
-    /// Primary reads the checker runs at once.
+    /// Primary reads (each a batch of samples) the checker runs at once.
     pub concurrency: usize,
 }
 
 impl Default for ConsistencyCheckSettings {
     fn default() -> Self {
         Self {
-            sample: 0.001,
+            sample: 0.01,
             queue: 1024,
             concurrency: 4,
         }
