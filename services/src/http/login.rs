@@ -1,13 +1,17 @@
 //! The browser's way into the admin routes: a small form that takes the admin token
 //! once and answers with a cookie (`HttpOnly`, `SameSite=Strict`, path `/admin`,
-//! `Secure` over HTTPS). The cookie holds a value derived from the token, not the
-//! token, and is compared in constant time; `Authorization: Bearer` keeps working
-//! beside it. `SameSite=Strict` keeps other sites' pages from riding on it, and it
+//! `Secure` over HTTPS). The cookie holds its expiry and an HMAC-SHA256 of it under a
+//! key derived from the token — not the token — checked in constant time, so the
+//! node refuses it after 8 hours whatever the browser keeps (a copied cookie does not
+//! outlive its expiry; rotating the token ends every cookie at once).
+//! `Authorization: Bearer` keeps working beside it. `SameSite=Strict` keeps other sites' pages from riding on it, and it
 //! opens only `GET`s: a change (`POST /admin/purge`) wants the bearer token.
 
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::bearer::BearerToken;
@@ -18,34 +22,55 @@ pub const COOKIE: &str = "edgecache_admin";
 /// How long the cookie lasts.
 const COOKIE_MAX_AGE_SECS: u64 = 8 * 3600;
 
-/// What the cookie's value is derived for.
-const PURPOSE: &[u8] = b"edgecache admin cookie v1\0";
+/// What the cookie's key is derived for.
+const PURPOSE: &[u8] = b"edgecache admin cookie v2\0";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cookie value that admits to the admin routes of a node with `token`.
-pub fn cookie_value(token: &BearerToken) -> String {
-    hex(&token.derive(PURPOSE))
+/// Seconds since the Unix epoch, now.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-/// Whether `headers` carry the admin cookie of `token`.
+/// The tag of a cookie that expires at `expires` (Unix seconds).
+fn tag(token: &BearerToken, expires: u64) -> String {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(&token.derive(PURPOSE)).expect("HMAC takes any key length");
+    mac.update(&expires.to_be_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+/// The cookie value that admits to the admin routes of a node with `token` until
+/// `expires` (Unix seconds): `<expires>.<tag>`.
+pub fn cookie_value(token: &BearerToken, expires: u64) -> String {
+    format!("{expires}.{}", tag(token, expires))
+}
+
+/// Whether `headers` carry an admin cookie of `token` that has not expired.
 pub fn has_cookie(headers: &HeaderMap, token: &BearerToken) -> bool {
-    let expected = cookie_value(token);
+    let now = now_secs();
     headers
         .get_all(header::COOKIE)
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .any(|(name, value)| name == COOKIE && bool::from(value.as_bytes().ct_eq(expected.as_bytes())))
+        .filter(|(name, _)| *name == COOKIE)
+        .filter_map(|(_, value)| value.split_once('.'))
+        .filter_map(|(expires, presented)| Some((expires.parse::<u64>().ok()?, presented)))
+        // An expiry further out than a fresh cookie's is not one the node issued.
+        .filter(|(expires, _)| *expires > now && *expires <= now + COOKIE_MAX_AGE_SECS)
+        .any(|(expires, presented)| bool::from(presented.as_bytes().ct_eq(tag(token, expires).as_bytes())))
 }
 
 /// The `Set-Cookie` that logs a browser in (`secure`: the request came over HTTPS).
 pub fn set_cookie(token: &BearerToken, secure: bool) -> String {
     format!(
         "{COOKIE}={}; Path=/admin; Max-Age={COOKIE_MAX_AGE_SECS}; HttpOnly; SameSite=Strict{}",
-        cookie_value(token),
+        cookie_value(token, now_secs() + COOKIE_MAX_AGE_SECS),
         if secure { "; Secure" } else { "" }
     )
 }
@@ -119,23 +144,47 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn only_the_cookie_derived_from_the_token_admits() {
-        let token = BearerToken::new(&SecretString::from("the-admin-token-of-at-least-32-bytes"));
-        let other = BearerToken::new(&SecretString::from("another-admin-token-of-32-bytes-or-more"));
-        let value = cookie_value(&token);
-        assert_eq!(value.len(), 64);
-        assert!(!value.contains("admin-token"), "the cookie is not the token");
+    fn with_cookie(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
             COOKIE_HEADER,
             HeaderValue::from_str(&format!("a=b; {COOKIE}={value}; c=d")).unwrap(),
         );
+        headers
+    }
+
+    #[test]
+    fn only_an_unexpired_cookie_signed_for_the_token_admits() {
+        let token = BearerToken::new(&SecretString::from("the-admin-token-of-at-least-32-bytes"));
+        let other = BearerToken::new(&SecretString::from("another-admin-token-of-32-bytes-or-more"));
+        let fresh = now_secs() + 3600;
+        let value = cookie_value(&token, fresh);
+        assert!(!value.contains("admin-token"), "the cookie is not the token");
+        let headers = with_cookie(&value);
         assert!(has_cookie(&headers, &token));
-        assert!(!has_cookie(&headers, &other));
+        assert!(!has_cookie(&headers, &other), "signed for another token");
         assert!(!has_cookie(&HeaderMap::new(), &token));
+        // Expired, or its expiry changed (the tag no longer matches), or further out
+        // than the node ever issues.
+        assert!(!has_cookie(
+            &with_cookie(&cookie_value(&token, now_secs() - 1)),
+            &token
+        ));
+        let (_, tag) = value.split_once('.').unwrap();
+        assert!(!has_cookie(
+            &with_cookie(&format!("{}.{tag}", fresh + 60)),
+            &token
+        ));
+        let far = now_secs() + COOKIE_MAX_AGE_SECS + 3600;
+        assert!(!has_cookie(&with_cookie(&cookie_value(&token, far)), &token));
+        assert!(!has_cookie(&with_cookie("garbage"), &token));
         let set = set_cookie(&token, false);
         assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && !set.contains("Secure"));
         assert!(set_cookie(&token, true).ends_with("; Secure"));
+        let issued = set.split_once('=').unwrap().1.split_once(';').unwrap().0;
+        assert!(
+            has_cookie(&with_cookie(issued), &token),
+            "what the log-in sets admits"
+        );
     }
 }
