@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,6 +186,10 @@ pub struct SharedCache {
     refreshing: Arc<Mutex<HashSet<ItemKey>>>,
     max_refreshes: usize,
     fill_deadline: Duration,
+    /// Bumped by every purge (and a clear) before it touches an entry: an origin read
+    /// that started before a purge may hold what the purge meant to drop, so what it
+    /// stores is purged again ([`SharedCache::offer_read`]).
+    purges: Arc<AtomicU64>,
 }
 
 impl SharedCache {
@@ -208,7 +212,38 @@ impl SharedCache {
             refreshing: Arc::new(Mutex::new(HashSet::new())),
             max_refreshes: 256,
             fill_deadline,
+            purges: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The purge epoch: read it before an origin read whose answer goes to
+    /// [`SharedCache::offer_read`].
+    pub fn purge_epoch(&self) -> u64 {
+        self.purges.load(Ordering::SeqCst)
+    }
+
+    fn bump_purges(&self) {
+        self.purges.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// After `key`'s entry from an origin read that started at purge epoch `epoch`
+    /// was stored: if a purge came in between, it may have missed the entry (stored
+    /// after it looked) while the read saw the origin before what the purge was for,
+    /// so the entry is purged now. Either the purge saw the stored entry, or this
+    /// check sees the purge's bump (made before it looked): never neither.
+    fn repurge_if_raced(&self, key: &ItemKey, epoch: u64) {
+        if self.purge_epoch() != epoch {
+            // Without a bump of its own: that would send every read in flight now
+            // to purge what it stores in turn.
+            self.purge_entry(key, false);
+        }
+    }
+
+    /// [`SharedCache::offer`] for the answer of an origin read that started at purge
+    /// epoch `epoch` ([`SharedCache::purge_epoch`]).
+    pub fn offer_read(&self, key: &ItemKey, entry: Arc<CacheEntry>, epoch: u64) {
+        self.offer(key, entry);
+        self.repurge_if_raced(key, epoch);
     }
 
     /// The cache with `tags` as its tag index (collections with surrogate keys).
@@ -277,6 +312,7 @@ impl SharedCache {
 
     /// Drops every entry.
     pub fn clear(&self) {
+        self.bump_purges();
         self.inner.clear();
         self.tags.clear();
     }
@@ -286,6 +322,12 @@ impl SharedCache {
     /// node held (a hard purge is never a step back). Returns whether an entry with
     /// content was there (markers of the change feed are left as they are).
     pub fn purge(&self, key: &ItemKey, soft: bool) -> bool {
+        self.bump_purges();
+        self.purge_entry(key, soft)
+    }
+
+    /// [`SharedCache::purge`] of one entry, the epoch left alone.
+    fn purge_entry(&self, key: &ItemKey, soft: bool) -> bool {
         let result = self.inner.entry(key, Some(Duration::ZERO), |_, current| {
             if current.invalidated || (soft && current.soft_purged) {
                 return EntryAction::Retain(None);
@@ -313,13 +355,14 @@ impl SharedCache {
     /// Purges every entry of `collection` ([`SharedCache::purge`]); returns how many
     /// had content.
     pub fn purge_collection(&self, collection: &str, soft: bool) -> u64 {
+        self.bump_purges();
         let keys: Vec<ItemKey> = self
             .inner
             .iter()
             .filter(|(key, entry)| key.collection() == collection && !entry.invalidated)
             .map(|(key, _)| key)
             .collect();
-        let purged = keys.iter().filter(|key| self.purge(key, soft)).count() as u64;
+        let purged = keys.iter().filter(|key| self.purge_entry(key, soft)).count() as u64;
         if !soft {
             self.tags.forget_collection(collection);
         }
@@ -343,6 +386,7 @@ impl SharedCache {
     where
         F: Future<Output = Result<Arc<CacheEntry>, E>>,
     {
+        let epoch = self.purge_epoch();
         let waited = tokio::time::timeout(self.fill_deadline, self.inner.get_value_or_guard_async(key)).await;
         match waited {
             Ok(Ok(entry)) => Fill::Loaded(entry),
@@ -350,13 +394,14 @@ impl SharedCache {
                 Ok(entry) => {
                     self.index(key, &entry);
                     let _ = guard.insert(entry.clone());
+                    self.repurge_if_raced(key, epoch);
                     Fill::Loaded(entry)
                 }
                 Err(e) => Fill::Failed(e),
             },
             Err(_elapsed) => match load().await {
                 Ok(entry) => {
-                    self.offer(key, entry.clone());
+                    self.offer_read(key, entry.clone(), epoch);
                     Fill::Loaded(entry)
                 }
                 Err(e) => Fill::Failed(e),
@@ -507,6 +552,76 @@ mod tests {
         assert_eq!(cache.purge_collection("products", false), 1);
         assert!(cache.get(k2.as_ref()).unwrap().invalidated);
         assert!(cache.tagged("red", None, false).items.is_empty());
+    }
+
+    /// A read of the origin that started before a purge (it may have seen the origin
+    /// before the change the purge is for) stores its answer after the purge looked:
+    /// the answer is still served to its request, but the cache keeps a marker, so
+    /// the next read goes to the origin. A read that starts after the purge caches.
+    #[tokio::test]
+    async fn an_origin_read_that_started_before_a_purge_does_not_stay_cached_after_it() {
+        for (how, purge) in [
+            (
+                "by key",
+                Box::new(|c: &SharedCache, k: &ItemKey| {
+                    c.purge(k, false);
+                }) as Box<dyn Fn(&SharedCache, &ItemKey)>,
+            ),
+            (
+                "by collection",
+                Box::new(|c: &SharedCache, _: &ItemKey| {
+                    c.purge_collection("products", true);
+                }),
+            ),
+            ("a feed reset", Box::new(|c: &SharedCache, _: &ItemKey| c.clear())),
+        ] {
+            let cache = SharedCache::new(1 << 20, 100, Duration::from_secs(5));
+            let k = key("p1");
+            let (read_done, release) = (
+                tokio::sync::oneshot::channel(),
+                tokio::sync::oneshot::channel::<()>(),
+            );
+            let (done_tx, done_rx) = read_done;
+            let (release_tx, release_rx) = release;
+            let fill = {
+                let (cache, k) = (cache.clone(), k.clone());
+                tokio::spawn(async move {
+                    cache
+                        .fill(&k, || async {
+                            // The origin answered (the old version); the store waits.
+                            let _ = done_tx.send(());
+                            let _ = release_rx.await;
+                            Ok::<_, ()>(entry(&k, 1))
+                        })
+                        .await
+                })
+            };
+            done_rx.await.unwrap();
+            purge(&cache, &k);
+            release_tx.send(()).unwrap();
+            let Fill::Loaded(served) = fill.await.unwrap() else {
+                panic!("{how}: the read is answered")
+            };
+            assert_eq!(served.doc.version, Version(1), "{how}: its own request is served");
+            assert!(
+                cache.get(k.as_ref()).is_none_or(|left| left.invalidated),
+                "{how}: not cached past the purge (a marker, or nothing)"
+            );
+
+            // The same through offer_read; and a read after the purge caches.
+            let k2 = key("p2");
+            let epoch = cache.purge_epoch();
+            purge(&cache, &k2);
+            cache.offer_read(&k2, entry(&k2, 1), epoch);
+            assert!(cache.get(k2.as_ref()).is_none_or(|e| e.invalidated), "{how}");
+            let k3 = key("p3");
+            let epoch = cache.purge_epoch();
+            cache.offer_read(&k3, entry(&k3, 1), epoch);
+            assert!(
+                !cache.get(k3.as_ref()).unwrap().invalidated,
+                "{how}: no purge since"
+            );
+        }
     }
 
     #[test]

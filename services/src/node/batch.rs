@@ -34,11 +34,12 @@ impl Node {
             let classes = projection.map_or(plan.classes(), Projection::classes);
             let request =
                 ReadRequest::at_least(Position(0), false, classes.max_staleness(strict, self.plain));
+            let epoch = self.cache.purge_epoch();
             match self.origin.read_many(absent.clone(), request).await {
                 Ok(reads) => {
                     for (item, read) in absent.iter().zip(reads) {
-                        self.cache
-                            .offer(item, CacheEntry::read(item, read.doc, read.as_of, read.tier));
+                        let entry = CacheEntry::read(item, read.doc, read.as_of, read.tier);
+                        self.cache.offer_read(item, entry, epoch);
                     }
                 }
                 // Each read below retries on its own and reports its own failure.

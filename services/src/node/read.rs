@@ -225,6 +225,7 @@ impl Node {
         if read_strict {
             let item = ItemKey::new(plan.name.clone(), id);
             let request = ReadRequest::PRIMARY;
+            let epoch = self.cache.purge_epoch();
             let read = self
                 .origin
                 .read(item.clone(), request)
@@ -235,7 +236,7 @@ impl Node {
                 strict_from_primary = true;
             } else {
                 let entry = CacheEntry::new(&item, read.doc, read.as_of);
-                self.cache.offer(&item, entry.clone());
+                self.cache.offer_read(&item, entry.clone(), epoch);
                 base = Base::Origin(entry, OriginTier::Primary);
             }
         }
@@ -387,13 +388,14 @@ impl Node {
                 Fill::Failed(err) => return Err(err),
             }
         }
+        let epoch = self.cache.purge_epoch();
         let entry = load(TierPolicy::AtLeast).await?;
         let entry = if need.admits(&entry.doc) || entry.tier == OriginTier::Primary {
             entry
         } else {
             load(TierPolicy::Primary).await?
         };
-        self.cache.offer(item, entry.clone());
+        self.cache.offer_read(item, entry.clone(), epoch);
         entry.vouch(self.feed_applied());
         let tier = entry.tier;
         Ok((entry, tier))
@@ -412,6 +414,7 @@ impl Node {
         let metrics = self.metrics.clone();
         actix_web::rt::spawn(async move {
             let _ticket = ticket;
+            let epoch = cache.purge_epoch();
             match origin
                 .read(
                     item.clone(),
@@ -419,7 +422,11 @@ impl Node {
                 )
                 .await
             {
-                Ok(read) => cache.offer(&item, CacheEntry::read(&item, read.doc, read.as_of, read.tier)),
+                Ok(read) => cache.offer_read(
+                    &item,
+                    CacheEntry::read(&item, read.doc, read.as_of, read.tier),
+                    epoch,
+                ),
                 Err(err) => {
                     metrics.origin_errors.inc();
                     tracing::warn!(cause = %err, item = %item, "background refresh failed");
