@@ -108,7 +108,16 @@ impl CacheEntry {
     /// it, and every change it applies later replaces it (a marker left meanwhile
     /// refuses it). An entry read from a replica behind the feed stays unvouched.
     pub fn vouch(&self, applied: Option<Position>) {
-        if applied.is_some_and(|applied| applied <= self.doc.position) {
+        self.vouch_if(applied, |_| false);
+    }
+
+    /// [`CacheEntry::vouch`], and for an entry read behind the feed (from a replica)
+    /// also when `unchanged_since(doc.position)`: the feed tells no change to the item
+    /// it applied committed after the entry's position, so the entry is as current
+    /// as the applied position read before.
+    pub fn vouch_if(&self, applied: Option<Position>, unchanged_since: impl FnOnce(Position) -> bool) {
+        let Some(applied) = applied else { return };
+        if applied <= self.doc.position || (!self.invalidated && unchanged_since(self.doc.position)) {
             self.vouched.store(true, Ordering::Release);
         }
     }

@@ -379,7 +379,7 @@ impl Node {
             match fill {
                 Fill::Loaded(entry) if !entry.invalidated && need.admits(&entry.doc) && fresh(&entry) => {
                     if loaded_here.get() {
-                        entry.vouch(self.feed_applied());
+                        self.vouch(item, &entry);
                     }
                     let tier = entry.tier;
                     return Ok((entry, tier));
@@ -396,9 +396,19 @@ impl Node {
             load(TierPolicy::Primary).await?
         };
         self.cache.offer_read(item, entry.clone(), epoch);
-        entry.vouch(self.feed_applied());
+        self.vouch(item, &entry);
         let tier = entry.tier;
         Ok((entry, tier))
+    }
+
+    /// Vouches for `entry` of `item`, just offered to the cache, if the change feed
+    /// can ([`CacheEntry::vouch_if`]): it had applied nothing past the entry's
+    /// position, or (an entry read from a replica behind it) no change to the item
+    /// it applied committed after that position.
+    fn vouch(&self, item: &ItemKey, entry: &CacheEntry) {
+        entry.vouch_if(self.feed_applied(), |position| {
+            self.origin.unchanged_since(item, position)
+        });
     }
 
     /// Starts the one background refresh of an item served stale, if none runs; a

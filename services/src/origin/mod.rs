@@ -223,6 +223,15 @@ pub trait Origin: Send + Sync + 'static {
     fn change_feed(&self) -> Option<FeedStatus> {
         None
     }
+
+    /// Whether the change feed can tell that no change to `key` it has applied
+    /// committed after `position` — so an entry read at `position` (from a replica
+    /// behind the feed) is as current as the feed's applied position, read before
+    /// this call. `false` when it cannot tell (the default: no such feed).
+    fn unchanged_since(&self, key: &ItemKey, position: Position) -> bool {
+        let _ = (key, position);
+        false
+    }
 }
 
 /// A shared origin.

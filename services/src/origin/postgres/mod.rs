@@ -660,6 +660,10 @@ impl Origin for PostgresOrigin {
         }
     }
 
+    fn unchanged_since(&self, key: &ItemKey, position: Position) -> bool {
+        self.inner.change_feed == ChangeFeed::Logical && self.inner.feed.unchanged_since(key.hash(), position)
+    }
+
     fn change_feed(&self) -> Option<FeedStatus> {
         let inner = &self.inner;
         (inner.change_feed != ChangeFeed::Off).then(|| FeedStatus {

@@ -163,6 +163,7 @@ async fn session(
     // order: the cache is cleared, then the position is raised, then the feed
     // follows — the read plan trusts the position only while the feed follows.
     sink(Change::Reset);
+    progress.forget_before(consistent.as_u64());
     progress.applied_through(consistent.as_u64());
     progress.set_following(true);
     backoff.reset();
@@ -170,11 +171,19 @@ async fn session(
 
     let mut decoder = Decoder::new(stream.watched.iter().cloned());
     let mut in_transaction = false;
+    // The items the transaction being received changed, recorded at its commit.
+    let mut changed: Vec<u64> = Vec::new();
     while let Some(event) = client.recv().await? {
         match event {
-            ReplicationEvent::Begin { .. } => in_transaction = true,
+            ReplicationEvent::Begin { .. } => {
+                in_transaction = true;
+                changed.clear();
+            }
             ReplicationEvent::XLogData { data, .. } => {
                 if let Some(change) = decoder.decode(&data)? {
+                    if let Change::Item { collection, id, .. } = &change {
+                        changed.push(edgecache_actors::item_hash(collection, id));
+                    }
                     sink(change);
                 }
             }
@@ -195,7 +204,10 @@ async fn session(
                         "change feed: a row was deleted past the version trigger; clearing the cache"
                     );
                     sink(Change::Reset);
+                    progress.forget_before(end_lsn.as_u64());
                 }
+                progress.record(&changed, end_lsn.as_u64());
+                changed.clear();
                 progress.applied_through(end_lsn.as_u64());
                 client.update_applied_lsn(end_lsn);
             }
