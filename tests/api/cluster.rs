@@ -114,15 +114,20 @@ async fn a_session_is_served_by_its_owner_wherever_its_requests_land() {
 
 /// The proof a node of the test group would send with a call of `method` on `target`.
 fn proof(node: &str, method: &str, target: &str) -> String {
-    proof_with(CLUSTER_SECRETS, node, method, target)
+    proof_with(CLUSTER_SECRETS, node, method, target, None)
+}
+
+/// The proof of a call that carries `body` (a `POST` to a peer: it covers the body).
+fn proof_of_body(node: &str, method: &str, target: &str, body: &str) -> String {
+    proof_with(CLUSTER_SECRETS, node, method, target, Some(body))
 }
 
 /// The proof of `node` made with the `[cluster]` secrets line `secrets`.
-fn proof_with(secrets: &str, node: &str, method: &str, target: &str) -> String {
+fn proof_with(secrets: &str, node: &str, method: &str, target: &str, body: Option<&str>) -> String {
     let store = Store::new();
     let cluster = settings(&store.path, &format!("[cluster]\n{secrets}\n")).cluster;
     Keys::new(&cluster)
-        .sign(node, method, target, SystemTime::now())
+        .sign(node, method, target, body.map(str::as_bytes), SystemTime::now())
         .expect("the test group has a secret")
 }
 
@@ -144,18 +149,21 @@ async fn a_forged_leave_announcement_is_refused_and_the_peer_stays_in_rotation()
     let store = Store::new();
     // Health checks an hour apart: only a leave announcement can take a peer out.
     let nodes = group_checking_every(&store, "", "1h", "5s");
+    let body = |node: &str| json!({ "node": node }).to_string();
     let leave = |node: &str| {
         nodes[1]
             .request(Method::POST, "/cluster/leave")
-            .json(&json!({ "node": node }))
+            .header("content-type", "application/json")
+            .body(body(node))
     };
+    let signed = |node: &str, names: &str| proof_of_body(node, "POST", "/cluster/leave", &body(names));
     let forgeries = [
         ("no proof", leave("n0")),
         (
             "another secret",
             leave("n0").header(
                 "x-edgecache-proof",
-                proof_with(FORGED_SECRETS, "n0", "POST", "/cluster/leave"),
+                proof_with(FORGED_SECRETS, "n0", "POST", "/cluster/leave", Some(&body("n0"))),
             ),
         ),
         (
@@ -163,8 +171,16 @@ async fn a_forged_leave_announcement_is_refused_and_the_peer_stays_in_rotation()
             leave("n0").header("x-edgecache-proof", proof("n0", "GET", "/cluster/health")),
         ),
         (
+            "a proof of another body (n0's proof of n2's leaving, sent with n0's)",
+            leave("n0").header("x-edgecache-proof", signed("n0", "n2")),
+        ),
+        (
+            "a proof that does not cover the body",
+            leave("n0").header("x-edgecache-proof", proof("n0", "POST", "/cluster/leave")),
+        ),
+        (
             "a node that is no peer",
-            leave("n9").header("x-edgecache-proof", proof("n9", "POST", "/cluster/leave")),
+            leave("n9").header("x-edgecache-proof", signed("n9", "n9")),
         ),
         ("garbage", leave("n0").header("x-edgecache-proof", "n0:c1:0:AAAA")),
     ];
@@ -175,13 +191,13 @@ async fn a_forged_leave_announcement_is_refused_and_the_peer_stays_in_rotation()
         assert!(in_rotation(&nodes[1], "n0"), "{what}: n0 stays in rotation");
     }
     // A peer may announce only its own leaving.
-    let reply = answer(leave("n2").header("x-edgecache-proof", proof("n0", "POST", "/cluster/leave"))).await;
+    let reply = answer(leave("n2").header("x-edgecache-proof", signed("n0", "n2"))).await;
     assert_eq!(reply.status, 403, "{}", reply.body);
     assert!(in_rotation(&nodes[1], "n2"), "n2 stays in rotation");
     assert!(in_rotation(&nodes[1], "n0"));
 
     // The peer's own, authenticated announcement works.
-    let reply = answer(leave("n0").header("x-edgecache-proof", proof("n0", "POST", "/cluster/leave"))).await;
+    let reply = answer(leave("n0").header("x-edgecache-proof", signed("n0", "n0"))).await;
     assert_eq!(reply.status, 204, "{}", reply.body);
     assert!(!in_rotation(&nodes[1], "n0"), "n0 left");
     assert!(in_rotation(&nodes[1], "n2"));
@@ -207,7 +223,7 @@ async fn a_client_set_forwarded_header_is_refused_and_nothing_is_served_or_writt
             "another secret",
             vec![(
                 "x-edgecache-proof",
-                proof_with(FORGED_SECRETS, &owner, "PUT", path),
+                proof_with(FORGED_SECRETS, &owner, "PUT", path, None),
             )],
         ),
         (

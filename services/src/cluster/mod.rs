@@ -145,14 +145,33 @@ impl Cluster {
     /// sent) to a peer, for the [`PROOF_HEADER`]; `None` without a cluster secret
     /// (a solo node, which calls no peer).
     pub fn sign(&self, method: &str, target: &str) -> Option<String> {
-        self.keys.sign(&self.node_id, method, target, SystemTime::now())
+        self.keys
+            .sign(&self.node_id, method, target, None, SystemTime::now())
+    }
+
+    /// [`Cluster::sign`] for a call whose `body` the proof covers (a peer call that
+    /// carries one: purge, leave).
+    pub fn sign_with_body(&self, method: &str, target: &str, body: &[u8]) -> Option<String> {
+        self.keys
+            .sign(&self.node_id, method, target, Some(body), SystemTime::now())
     }
 
     /// Checks the proof of a call of `method` on `target` (path and query, as
     /// received): made with an accepted cluster secret, within [`PROOF_WINDOW`], by
     /// one of this node's peers. Returns that peer.
     pub fn verify(&self, proof: Option<&str>, method: &str, target: &str) -> Result<&Peer, ProofError> {
-        let Proven { node } = self.keys.verify(proof, method, target, SystemTime::now())?;
+        self.verify_body(proof, method, target, None)
+    }
+
+    /// [`Cluster::verify`] of a call whose proof must cover `body` when given.
+    pub fn verify_body(
+        &self,
+        proof: Option<&str>,
+        method: &str,
+        target: &str,
+        body: Option<&[u8]>,
+    ) -> Result<&Peer, ProofError> {
+        let Proven { node } = self.keys.verify(proof, method, target, body, SystemTime::now())?;
         self.peers
             .iter()
             .find(|p| p.id == node)
@@ -202,6 +221,19 @@ impl Cluster {
             request = request.header(PROOF_HEADER, proof);
         }
         request
+    }
+
+    /// A `POST` of JSON `body` to `path` on `peer`, with a proof that covers it.
+    fn post(&self, peer: &Peer, path: &str, body: String) -> reqwest::RequestBuilder {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", peer.base))
+            .timeout(self.settings.health_timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(proof) = self.sign_with_body("POST", path, body.as_bytes()) {
+            request = request.header(PROOF_HEADER, proof);
+        }
+        request.body(body)
     }
 
     /// Checks every peer's [`HEALTH_PATH`] each `health_interval`, until the task is
@@ -265,11 +297,11 @@ impl Cluster {
     /// Tells every peer this node is stopping, so they stop forwarding to it before
     /// it stops accepting. Bounded by the health timeout.
     pub async fn announce_leaving(&self) {
-        let notes = self.peers.iter().map(|peer| {
-            self.call(peer, reqwest::Method::POST, LEAVE_PATH)
-                .json(&serde_json::json!({ "node": self.node_id }))
-                .send()
-        });
+        let body = serde_json::json!({ "node": self.node_id }).to_string();
+        let notes = self
+            .peers
+            .iter()
+            .map(|peer| self.post(peer, LEAVE_PATH, body.clone()).send());
         futures_util::future::join_all(notes).await;
     }
 

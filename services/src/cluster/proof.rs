@@ -14,9 +14,13 @@
 //! [`PROOF_WINDOW`]. Within that window it can be replayed (no nonce is kept): a
 //! replayed forward is served by the node it reaches, as any request would be, and
 //! a replayed leave announcement takes the announcing node out of rotation until its
-//! next health check. The body is not covered: a forwarded request gains nothing by
-//! being forwarded (it is served where it arrives, with the client's own token), and a
-//! leave announcement may only name the node that signed it.
+//! next health check.
+//!
+//! A call with a body of its own making — a purge, a leave announcement (`POST
+//! /cluster/…`) — signs the body too: the MAC (format v2) then also covers the
+//! SHA-256 of the body, so a captured proof cannot carry another purge. A forwarded
+//! request's body is not covered: it gains nothing by being forwarded (it is served
+//! where it arrives, with the client's own token).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +29,7 @@ use base64::Engine;
 use edgecache_config::ClusterSettings;
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -36,8 +40,10 @@ pub const PROOF_HEADER: &str = "x-edgecache-proof";
 /// clock skew between nodes plus a request's time in flight.
 pub const PROOF_WINDOW: Duration = Duration::from_secs(30);
 
-/// What the MAC is computed over, before the fields; names the format's version.
+/// What the MAC is computed over, before the fields; names the format's version:
+/// v1 without the body, v2 with its digest.
 const DOMAIN: &[u8] = b"edgecache-proof-v1";
+const DOMAIN_WITH_BODY: &[u8] = b"edgecache-proof-v2";
 
 /// Why a proof was not accepted. The messages name no secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +58,7 @@ pub enum ProofError {
     UnknownSecret(String),
     #[error("the proof is {skew_ms} ms away from this node's clock (at most {} s either way)", PROOF_WINDOW.as_secs())]
     OutsideWindow { skew_ms: u64 },
-    #[error("the proof does not match (another secret, method or path)")]
+    #[error("the proof does not match (another secret, method, path or body)")]
     Mismatch,
     #[error("`{0}` is not a peer of this node (cluster.peers)")]
     UnknownPeer(String),
@@ -90,23 +96,33 @@ impl Keys {
     }
 
     /// The proof of a call by `node` of `method` on `target` (path and query, as
-    /// sent) at `now`; `None` when this node has no secret to sign with.
-    pub fn sign(&self, node: &str, method: &str, target: &str, now: SystemTime) -> Option<String> {
+    /// sent) at `now`, covering `body` when given; `None` when this node has no secret
+    /// to sign with.
+    pub fn sign(
+        &self,
+        node: &str,
+        method: &str,
+        target: &str,
+        body: Option<&[u8]>,
+        now: SystemTime,
+    ) -> Option<String> {
         let (id, mac) = &self.accepted[self.active?];
         let millis = unix_millis(now);
-        let tag = tag(mac.clone(), node, id, millis, method, target)
+        let tag = tag(mac.clone(), node, id, millis, method, target, body)
             .finalize()
             .into_bytes();
         Some(format!("{node}:{id}:{millis}:{}", URL_SAFE_NO_PAD.encode(tag)))
     }
 
     /// Checks `proof` (the header's value) for a call of `method` on `target` received
-    /// at `now`, and names the node that made it.
+    /// at `now` — with `body`, which it must cover, when given — and names the node
+    /// that made it.
     pub fn verify<'p>(
         &self,
         proof: Option<&'p str>,
         method: &str,
         target: &str,
+        body: Option<&[u8]>,
         now: SystemTime,
     ) -> Result<Proven<'p>, ProofError> {
         let proof = proof.ok_or(ProofError::Missing)?;
@@ -137,7 +153,7 @@ impl Keys {
         if skew_ms > PROOF_WINDOW.as_millis() as u64 {
             return Err(ProofError::OutsideWindow { skew_ms });
         }
-        tag(mac.clone(), node, id, millis, method, target)
+        tag(mac.clone(), node, id, millis, method, target, body)
             .verify_slice(&sent)
             .map_err(|_| ProofError::Mismatch)?;
         Ok(Proven { node })
@@ -145,10 +161,21 @@ impl Keys {
 }
 
 /// The MAC over the proof's fields, one per line (none can hold a newline: node and
-/// secret ids are names, the method a token, the target a request target).
-fn tag(mut mac: HmacSha256, node: &str, id: &str, millis: u64, method: &str, target: &str) -> HmacSha256 {
+/// secret ids are names, the method a token, the target a request target), and the
+/// body's SHA-256 after the target when there is a body to cover (another domain, so
+/// a proof of one kind never passes for the other).
+fn tag(
+    mut mac: HmacSha256,
+    node: &str,
+    id: &str,
+    millis: u64,
+    method: &str,
+    target: &str,
+    body: Option<&[u8]>,
+) -> HmacSha256 {
+    let domain = if body.is_some() { DOMAIN_WITH_BODY } else { DOMAIN };
     for field in [
-        DOMAIN,
+        domain,
         node.as_bytes(),
         id.as_bytes(),
         millis.to_string().as_bytes(),
@@ -158,6 +185,10 @@ fn tag(mut mac: HmacSha256, node: &str, id: &str, millis: u64, method: &str, tar
         mac.update(b"\n");
     }
     mac.update(target.as_bytes());
+    if let Some(body) = body {
+        mac.update(b"\n");
+        mac.update(&Sha256::digest(body));
+    }
     mac
 }
 
@@ -182,29 +213,62 @@ mod tests {
     const B: &str = "the-second-cluster-secret-0123456789abcdef";
 
     #[test]
+    fn a_proof_of_a_body_holds_for_that_body_only_and_never_passes_for_one_without() {
+        let k = keys(&[("c1", A)], None);
+        let now = SystemTime::now();
+        let purge = br#"{"id":"p1","collection":"products"}"#;
+        let proof = k.sign("n1", "POST", "/cluster/purge", Some(purge), now).unwrap();
+        assert_eq!(
+            k.verify(Some(&proof), "POST", "/cluster/purge", Some(purge), now),
+            Ok(Proven { node: "n1" })
+        );
+        let other = br#"{"id":"p2","collection":"carts"}"#;
+        assert_eq!(
+            k.verify(Some(&proof), "POST", "/cluster/purge", Some(other), now),
+            Err(ProofError::Mismatch),
+            "another body"
+        );
+        assert_eq!(
+            k.verify(Some(&proof), "POST", "/cluster/purge", None, now),
+            Err(ProofError::Mismatch),
+            "a body proof is not a bodiless one"
+        );
+        let bodiless = k.sign("n1", "POST", "/cluster/purge", None, now).unwrap();
+        assert_eq!(
+            k.verify(Some(&bodiless), "POST", "/cluster/purge", Some(purge), now),
+            Err(ProofError::Mismatch),
+            "nor the other way round"
+        );
+        let empty = k.sign("n1", "POST", "/cluster/leave", Some(b""), now).unwrap();
+        assert!(k
+            .verify(Some(&empty), "POST", "/cluster/leave", Some(b""), now)
+            .is_ok());
+    }
+
+    #[test]
     fn a_proof_holds_for_its_node_method_and_target_only() {
         let k = keys(&[("c1", A)], None);
         let now = SystemTime::now();
-        let proof = k.sign("n1", "GET", "/v1/a/b?x=1", now).unwrap();
+        let proof = k.sign("n1", "GET", "/v1/a/b?x=1", None, now).unwrap();
         assert!(proof.starts_with("n1:c1:"), "{proof}");
         assert_eq!(
-            k.verify(Some(&proof), "GET", "/v1/a/b?x=1", now),
+            k.verify(Some(&proof), "GET", "/v1/a/b?x=1", None, now),
             Ok(Proven { node: "n1" })
         );
         assert_eq!(
-            k.verify(Some(&proof), "PUT", "/v1/a/b?x=1", now),
+            k.verify(Some(&proof), "PUT", "/v1/a/b?x=1", None, now),
             Err(ProofError::Mismatch)
         );
         assert_eq!(
-            k.verify(Some(&proof), "GET", "/v1/a/b?x=2", now),
+            k.verify(Some(&proof), "GET", "/v1/a/b?x=2", None, now),
             Err(ProofError::Mismatch)
         );
         let other_node = proof.replacen("n1:", "n2:", 1);
         assert_eq!(
-            k.verify(Some(&other_node), "GET", "/v1/a/b?x=1", now),
+            k.verify(Some(&other_node), "GET", "/v1/a/b?x=1", None, now),
             Err(ProofError::Mismatch)
         );
-        assert_eq!(k.verify(None, "GET", "/", now), Err(ProofError::Missing));
+        assert_eq!(k.verify(None, "GET", "/", None, now), Err(ProofError::Missing));
         for bad in [
             "",
             "n1",
@@ -214,7 +278,7 @@ mod tests {
             ":c1:1:AAAA",
         ] {
             assert_eq!(
-                k.verify(Some(bad), "GET", "/", now),
+                k.verify(Some(bad), "GET", "/", None, now),
                 Err(ProofError::Malformed),
                 "{bad}"
             );
@@ -225,18 +289,18 @@ mod tests {
     fn a_proof_is_good_within_the_window_only() {
         let k = keys(&[("c1", A)], None);
         let now = SystemTime::now();
-        let proof = k.sign("n1", "POST", "/cluster/leave", now).unwrap();
+        let proof = k.sign("n1", "POST", "/cluster/leave", None, now).unwrap();
         for offset in [Duration::ZERO, PROOF_WINDOW] {
             assert!(k
-                .verify(Some(&proof), "POST", "/cluster/leave", now + offset)
+                .verify(Some(&proof), "POST", "/cluster/leave", None, now + offset)
                 .is_ok());
             assert!(k
-                .verify(Some(&proof), "POST", "/cluster/leave", now - offset)
+                .verify(Some(&proof), "POST", "/cluster/leave", None, now - offset)
                 .is_ok());
         }
         let late = now + PROOF_WINDOW + Duration::from_millis(1);
         assert!(matches!(
-            k.verify(Some(&proof), "POST", "/cluster/leave", late),
+            k.verify(Some(&proof), "POST", "/cluster/leave", None, late),
             Err(ProofError::OutsideWindow { .. })
         ));
     }
@@ -249,12 +313,14 @@ mod tests {
         let new = keys(&[("c2", B)], None);
         let now = SystemTime::now();
         let verify = |k: &Keys, proof: &str| {
-            k.verify(Some(proof), "GET", "/cluster/health", now)
+            k.verify(Some(proof), "GET", "/cluster/health", None, now)
                 .map(|p| p.node.to_owned())
         };
 
-        let by_old = old.sign("n1", "GET", "/cluster/health", now).unwrap();
-        let by_new = both_new_active.sign("n1", "GET", "/cluster/health", now).unwrap();
+        let by_old = old.sign("n1", "GET", "/cluster/health", None, now).unwrap();
+        let by_new = both_new_active
+            .sign("n1", "GET", "/cluster/health", None, now)
+            .unwrap();
         assert!(by_new.starts_with("n1:c2:"));
         assert!(verify(&both_old_active, &by_old).is_ok());
         assert!(verify(&both_old_active, &by_new).is_ok());
@@ -266,7 +332,7 @@ mod tests {
 
         // The same id with another secret: the MAC does not match.
         let impostor = keys(&[("c1", B)], None)
-            .sign("n1", "GET", "/cluster/health", now)
+            .sign("n1", "GET", "/cluster/health", None, now)
             .unwrap();
         assert_eq!(verify(&old, &impostor), Err(ProofError::Mismatch));
     }
@@ -275,10 +341,12 @@ mod tests {
     fn a_node_without_secrets_signs_nothing_and_accepts_nothing() {
         let none = keys(&[], None);
         let now = SystemTime::now();
-        assert_eq!(none.sign("n1", "GET", "/", now), None);
-        let proof = keys(&[("c1", A)], None).sign("n1", "GET", "/", now).unwrap();
+        assert_eq!(none.sign("n1", "GET", "/", None, now), None);
+        let proof = keys(&[("c1", A)], None)
+            .sign("n1", "GET", "/", None, now)
+            .unwrap();
         assert_eq!(
-            none.verify(Some(&proof), "GET", "/", now),
+            none.verify(Some(&proof), "GET", "/", None, now),
             Err(ProofError::NoSecret)
         );
     }

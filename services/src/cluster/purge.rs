@@ -38,11 +38,7 @@ impl Cluster {
     }
 
     async fn send_purge(&self, peer: &Peer, body: String, within: Duration) -> PeerPurge {
-        let request = self
-            .call(peer, reqwest::Method::POST, PURGE_PATH)
-            .timeout(within)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
+        let request = self.post(peer, PURGE_PATH, body).timeout(within);
         match request.send().await {
             Ok(response) if response.status().is_success() => match response.json::<PurgeCount>().await {
                 Ok(count) => PeerPurge::Confirmed(count),

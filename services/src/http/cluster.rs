@@ -3,8 +3,8 @@
 //!
 //! Only peers may call it: every request must carry the `X-Edgecache-Proof` of a node
 //! listed in `cluster.peers`, made with an accepted cluster secret
-//! ([`crate::cluster`]); without one the answer is 401 problem+json and nothing
-//! changes. The public load balancer does not pass `/cluster/` on at all
+//! ([`crate::cluster`]) — for a `POST`, over its body too; without one the answer is
+//! 401 problem+json and nothing changes. The public load balancer does not pass `/cluster/` on at all
 //! (`deploy/nginx.conf`).
 
 use std::sync::Arc;
@@ -14,12 +14,17 @@ use actix_web::dev::ServiceRequest;
 use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
-use actix_web::{web, Error, HttpMessage, HttpResponse};
+use actix_web::{web, Error, HttpMessage, HttpResponse, ResponseError};
 use serde_json::json;
 
 use super::error::{problem, ProblemType};
 use super::forward::target;
+use super::request::{read_bounded, BodyError};
+use super::ApiError;
 use crate::cluster::{Cluster, PROOF_HEADER};
+
+/// The largest body a peer may post (a purge of many ids).
+const MAX_PEER_BODY: usize = 1 << 20;
 
 /// The peer whose proof a `/cluster` request carried (request extension).
 #[derive(Clone)]
@@ -27,15 +32,38 @@ struct ProvenPeer(String);
 
 /// The middleware of the `/cluster` scope (mounted with `middleware::from_fn`).
 pub async fn require_peer(
-    request: ServiceRequest,
+    mut request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let cluster = request
         .app_data::<web::Data<Arc<Cluster>>>()
         .cloned()
         .expect("the cluster is app data");
+    // A POST's proof covers its body (a purge, a leave announcement): read it here,
+    // bounded, and hand it on to the handler.
+    let body = if request.method() == actix_web::http::Method::POST {
+        match read_bounded(&mut request.take_payload(), MAX_PEER_BODY).await {
+            Ok(body) => Some(body),
+            Err(BodyError::TooLarge) => {
+                let response = ApiError::BodyTooLarge { limit: MAX_PEER_BODY }.error_response();
+                return Ok(request.into_response(response));
+            }
+            Err(BodyError::Read(e)) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
     let proof = request.headers().get(PROOF_HEADER).and_then(|v| v.to_str().ok());
-    match cluster.verify(proof, request.method().as_str(), target(&request)) {
+    let verified = cluster.verify_body(
+        proof,
+        request.method().as_str(),
+        target(&request),
+        body.as_deref(),
+    );
+    if let Some(body) = body {
+        request.set_payload(actix_web::dev::Payload::from(body));
+    }
+    match verified {
         Ok(peer) => {
             request.extensions_mut().insert(ProvenPeer(peer.id.clone()));
             next.call(request).await.map(ServiceResponse::map_into_boxed_body)
