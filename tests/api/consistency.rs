@@ -16,14 +16,7 @@ const TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
 /// `edgecache_consistency_checks_total` of `arm` of `flag` with `outcome`, from
 /// `/metrics`.
 async fn checks(node: &TestApp, flag: &str, arm: &str, outcome: &str) -> u64 {
-    let body = node
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = node.scrape().await;
     let labels = [
         format!("flag=\"{flag}\""),
         format!("arm=\"{arm}\""),

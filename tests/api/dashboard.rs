@@ -208,25 +208,13 @@ async fn the_grafana_dashboard_queries_only_metrics_the_node_exports() {
     assert_eq!(user.get(&node, "/v1/articles/g").await.status, 200);
     assert!(
         eventually(std::time::Duration::from_secs(5), || async {
-            node.request(Method::GET, "/metrics")
-                .send()
+            node.scrape()
                 .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
                 .contains("edgecache_consistency_checks_total{")
         })
         .await
     );
-    let metrics = node
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.scrape().await;
 
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana-dashboard.json");
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

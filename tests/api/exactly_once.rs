@@ -95,14 +95,7 @@ async fn a_keyed_write_sent_again_is_answered_from_its_record_on_any_node_and_ap
         replayed, 3,
         "one PUT and two increments answered from their records"
     );
-    let metrics = b
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = b.scrape().await;
     assert!(
         metrics.contains("edgecache_write_answers_total{answer=\"replayed\"} 2"),
         "{metrics}"

@@ -106,6 +106,17 @@ impl TestApp {
         self.client.request(method, format!("{}{}", self.address, path))
     }
 
+    /// The node's `/metrics`, as a scraper reads it.
+    pub async fn scrape(&self) -> String {
+        self.request(Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics is text")
+    }
+
     /// Stops the node gracefully, and returns once it has stopped (its background
     /// tasks included).
     pub async fn stop(self) {

@@ -240,14 +240,7 @@ async fn admin_routes_want_the_bearer_token_and_are_off_without_one() {
     assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
 
     // /metrics stays open to scrapers, and counts the refusals.
-    let text = node
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.scrape().await;
     let refused = [
         ("route", "/admin/experiments"),
         ("method", "GET"),

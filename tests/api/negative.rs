@@ -109,14 +109,7 @@ async fn a_thousand_gets_of_an_absent_id_read_the_origin_a_handful_of_times() {
             .cache_status(),
         "hit"
     );
-    let scrape = app
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = app.scrape().await;
     assert!(scrape.contains("edgecache_negative_hits_total"), "{scrape}");
 }
 

@@ -166,14 +166,7 @@ async fn a_read_your_writes_rollout_in_unleash_is_compared_per_arm_by_the_nodes(
     for (arm, n) in &stale {
         assert_eq!(arms[arm]["stale_own_reads"], *n, "{arm}: {}", arms[arm]);
     }
-    let metrics = b
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = b.scrape().await;
     for (arm, n) in &stale {
         let line = format!("edgecache_stale_own_reads_total{{arm=\"{arm}\"}} {n}");
         assert!(metrics.lines().any(|l| l == line), "missing `{line}` in /metrics");
