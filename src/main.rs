@@ -3,7 +3,6 @@
 //! ```text
 //! edgecache [serve] [--config FILE] [--listen ADDR]   run a node (the default)
 //! edgecache check-config [--config FILE]              validate and print the configuration
-//! edgecache migrate [--config FILE]                   create the PostgreSQL tables
 //! edgecache loadgen --targets URL[,URL…] …            run a workload, record its history
 //! edgecache check HISTORY                             check a history's session guarantees
 //! edgecache migrate [--config FILE]                   create the PostgreSQL tables
@@ -22,6 +21,9 @@ use tracing_subscriber::EnvFilter;
 mod check;
 mod loadgen;
 mod sessionbench;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
