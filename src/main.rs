@@ -19,6 +19,7 @@ use edgecache_services::Application;
 use tracing_subscriber::EnvFilter;
 
 mod check;
+mod http1;
 mod loadgen;
 mod sessionbench;
 

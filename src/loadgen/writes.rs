@@ -14,17 +14,21 @@
 //! ```
 //!
 //! counting only acknowledged writes (2xx) in writes/s and latencies, and the answers
-//! by status on stderr.
+//! by status on stderr. Each session writes on a keep-alive HTTP/1.1 connection of its
+//! own (hyper, [`crate::http1`]): the client shares the machine with the node and
+//! PostgreSQL, so it should cost them as little as pgbench's client costs pgbench.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
+use hyper::header::{HeaderMap, HeaderValue};
 use serde_json::json;
 
 use super::workload::Rng;
 use super::LoadgenArgs;
+use crate::http1::{Connection, Op};
 
 /// What each write of the benchmark is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -76,20 +80,21 @@ pub fn run(args: &LoadgenArgs, mode: Mode) -> anyhow::Result<()> {
     if !(secs.is_finite() && secs > 0.0) || args.sessions == 0 || args.keys == 0 {
         bail!("--bench-secs, --sessions and --keys must be positive");
     }
-    let target = args.targets[0].trim().trim_end_matches('/').to_owned();
+    let target = args.targets[0].trim().trim_end_matches('/');
+    let authority = target
+        .strip_prefix("http://")
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .with_context(|| format!("--write-bench needs a target http://host:port, not {target}"))?
+        .to_owned();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(args.timeout))
-            .pool_max_idle_per_host(args.sessions)
-            .build()?;
         let plan = Arc::new(Plan {
-            http,
+            timeout: Duration::from_secs_f64(args.timeout),
             mode,
-            target,
+            authority,
             collection: args.collection.clone(),
             field: args.field.clone(),
             counter_field: args.counter_field.clone(),
@@ -135,9 +140,10 @@ pub fn run(args: &LoadgenArgs, mode: Mode) -> anyhow::Result<()> {
 }
 
 struct Plan {
-    http: reqwest::Client,
+    /// How long one write may take before it counts as an error.
+    timeout: Duration,
     mode: Mode,
-    target: String,
+    authority: String,
     collection: String,
     field: String,
     counter_field: String,
@@ -145,63 +151,69 @@ struct Plan {
     run: String,
 }
 
-/// One session writing until `until`.
+/// One session writing until `until`, on a connection of its own (opened again after
+/// an error: the answer to a write on it may still be on its way).
 async fn session(plan: Arc<Plan>, index: usize, mut rng: Rng, until: Instant) -> Tally {
-    let id = format!("wb-{}-{index}", plan.run);
-    let mut token: Option<String> = None;
+    let id = HeaderValue::from_str(&format!("wb-{}-{index}", plan.run)).expect("an ASCII session id");
+    let mut token: Option<HeaderValue> = None;
     let mut tally = Tally::default();
+    let mut connection: Option<Connection> = None;
     let mut seq = 0u64;
     while Instant::now() < until {
         seq += 1;
         let key = 1 + rng.below(plan.keys);
-        let url = format!("{}/v1/{}/{key}", plan.target, plan.collection);
         let value = format!("w-{}-{index}-{seq}", plan.run);
-        let request = match plan.mode {
-            Mode::Patch => plan
-                .http
-                .patch(&url)
-                .header("content-type", "application/merge-patch+json")
-                .body(json!({ plan.field.as_str(): value }).to_string()),
-            Mode::Put => plan.http.put(&url).json(&json!({
-                "name": format!("product {key}"),
-                plan.field.as_str(): value,
-                "price": 9.5,
-                plan.counter_field.as_str(): 1000,
-                "tags": ["bench"],
-            })),
-            Mode::Incr => plan
-                .http
-                .post(format!("{url}/increment"))
-                .json(&json!({"field": plan.counter_field, "by": 1})),
+        let path = format!("/v1/{}/{key}", plan.collection);
+        let (path, op) = match plan.mode {
+            Mode::Patch => (path, Op::Patch(json!({ plan.field.as_str(): value }).to_string())),
+            Mode::Put => (
+                path,
+                Op::Put(
+                    json!({
+                        "name": format!("product {key}"),
+                        plan.field.as_str(): value,
+                        "price": 9.5,
+                        plan.counter_field.as_str(): 1000,
+                        "tags": ["bench"],
+                    })
+                    .to_string(),
+                ),
+            ),
+            Mode::Incr => (
+                format!("{path}/increment"),
+                Op::Post(json!({"field": plan.counter_field, "by": 1}).to_string()),
+            ),
         };
-        let mut request = request.header("x-session-id", &id);
+        let mut headers = HeaderMap::with_capacity(2);
+        headers.insert("x-session-id", id.clone());
         if let Some(token) = &token {
-            request = request.header("x-session-token", token);
+            headers.insert("x-session-token", token.clone());
         }
         let start = Instant::now();
-        let answer = match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                if let Some(fresh) = response
-                    .headers()
-                    .get("x-session-token")
-                    .and_then(|v| v.to_str().ok())
-                {
-                    token = Some(fresh.to_owned());
-                }
-                response.bytes().await.map(|_| status)
+        let answer = tokio::time::timeout(plan.timeout, async {
+            if connection.is_none() {
+                connection = Some(Connection::open(&plan.authority).await?);
             }
-            Err(e) => Err(e),
-        };
+            let open = connection.as_mut().expect("opened just above");
+            open.send(&plan.authority, &path, op, headers).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within the timeout")));
         let micros = start.elapsed().as_micros() as u64;
         let status = match answer {
-            Ok(status) => {
-                if status.is_success() {
+            Ok(answer) => {
+                if let Some(fresh) = answer.token {
+                    token = Some(fresh);
+                }
+                if (200..300).contains(&answer.status) {
                     tally.latencies.push(micros);
                 }
-                status.as_u16().to_string()
+                answer.status.to_string()
             }
-            Err(_) => "error".to_owned(),
+            Err(_) => {
+                connection = None;
+                "error".to_owned()
+            }
         };
         *tally.statuses.entry(status).or_default() += 1;
     }

@@ -28,7 +28,6 @@
 //! (exact: every latency is kept, bounded per connection), hits, stale own reads,
 //! regressions and errors. `scripts/session-bench.sh` runs it against each system.
 
-mod connection;
 mod tally;
 
 use std::sync::Arc;
@@ -38,7 +37,7 @@ use anyhow::{bail, Context};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 
-use connection::{Answer, Connection, Op};
+use crate::http1::{Answer, Connection, Op};
 use tally::Tally;
 
 /// What the client sends per session: the policy of the system measured.

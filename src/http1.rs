@@ -1,5 +1,6 @@
-//! One keep-alive HTTP/1.1 connection of `sessionbench`, and what it reads from an
-//! answer.
+//! One keep-alive HTTP/1.1 connection of the benchmarks' clients (`sessionbench`,
+//! `loadgen --write-bench`), and what they read from an answer: hyper on its own
+//! connection, so the client costs the machine it shares little.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -12,11 +13,15 @@ use tokio::net::TcpStream;
 /// `Cache-Status` detail of an answer whose strict fields were read from the primary.
 const STRICT: &[u8] = b"strict-from-primary";
 
-/// A request of the workload.
+/// A request of a benchmark.
 pub enum Op {
     Get,
     /// A merge patch: the body.
     Patch(String),
+    /// A PUT of a JSON document: the body.
+    Put(String),
+    /// A POST of a JSON body.
+    Post(String),
 }
 
 /// What the workload keeps of an answer.
@@ -56,21 +61,21 @@ impl Connection {
         headers: HeaderMap,
     ) -> anyhow::Result<Answer> {
         self.sender.ready().await?;
-        let (method, body) = match op {
-            Op::Get => (Method::GET, Bytes::new()),
-            Op::Patch(body) => (Method::PATCH, Bytes::from(body)),
+        let (method, body, content_type) = match op {
+            Op::Get => (Method::GET, Bytes::new(), None),
+            Op::Patch(body) => (Method::PATCH, body.into(), Some("application/merge-patch+json")),
+            Op::Put(body) => (Method::PUT, body.into(), Some("application/json")),
+            Op::Post(body) => (Method::POST, body.into(), Some("application/json")),
         };
-        let is_patch = method == Method::PATCH;
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, authority)
             .body(Full::new(body))?;
-        if is_patch {
-            request.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/merge-patch+json"),
-            );
+        if let Some(content_type) = content_type {
+            request
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         }
         request.headers_mut().extend(headers);
         let response = self.sender.send_request(request).await?;
