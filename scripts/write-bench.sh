@@ -19,7 +19,8 @@
 #               the one logged, the other parameters as logged; prepared statements
 #               (-M prepared), WB_CLIENTS clients; statements the node pipelines (the
 #               write and the position read) inside \startpipeline … \endpipeline
-#   no-notify   the same pgbench script without pg_notify (its share of the work)
+#   no-notify   the same pgbench script without pg_notify (its share of the work);
+#               only with WB_FEED=notify: the default logical feed sends none
 #
 # Every kind is run WB_ROUNDS (3) times, interleaved: each round runs edgecache,
 # pgbench and no-notify for every kind, the order of the kinds rotating per round.
@@ -37,7 +38,15 @@
 # load) WB_FEED (the node's origin.change_feed: logical, the default, adds nothing to
 # the write's statement; notify puts pg_notify in it, as before issue 17)
 # WB_SKIP_BUILD=1 (use the built binary) WB_OUT (target/write-bench) WB_PROFILE=1
-# (then a profile of the node, below).
+# (then a profile of the node, below) WB_PIN=1 (the pinned mode, below).
+#
+# Pinned mode (WB_PIN=1): PostgreSQL — primary and replica, every process — on core 0;
+# the node, loadgen and pgbench on core 1. Shared cores (the default) measure what the
+# machine does with the client, the node and the database on it together, where
+# every µs the node or its HTTP client spends is taken from PostgreSQL. Pinned, the
+# database has a core of its own, as it has a machine of its own in a deployment
+# (edge nodes are regional, the primary is not): the ratio then says how much of
+# PostgreSQL's capacity the node's writes get, against pgbench's.
 #
 # Output: the table on stdout and in $WB_OUT/report.md, the statements captured from
 # the log and the pgbench scripts made of them in $WB_OUT/statements/, raw results in
@@ -54,6 +63,7 @@ CLIENTS=${WB_CLIENTS:-32}
 KEYS=${WB_KEYS:-10000}
 read -r -a MODES <<<"${WB_MODES:-patch put incr}"
 OUT=${WB_OUT:-$ROOT/target/write-bench}
+PIN=${WB_PIN:-0}
 T_START=$SECONDS
 
 log() { printf '[write-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -64,6 +74,13 @@ command -v python3 >/dev/null || die "python3 is needed"
 for mode in "${MODES[@]}"; do
     case "$mode" in patch | put | incr) ;; *) die "WB_MODES: unknown mode $mode" ;; esac
 done
+# What runs the node and the clients: on core 1 when pinned, PostgreSQL on core 0.
+ON_CLIENT_CORE=()
+if [ "$PIN" = 1 ]; then
+    [ "$(nproc)" -ge 2 ] || die "WB_PIN=1 needs two cores"
+    command -v taskset >/dev/null || die "WB_PIN=1 needs taskset (util-linux)"
+    ON_CLIENT_CORE=(taskset -c 1)
+fi
 
 if [ "${WB_SKIP_BUILD:-0}" != 1 ]; then
     log "cargo build --release"
@@ -111,6 +128,20 @@ trap 'exit 130' INT TERM
 # shellcheck source=scripts/perf/pg-bench.sh
 source "$ROOT/scripts/perf/pg-bench.sh"
 bench_pg_start
+# The postmasters of the primary and the replica.
+pg_roots() {
+    head -n 1 "$EDGECACHE_TEST_PG_PRIMARY_DATA/postmaster.pid" "$EDGECACHE_TEST_PG_REPLICA_DATA/postmaster.pid" 2>/dev/null |
+        grep -E '^[0-9]+$' | tr '\n' ' '
+}
+if [ "$PIN" = 1 ]; then
+    # Every server process now; the backends forked later inherit the postmasters'.
+    roots=$(pg_roots)
+    [ "$(wc -w <<<"$roots")" = 2 ] || die "cannot find the postmasters to pin"
+    for pid in $roots $(for root in $roots; do pgrep -P "$root"; done); do
+        taskset -a -p -c 0 "$pid" >/dev/null
+    done
+    log "pinned: PostgreSQL on core 0; the node, loadgen and pgbench on core 1"
+fi
 PORT=$(free_port)
 URL=http://127.0.0.1:$PORT
 cat >"$WORK/node.toml" <<EOF
@@ -133,7 +164,7 @@ primary_sql -c "INSERT INTO products (id, version, deleted, name, description, p
 
 log "edgecache on :$PORT$([ -n "${WB_POOL:-}" ] && echo " (pool_size $WB_POOL)")"
 env -C "$WORK" EDGECACHE_LOG=warn EDGECACHE__SERVER__LISTEN="127.0.0.1:$PORT" \
-    EDGECACHE__SERVER__SHUTDOWN_TIMEOUT=2s "$NODE" serve --config "$WORK/node.toml" \
+    EDGECACHE__SERVER__SHUTDOWN_TIMEOUT=2s "${ON_CLIENT_CORE[@]}" "$NODE" serve --config "$WORK/node.toml" \
     >"$WORK/logs/node.log" 2>&1 &
 NODE_PID=$!
 for i in $(seq 300); do
@@ -299,10 +330,6 @@ tree_ticks() {
                   if (q in root) sum += t[p] }
               print sum + 0 }'
 }
-pg_roots() {
-    head -n 1 "$EDGECACHE_TEST_PG_PRIMARY_DATA/postmaster.pid" "$EDGECACHE_TEST_PG_REPLICA_DATA/postmaster.pid" 2>/dev/null |
-        grep -E '^[0-9]+$' | tr '\n' ' '
-}
 # Children CPU seconds of this shell (the clients, once reaped).
 child_secs() {
     times >"$WORK/times.txt"
@@ -337,7 +364,7 @@ echo "# round mode what writes secs writes_per_s p50_us p99_us errors node_cpu_s
 
 run_edge() {
     local mode=$1 r
-    r=$("$LOADGEN" loadgen --targets "$URL" --write-bench "$mode" --bench-secs "$SECS" \
+    r=$("${ON_CLIENT_CORE[@]}" "$LOADGEN" loadgen --targets "$URL" --write-bench "$mode" --bench-secs "$SECS" \
         --sessions "$CLIENTS" --keys "$KEYS" --collection products --field description \
         --counter-field stock 2>>"$WORK/logs/loadgen.log") || die "loadgen --write-bench $mode"
     sed -n 's/^WRITE_RESULT [a-z]* //p' <<<"$r"
@@ -346,7 +373,7 @@ run_edge() {
 run_pgbench() {
     local script=$1 prefix=$2 out
     rm -f "$prefix".*
-    out=$(pgbench -n -M prepared -c "$CLIENTS" -j 2 -T "$SECS" -f "$script" -l --log-prefix="$prefix" \
+    out=$("${ON_CLIENT_CORE[@]}" pgbench -n -M prepared -c "$CLIENTS" -j 2 -T "$SECS" -f "$script" -l --log-prefix="$prefix" \
         "$EDGECACHE_TEST_PG_PRIMARY" 2>&1) || { echo "$out" >&2; die "pgbench $script"; }
     echo "$out" >>"$WORK/logs/pgbench.log"
     echo "$out" >"$prefix.summary"
@@ -377,12 +404,14 @@ for mode in "${MODES[@]}"; do
         >/dev/null 2>>"$WORK/logs/loadgen.log" || die "warm-up $mode"
 done
 
-log "$ROUNDS rounds × ${#MODES[@]} kinds × (edgecache, pgbench, pgbench without pg_notify), ${SECS}s each, $CLIENTS clients"
+log "$ROUNDS rounds × ${#MODES[@]} kinds × (edgecache, pgbench[, pgbench without pg_notify]), ${SECS}s each, $CLIENTS clients"
 for round in $(seq "$ROUNDS"); do
     order=()
     for i in "${!MODES[@]}"; do order+=("${MODES[$(((i + round - 1) % ${#MODES[@]}))]}"); done
     for mode in "${order[@]}"; do
-        for what in edgecache pgbench no-notify; do
+        whats=(edgecache pgbench)
+        grep -q pg_notify "$WORK/statements/$mode.sql" && whats+=(no-notify)
+        for what in "${whats[@]}"; do
             window_start
             case "$what" in
                 edgecache) r=$(run_edge "$mode") ;;
@@ -423,9 +452,14 @@ fi
 # -- report -----------------------------------------------------------------------------
 
 {
-    echo "Machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $(uname -sr); client, node and PostgreSQL share the cores."
+    if [ "$PIN" = 1 ]; then
+        where="pinned: PostgreSQL (primary and replica) on core 0; the node, loadgen and pgbench on core 1"
+    else
+        where="client, node and PostgreSQL share the cores"
+    fi
+    echo "Machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $(uname -sr); $where."
     echo "Run: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' + uncommitted changes'); node binary $(sha256sum "$NODE" | cut -c1-12)${WB_NODE_BIN:+ ($WB_NODE_BIN)}."
-    echo "Command: \`bash scripts/write-bench.sh\` (WB_SECS=$SECS WB_ROUNDS=$ROUNDS WB_CLIENTS=$CLIENTS WB_KEYS=$KEYS${WB_POOL:+ WB_POOL=$WB_POOL}); PostgreSQL $("$EDGECACHE_TEST_PG_BIN/postgres" --version | awk '{print $3}'), fsync off, a streaming replica 300 ms behind."
+    echo "Command: \`bash scripts/write-bench.sh\` (WB_SECS=$SECS WB_ROUNDS=$ROUNDS WB_CLIENTS=$CLIENTS WB_KEYS=$KEYS${WB_POOL:+ WB_POOL=$WB_POOL}${WB_FEED:+ WB_FEED=$WB_FEED}$([ "$PIN" = 1 ] && echo " WB_PIN=1")); PostgreSQL $("$EDGECACHE_TEST_PG_BIN/postgres" --version | awk '{print $3}'), fsync off, a streaming replica 300 ms behind."
     echo "Total time of the run: $((SECONDS - T_START)) s."
 } >"$WORK/meta.md"
 python3 - "$RESULTS" "$OUT/report.md" "$WORK/meta.md" <<'EOF'
@@ -454,18 +488,19 @@ lines = [
     "|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for mode in modes:
-    rounds = [v for (m, _), v in sorted(rows.items()) if m == mode and {"edgecache", "pgbench", "no-notify"} <= v.keys()]
+    rounds = [v for (m, _), v in sorted(rows.items()) if m == mode and {"edgecache", "pgbench"} <= v.keys()]
     if not rounds:
         continue
     e = lambda k, w="edgecache": med([r[w][k] for r in rounds])
     cpu = lambda r, w, k: 1e6 * r[w][k] / max(1, r[w]["writes"])
     ratio = med([r["edgecache"]["wps"] / r["pgbench"]["wps"] for r in rounds])
     p99r = med([r["edgecache"]["p99"] / max(1, r["pgbench"]["p99"]) for r in rounds])
-    share = med([1 - r["pgbench"]["wps"] / r["no-notify"]["wps"] for r in rounds])
+    notify = all("no-notify" in r for r in rounds)
+    share = med([1 - r["pgbench"]["wps"] / r["no-notify"]["wps"] for r in rounds]) if notify else None
     lines.append(
         f"| {label.get(mode, mode)} | {e('wps'):,.0f} | {e('wps', 'pgbench'):,.0f} | **{ratio:.2f}** "
-        f"| {e('wps', 'no-notify'):,.0f} | {100 * share:.0f} % "
-        f"| {e('p50') / 1000:.1f} / {e('p99') / 1000:.1f} ms | {e('p50', 'pgbench') / 1000:.1f} / {e('p99', 'pgbench') / 1000:.1f} ms "
+        + (f"| {e('wps', 'no-notify'):,.0f} | {100 * share:.0f} % " if notify else "| — (none sent) | — ")
+        + f"| {e('p50') / 1000:.1f} / {e('p99') / 1000:.1f} ms | {e('p50', 'pgbench') / 1000:.1f} / {e('p99', 'pgbench') / 1000:.1f} ms "
         f"| {p99r:.2f} "
         f"| {med([cpu(r, 'edgecache', 'node') for r in rounds]):.0f} / {med([cpu(r, 'edgecache', 'pg') for r in rounds]):.0f} "
         f"/ {med([cpu(r, 'pgbench', 'pg') for r in rounds]):.0f} / {med([cpu(r, 'edgecache', 'client') for r in rounds]):.0f} "
@@ -477,7 +512,8 @@ text = open(meta).read() + "\n" + "\n".join(lines) + "\n\nMedians over rounds; r
 text += "| round | write | edgecache | pgbench | no pg_notify | foreign CPU % (e / p / n) |\n|---|---|---|---|---|---|\n"
 for (mode, rnd), v in sorted(rows.items(), key=lambda kv: (int(kv[0][1]), kv[0][0])):
     g = lambda w, k: v[w][k] if w in v else 0
-    text += (f"| {rnd} | {mode} | {g('edgecache', 'wps'):,.0f} | {g('pgbench', 'wps'):,.0f} | {g('no-notify', 'wps'):,.0f} "
+    nn = f"{g('no-notify', 'wps'):,.0f}" if "no-notify" in v else "—"
+    text += (f"| {rnd} | {mode} | {g('edgecache', 'wps'):,.0f} | {g('pgbench', 'wps'):,.0f} | {nn} "
              f"| {g('edgecache', 'foreign')} / {g('pgbench', 'foreign')} / {g('no-notify', 'foreign')} |\n")
 open(out, "w").write(text)
 print(text)
