@@ -173,6 +173,10 @@ fn default_first_requests_window() -> Duration {
     Duration::from_secs(2)
 }
 
+fn default_handover_window() -> Duration {
+    Duration::from_secs(5)
+}
+
 fn default_retired_marks_slots() -> usize {
     1 << 17
 }
@@ -267,6 +271,12 @@ pub struct SessionSettings {
     /// request gets a detached session of its own (docs/decisions/0008).
     #[serde(default = "default_first_requests_window", with = "humantime_serde")]
     pub first_requests_window: Duration,
+    /// How long a session copy rebuilt from a token on a node with peers checks its
+    /// reads against the primary: the copy on the node the session came from may
+    /// still be answering requests with marks this copy lacks. At least the longest a
+    /// request runs; 0 turns it off (docs/decisions/0008).
+    #[serde(default = "default_handover_window", with = "humantime_serde")]
+    pub handover_window: Duration,
     /// Most per-item watermarks a token carries before it compacts to a position
     /// floor (more conservative: an extra origin read, never a stale one).
     pub max_token_items: usize,

@@ -317,6 +317,11 @@ fn session(s: &SessionSettings) -> Check {
         s.first_requests_window,
         Duration::from_secs(60),
     )?;
+    at_most(
+        "session.handover_window",
+        s.handover_window,
+        Duration::from_secs(600),
+    )?;
     at_most("session.max_pending_writes", s.max_pending_writes, 1024)?;
     at_most("session.max_token_items", s.max_token_items, MAX_TOKEN_ITEMS)?;
     positive("session.write_timeout", s.write_timeout)?;

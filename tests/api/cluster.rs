@@ -410,3 +410,54 @@ async fn the_shipped_nginx_keeps_the_peer_admin_and_metrics_routes_private() {
         .await;
     assert_eq!(wrote.status, 201, "{}", wrote.body);
 }
+
+#[actix_web::test]
+async fn a_copy_rebuilt_from_an_older_token_reads_through_the_primary_while_another_copy_may_serve() {
+    // Affinity off: each request is served where it lands, as when the session's owner
+    // changes (a node leaves or comes back) while requests of the session are in flight.
+    let store = Store::new();
+    let nodes = group(
+        &store,
+        "[flags.defaults]\nsession-affinity = \"off\"\n[session]\nhandover_window = \"300ms\"\n",
+    );
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut writer = Client::new();
+    writer.put(a, "/v1/articles/news", json!({"title": "v1"})).await;
+    writer.put(a, "/v1/articles/other", json!({"title": "x"})).await;
+    Client::new().get(b, "/v1/articles/news").await; // B caches v1
+    writer.put(a, "/v1/articles/news", json!({"title": "v2"})).await;
+
+    // The session sends two requests at once from the same token: R1 reads `news` on
+    // A (v2), R2 lands on B, which rebuilds the session from that token. R2's answer
+    // arrives last, so the client keeps B's token — which knows nothing of R1's read
+    // — and reads `news` again on B.
+    let mut session = Client::new();
+    session.get(a, "/v1/articles/other").await;
+    let before = session.token.clone();
+    let first = session.get(a, "/v1/articles/news").await;
+    assert_eq!(first.body["title"], "v2");
+    session.token = before;
+    session.get(b, "/v1/articles/other").await;
+    let again = session.get(b, "/v1/articles/news").await;
+    assert_eq!(
+        again.body["title"],
+        "v2",
+        "monotonic reads: the session read v2 on A, B still caches v1 ({})",
+        again.header("cache-status")
+    );
+
+    // Past the handover window the copy on B is the only one serving: hits again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut later = Client::new();
+    later.get(a, "/v1/articles/other").await;
+    let read = later.get(b, "/v1/articles/other").await; // rebuilt on B: a handover
+    assert!(
+        read.header("cache-status").contains("strict-from-primary"),
+        "{}",
+        read.header("cache-status")
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let read = later.get(b, "/v1/articles/other").await;
+    assert_eq!(read.cache_status(), "hit", "{}", read.header("cache-status"));
+    assert!(!read.header("cache-status").contains("strict-from-primary"));
+}

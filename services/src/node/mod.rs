@@ -62,6 +62,10 @@ pub struct Node {
     /// How long after a session starts here its tokenless requests share it
     /// (`session.first_requests_window`).
     first_requests_window: Duration,
+    /// How long a session copy that another may still be serving reads through the
+    /// primary (`session.handover_window`).
+    /// `None` on a node without peers.
+    handover_window: Option<Duration>,
     idempotency: IdempotencySettings,
     /// Set while the origin holds `idempotency.max_records` records or more (as of
     /// the last sweep).
@@ -170,6 +174,8 @@ impl Node {
             },
             write_timeout: session.write_timeout,
             first_requests_window: session.first_requests_window,
+            handover_window: (!settings.cluster.peers.is_empty() && !session.handover_window.is_zero())
+                .then_some(session.handover_window),
             idempotency: settings.idempotency.clone(),
             idempotency_full: AtomicBool::new(false),
             shutdown,

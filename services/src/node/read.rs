@@ -96,7 +96,10 @@ impl Node {
         let session = &s.session;
         let now = Instant::now();
 
-        let need = session.state().need(key.hash, ryw, monotonic);
+        let (need, handover) = {
+            let state = session.state();
+            (state.need(key.hash, ryw, monotonic), state.in_handover(now))
+        };
         // Read before the cache: every change committed up to it has reached the
         // cache by now, so an entry the feed vouches for is current through it.
         let applied = self.feed_applied();
@@ -218,9 +221,9 @@ impl Node {
         // A cached absence has no strict field to read: the collection's class
         // bounds it (a create through any node replaces it through the change feed).
         let negative_hit = matches!(&base, Base::Cache(entry) if !entry.doc.exists());
-        let read_strict = strict
-            && classes.has_strict()
-            && !negative_hit
+        // So is the whole item while another copy of the session may still be serving
+        // (a handover, decision 0008): the primary holds what any copy served.
+        let read_strict = (handover || (strict && classes.has_strict() && !negative_hit))
             && !matches!(base, Base::Origin(_, OriginTier::Primary));
         if read_strict {
             let item = ItemKey::new(plan.name.clone(), id);

@@ -139,11 +139,12 @@ impl Node {
                 match (start, token, carried) {
                     // Rebuilt from this token: remembered, so it is not merged again.
                     (SessionStart::Rebuilt, Some(token), Some(carried)) => {
-                        handle.session.state().merge_token(
-                            token,
-                            &carried.watermarks,
-                            self.sessions.limits(),
-                        );
+                        let mut state = handle.session.state();
+                        state.merge_token(token, &carried.watermarks, self.sessions.limits());
+                        if let Some(until) = self.handover_end() {
+                            state.begin_handover(until);
+                        }
+                        drop(state);
                         (handle, start)
                     }
                     // A parallel request of the session opened it first, from its own
@@ -218,6 +219,16 @@ impl Node {
     /// Whether `live` is young enough that its first requests may still be arriving.
     fn first_requests(&self, live: &SessionHandle) -> bool {
         live.session.age() < self.first_requests_window
+    }
+
+    /// When the handover of a session copy rebuilt now from a token ends: on a node
+    /// with peers, where the copy may have taken over from another node that is still
+    /// answering the session's requests in flight (`session.handover_window`). A solo
+    /// node's rebuilt copies follow only evicted copies of its own, whose marks the
+    /// retired marks keep.
+    fn handover_end(&self) -> Option<tokio::time::Instant> {
+        self.handover_window
+            .map(|window| tokio::time::Instant::now() + window)
     }
 
     /// The token to send back: the session's current watermarks, signed.
