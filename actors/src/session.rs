@@ -109,19 +109,11 @@ pub struct SessionState {
     /// tokenless requests share it; after, they are detached (see
     /// [`SessionState::claim`]).
     proven: bool,
-    /// Digests of the last tokens this copy issued (a ring): a token of the lineage
-    /// that is not among them was issued by another copy of the session.
-    recent: [u64; RECENT_ISSUED],
-    recent_next: usize,
-    /// Until then another copy of the session may still be serving requests — on
-    /// another node, or one retired here — and record marks no token of this copy
-    /// will hold: its reads come from the primary (see [`SessionState::begin_handover`]).
+    /// Until then another copy of the session may still be serving requests (on the
+    /// node the session came from) and record marks no token of this copy will hold:
+    /// its reads come from the primary (see [`SessionState::begin_handover`]).
     handover_until: Option<Instant>,
 }
-
-/// How many of a copy's last issued tokens it recognises as its own (a client with
-/// requests in parallel sends back one of its last few).
-const RECENT_ISSUED: usize = 4;
 
 impl Drop for SessionState {
     fn drop(&mut self) {
@@ -151,18 +143,11 @@ impl SessionState {
         self.lineage
     }
 
-    /// Whether this copy issued `token` (one of its last few).
-    pub fn issued_here(&self, token: &str) -> bool {
-        let digest = digest(token.as_bytes());
-        self.recent.contains(&digest)
-    }
-
     /// Another copy of this session may be serving requests until `until`: this copy
-    /// was rebuilt from a token, or took in a token it did not issue. A request in
-    /// flight on that copy (another node the session's affinity left, an evicted copy
-    /// here) may still answer with marks of what it served, and the client — with
-    /// requests in parallel, keeping the token that arrived last — may then send this
-    /// copy a token without them. Until then, every read of the session is checked
+    /// was rebuilt from a token on a node the session came to from another. A request
+    /// in flight on that copy may still answer with marks of what it served, and the
+    /// client — with requests in parallel, keeping the token that arrived last — may
+    /// then send this copy a token without them. Until then, every read of the session is checked
     /// against the primary, which holds whatever any copy served (decision 0008).
     pub fn begin_handover(&mut self, until: Instant) {
         self.handover_until = Some(self.handover_until.map_or(until, |u| u.max(until)));
@@ -357,22 +342,11 @@ impl SessionState {
             Some((generation, token)) if *generation == self.generation => token.clone(),
             _ => {
                 let token = Bytes::from(keys.sign(session_id, &self.lineage, &self.watermarks));
-                self.recent[self.recent_next] = digest(&token);
-                self.recent_next = (self.recent_next + 1) % RECENT_ISSUED;
                 self.issued = Some((self.generation, token.clone()));
                 token
             }
         }
     }
-}
-
-/// A token's digest for [`SessionState::issued_here`] (a collision only spares a
-/// handover the primary reads it would have made).
-fn digest(token: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    token.hash(&mut hasher);
-    hasher.finish() | 1
 }
 
 /// A live session, shared between its actor and the requests that use it.
@@ -410,8 +384,6 @@ impl Session {
                 retired_marks: None,
                 poured: false,
                 proven: false,
-                recent: [0; RECENT_ISSUED],
-                recent_next: 0,
                 handover_until: None,
             }),
             limits,
@@ -878,41 +850,12 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_knows_its_last_few_tokens_and_no_other_copys() {
-        let keys = TokenKeys::new([("k1", &[7u8; 32][..])], "k1").unwrap();
+    fn a_handover_lasts_until_its_latest_end() {
         let limits = SessionLimits {
             max_items: 8,
             max_pending: 4,
         };
-        let lineage = Lineage::random();
-        let here = Session::new("s".into(), lineage, Watermarks::default(), limits);
-        let elsewhere = Session::new("s".into(), lineage, Watermarks::default(), limits);
-        let mut issued = Vec::new();
-        for item in 0..6u64 {
-            let mut state = here.state();
-            state
-                .watermarks
-                .record_read(item, Version(1), Position(item + 1), limits.max_items);
-            state.generation += 1;
-            issued.push(String::from_utf8(state.token("s", &keys).to_vec()).unwrap());
-        }
-        let state = here.state();
-        for token in &issued[6 - RECENT_ISSUED..] {
-            assert!(state.issued_here(token), "one of its last {RECENT_ISSUED}");
-        }
-        assert!(
-            !state.issued_here(&issued[0]),
-            "older than the last few: treated as another copy's"
-        );
-        let mut other = elsewhere.state();
-        other
-            .watermarks
-            .record_read(9, Version(1), Position(1), limits.max_items);
-        other.generation += 1;
-        let theirs = String::from_utf8(other.token("s", &keys).to_vec()).unwrap();
-        assert!(!state.issued_here(&theirs), "same lineage, another copy");
-        drop(state);
-
+        let here = Session::new("s".into(), Lineage::random(), Watermarks::default(), limits);
         let mut state = here.state();
         let now = Instant::now();
         assert!(!state.in_handover(now));
