@@ -62,9 +62,8 @@ pub struct Node {
     /// How long after a session starts here its tokenless requests share it
     /// (`session.first_requests_window`).
     first_requests_window: Duration,
-    /// How long a session copy that another may still be serving reads through the
-    /// primary (`session.handover_window`).
-    /// `None` on a node without peers.
+    /// How long a session copy rebuilt from a token reads through the primary
+    /// (`session.handover_window`, decision 0008); `None` on a node without peers.
     handover_window: Option<Duration>,
     idempotency: IdempotencySettings,
     /// Set while the origin holds `idempotency.max_records` records or more (as of
