@@ -456,8 +456,17 @@ async fn a_copy_rebuilt_from_an_older_token_reads_through_the_primary_while_anot
         "{}",
         read.header("cache-status")
     );
+    let handovers = b.node.metrics().handover_reads.get();
+    assert!(handovers >= 2, "the handover reads are counted: {handovers}");
+    let exported = format!("edgecache_session_handover_reads_total {handovers}");
+    assert!(b.scrape().await.contains(&exported), "{exported}");
     tokio::time::sleep(Duration::from_millis(600)).await;
     let read = later.get(b, "/v1/articles/other").await;
     assert_eq!(read.cache_status(), "hit", "{}", read.header("cache-status"));
     assert!(!read.header("cache-status").contains("strict-from-primary"));
+    assert_eq!(
+        b.node.metrics().handover_reads.get(),
+        handovers,
+        "past the window"
+    );
 }

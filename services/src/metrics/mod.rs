@@ -54,6 +54,9 @@ use crate::CacheStatus;
 pub struct Metrics {
     /// Reads that also read the strict fields from the primary.
     pub strict_reads: Counter,
+    /// Reads of a session copy in its handover (decision 0008), checked against the
+    /// primary: what a session's move between nodes costs the primary.
+    pub handover_reads: Counter,
     /// Reads that returned an item older than the session's own write of it, by
     /// whether read-your-writes was on for the session (`[off, on]`). With the
     /// strategy on, the `on` count must stay 0; the `off` count is what the strategy

@@ -213,6 +213,13 @@ impl Collector for Scrape {
             None,
             counter(m.strict_reads.get()),
         )?;
+        single(
+            &mut e,
+            "session_handover_reads",
+            "Reads of a session copy rebuilt from a token on a node with peers, checked against the primary while the node it came from may still serve it (session.handover_window).",
+            None,
+            counter(m.handover_reads.get()),
+        )?;
         family(
             &mut e,
             "stale_own_reads",

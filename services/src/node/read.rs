@@ -223,8 +223,9 @@ impl Node {
         let negative_hit = matches!(&base, Base::Cache(entry) if !entry.doc.exists());
         // So is the whole item while another copy of the session may still be serving
         // (a handover, decision 0008): the primary holds what any copy served.
-        let read_strict = (handover || (strict && classes.has_strict() && !negative_hit))
-            && !matches!(base, Base::Origin(_, OriginTier::Primary));
+        let strict_fields = strict && classes.has_strict() && !negative_hit;
+        let read_strict =
+            (handover || strict_fields) && !matches!(base, Base::Origin(_, OriginTier::Primary));
         if read_strict {
             let item = ItemKey::new(plan.name.clone(), id);
             let request = ReadRequest::PRIMARY;
@@ -234,7 +235,12 @@ impl Node {
                 .read(item.clone(), request)
                 .await
                 .inspect_err(|_| self.metrics.origin_errors.inc())?;
-            self.metrics.strict_reads.inc();
+            if strict_fields {
+                self.metrics.strict_reads.inc();
+            }
+            if handover {
+                self.metrics.handover_reads.inc();
+            }
             if read.doc.version == base_doc(&base).version {
                 strict_from_primary = true;
             } else {
