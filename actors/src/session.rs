@@ -147,8 +147,9 @@ impl SessionState {
     /// was rebuilt from a token on a node the session came to from another. A request
     /// in flight on that copy may still answer with marks of what it served, and the
     /// client — with requests in parallel, keeping the token that arrived last — may
-    /// then send this copy a token without them. Until then, every read of the session is checked
-    /// against the primary, which holds whatever any copy served (decision 0008).
+    /// then send this copy a token without them. Until then, every read of the
+    /// session is checked against the primary, which holds whatever any copy served
+    /// (decision 0008).
     pub fn begin_handover(&mut self, until: Instant) {
         self.handover_until = Some(self.handover_until.map_or(until, |u| u.max(until)));
     }
