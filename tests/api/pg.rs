@@ -176,6 +176,33 @@ impl Cluster {
         CommitsWait { cluster: self }
     }
 
+    /// Makes the primary's WAL writer wait 10 s between rounds (its most) until the
+    /// guard drops, which restores it — also when the test fails. A commit with
+    /// `synchronous_commit = off` then stays in the WAL buffers, unwritten and unsent
+    /// to the replica, until a later synchronous commit or the writer writes it.
+    pub fn wal_writer_waits(&self) -> WalWriterWaits<'_> {
+        self.psql(
+            &self.primary,
+            &[
+                "ALTER SYSTEM SET wal_writer_delay = '10s'",
+                "SELECT pg_reload_conf()",
+            ],
+        );
+        WalWriterWaits { cluster: self }
+    }
+
+    /// The primary's URL for a login role of its own (superuser, created if absent)
+    /// whose sessions run with `setting` (e.g. `"synchronous_commit = off"`).
+    pub fn primary_as(&self, role: &str, setting: &str) -> String {
+        let create = format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') \
+             THEN CREATE ROLE {role} SUPERUSER LOGIN; END IF; END $$"
+        );
+        let set = format!("ALTER ROLE {role} SET {setting}");
+        self.psql(&self.primary, &[&create, &set]);
+        self.primary.replacen("://postgres@", &format!("://{role}@"), 1)
+    }
+
     /// Settings of a node over this cluster with `extra` TOML (collections of the
     /// test, flags) layered on top, and the tables of its collections migrated.
     pub async fn settings(&self, extra: &str) -> Settings {
@@ -232,6 +259,25 @@ impl Drop for CommitsWait<'_> {
                 "ALTER SYSTEM RESET synchronous_standby_names",
                 "SELECT pg_reload_conf()",
             ],
+        );
+    }
+}
+
+/// The WAL writer waiting 10 s; dropping it restores its delay.
+#[allow(dead_code)]
+pub struct WalWriterWaits<'a> {
+    cluster: &'a Cluster,
+}
+
+impl Drop for WalWriterWaits<'_> {
+    fn drop(&mut self) {
+        let c = self.cluster;
+        if !c.primary_runs() {
+            c.start_primary();
+        }
+        c.psql(
+            &c.primary,
+            &["ALTER SYSTEM RESET wal_writer_delay", "SELECT pg_reload_conf()"],
         );
     }
 }

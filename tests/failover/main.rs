@@ -606,3 +606,75 @@ async fn with_the_primary_down_a_projection_without_strict_fields_is_served_and_
         "no strict read succeeded while the primary was down"
     );
 }
+
+/// A commit made with `synchronous_commit = off` returns before its WAL is written;
+/// the position a write is answered with must still lie past its commit record, or a
+/// replica that reached it would show the item without the write. The session's
+/// token holds one item mark, so the write's mark is compacted into a floor at its
+/// position and only that position stands between the session and the replica's
+/// older copy on another node.
+#[actix_web::test]
+async fn a_write_committed_without_waiting_for_its_wal_is_answered_with_a_position_past_its_commit() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = pg::cluster();
+    let mut settings = pg
+        .settings(&format!(
+            "{}\n[session]\nmax_token_items = 1\n",
+            pg::collection("async_commit")
+        ))
+        .await;
+    let item = format!("/v1/async_commit/{}", unique("a"));
+    let other = format!("/v1/async_commit/{}", unique("b"));
+    // Version 1 is committed synchronously and replayed everywhere first.
+    let sync_node = spawn_with(&settings);
+    assert_eq!(
+        Client::new().put(&sync_node, &item, json!({"n": 1})).await.status,
+        201
+    );
+    sync_node.stop().await;
+    let id = |path: &str| path.rsplit('/').next().unwrap().to_owned();
+    let replayed = eventually(Duration::from_secs(10), || async {
+        pg.replica_version("async_commit", &id(&item)) == 1
+    })
+    .await;
+    assert!(replayed, "the replica shows version 1");
+
+    if let edgecache_config::OriginSettings::Postgres(origin) = &mut settings.origin {
+        origin.primary = pg
+            .primary_as("edgecache_async", "synchronous_commit = off")
+            .into();
+        // Only the token decides what B may serve.
+        origin.change_feed = edgecache_config::ChangeFeed::Off;
+    }
+    let _writer_waits = pg.wal_writer_waits();
+    let a = spawn_with(&settings);
+    let b = spawn_with(&settings);
+    let in_rotation = eventually(Duration::from_secs(5), || async {
+        // Items B has not read yet (absent ones): each read goes to the origin.
+        let absent = format!("/v1/async_commit/{}", unique("absent"));
+        Client::new().get(&b, &absent).await;
+        b.node.metrics().reads_from(Tier::Replica) > 0
+    })
+    .await;
+    assert!(in_rotation, "B reads from the replica");
+    let mut user = Client::new();
+    let wrote = user.put(&a, &item, json!({"n": 2})).await;
+    assert_eq!(wrote.status, 200, "{}", wrote.body);
+    assert_eq!(wrote.version(), 2);
+    // A second item: the first one's mark gives way to a floor at its position.
+    assert_eq!(user.put(&a, &other, json!({"n": 1})).await.status, 201);
+
+    // B has no copy: it reads from the replica once that reached the floor (within
+    // replica_wait, 1 s), else from the primary.
+    let read = user.get(&b, &item).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(
+        read.body["n"],
+        2,
+        "the session reads its own write ({}; the replica has version {})",
+        read.cache_status(),
+        pg.replica_version("async_commit", &id(&item))
+    );
+    a.stop().await;
+    b.stop().await;
+}

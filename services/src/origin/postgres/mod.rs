@@ -1,8 +1,11 @@
 //! The PostgreSQL origin: writes and strict reads on the primary, other reads on the
 //! region's hot-standby replicas, gated by the session's position (a WAL LSN).
 //!
-//! * A write's position is `pg_current_wal_lsn()` read after its commit returned: at
-//!   or after the commit record, so any server that replayed it shows the write.
+//! * A write's position is read after its commit returned, at or after the commit
+//!   record, so any server that replayed it shows the write: `pg_current_wal_lsn()`
+//!   (what is written out) — or, in a session with `synchronous_commit = off`, whose
+//!   commits return before their record is written, `pg_current_wal_insert_lsn()`
+//!   ([`COMMITTED_LSN`]).
 //! * A read's position is the server's LSN read *before* the row, in an earlier
 //!   statement (`pg_current_wal_lsn()` on the primary, `pg_last_wal_replay_lsn()` on
 //!   a replica): the row's snapshot is taken later, so it reflects at least that
@@ -360,6 +363,14 @@ async fn read_at(
 }
 
 const PRIMARY_LSN: &str = "SELECT pg_current_wal_lsn()";
+/// The position of a commit that returned in this session: past its commit record.
+/// A synchronous commit (`local` and up) returns once its record is written, so what
+/// is written out is past it. An asynchronous one (`synchronous_commit = off`)
+/// returns before, and then only the insert position is: it may name the first data
+/// byte of a page where a replica reports the page's start, and then no replica
+/// reaches it before the next record — an extra primary read, never a stale one.
+const COMMITTED_LSN: &str = "SELECT CASE WHEN current_setting('synchronous_commit') = 'off' \
+     THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_lsn() END";
 const REPLAY_LSN: &str = "SELECT pg_last_wal_replay_lsn()";
 
 fn doc(position: Position, stored: Stored) -> Doc {
@@ -676,8 +687,13 @@ impl Origin for PostgresOrigin {
 
 /// The primary's current WAL position.
 async fn primary_lsn(client: &deadpool_postgres::Client) -> Result<Position, OriginError> {
+    position(client, PRIMARY_LSN).await
+}
+
+/// A position the primary reports with `sql` ([`PRIMARY_LSN`], [`COMMITTED_LSN`]).
+async fn position(client: &deadpool_postgres::Client, sql: &str) -> Result<Position, OriginError> {
     let statement = client
-        .prepare_cached(PRIMARY_LSN)
+        .prepare_cached(sql)
         .await
         .map_err(|e| pg_error("reading the primary's position", e))?;
     let row = client

@@ -35,7 +35,7 @@ use tokio_postgres::Row;
 
 use super::idempotency::{self, Applied, Record};
 use super::table::{Stored, TableDef};
-use super::{lsn, pg_error, pool_error, primary_lsn, table, Inner, PRIMARY_LSN};
+use super::{lsn, pg_error, pool_error, position, table, Inner, COMMITTED_LSN};
 use crate::origin::write_op::increment_within;
 use crate::origin::{Committed, OriginError, WriteError, WriteOp, WriteOpKind};
 
@@ -190,7 +190,7 @@ async fn alone(
 ) -> Result<(Applied, Position), WriteError> {
     let prepared = futures_util::try_join!(
         client.prepare_cached(statement.sql),
-        client.prepare_cached(PRIMARY_LSN)
+        client.prepare_cached(COMMITTED_LSN)
     );
     let (prepared, position_sql) = prepared.map_err(|e| pg_error("write failed", e))?;
     let params = statement.params();
@@ -276,7 +276,7 @@ async fn settle(inner: &Inner, read: Result<Row, tokio_postgres::Error>) -> Posi
         Err(e) => e,
     };
     let second = match inner.primary.get().await {
-        Ok(other) => primary_lsn(&other).await,
+        Ok(other) => position(&other, COMMITTED_LSN).await,
         Err(e) => Err(pool_error(e)),
     };
     second.unwrap_or_else(|e| {
@@ -446,7 +446,7 @@ async fn transaction(
 ) -> Result<(Applied, bool, Position), WriteError> {
     let c = tx.client();
     let failed = |e| pg_error("write failed", e);
-    let position_sql = c.prepare_cached(PRIMARY_LSN).await.map_err(failed)?;
+    let position_sql = c.prepare_cached(COMMITTED_LSN).await.map_err(failed)?;
     let statement = match &op.idempotency {
         Some(key) => {
             // Round trip 1: BEGIN with the wait for a key in flight — it bounds the
