@@ -64,6 +64,8 @@ KEYS=${WB_KEYS:-10000}
 read -r -a MODES <<<"${WB_MODES:-patch put incr}"
 OUT=${WB_OUT:-$ROOT/target/write-bench}
 PIN=${WB_PIN:-0}
+REPLAY=${WB_REPLAY:-exact}
+read -r -a ALSO <<<"${WB_ALSO:-one-txn}"
 T_START=$SECONDS
 
 log() { printf '[write-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -73,6 +75,10 @@ die() { log "FAILED: $*"; exit 1; }
 command -v python3 >/dev/null || die "python3 is needed"
 for mode in "${MODES[@]}"; do
     case "$mode" in patch | put | incr) ;; *) die "WB_MODES: unknown mode $mode" ;; esac
+done
+case "$REPLAY" in exact | pipeline) ;; *) die "WB_REPLAY: exact or pipeline, not $REPLAY" ;; esac
+for v in "${ALSO[@]}"; do
+    case "$v" in pipeline | one-txn | exact) ;; *) die "WB_ALSO: unknown replay $v" ;; esac
 done
 # What runs the node and the clients: on core 1 when pinned, PostgreSQL on core 0.
 ON_CLIENT_CORE=()
@@ -210,10 +216,10 @@ tail -c +$((offset + 1)) "$PRIMARY_LOG" >"$WORK/statements/log.txt"
 # Makes, per mode, the pgbench script of the logged write of its product: the
 # statements of that backend from the first that names the product (with the BEGIN or
 # START TRANSACTION just before it) to the position read that ends the write.
-python3 - "$WORK/statements" "$KEYS" "${CAPTURE_IDS[@]}" <<'EOF'
+python3 - "$WORK/statements" "$KEYS" "$REPLAY" "${CAPTURE_IDS[@]}" <<'EOF'
 import re, sys
 
-out, keys, captures = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, keys, replay, captures = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 line_re = re.compile(r"^\S+ \S+ \S+ \[(\d+)\] (LOG|DETAIL):  (.*)$")
 entries = []  # (pid, sql, params or None)
 for line in open(f"{out}/log.txt", encoding="utf-8", errors="replace"):
@@ -231,7 +237,10 @@ for line in open(f"{out}/log.txt", encoding="utf-8", errors="replace"):
             params[int(p.group(1))] = p.group(2)
         entries[-1][2] = params
 
-LSN = "SELECT pg_current_wal_lsn()"
+def is_position(sql):
+    # The position read that ends a write (pg_current_wal_lsn(), or the insert
+    # position in a session with synchronous_commit = off).
+    return sql.startswith("SELECT") and "pg_current_wal_lsn()" in sql
 
 
 def names(params, id_):
@@ -245,7 +254,7 @@ def statements(id_):
             write = []
             for e in own:
                 write.append(e)
-                if e[1] == LSN:
+                if is_position(e[1]):
                     break
             before = [e for e in entries[:i] if e[0] == pid]
             if before and before[-1][1].upper().startswith(("BEGIN", "START TRANSACTION")):
@@ -299,16 +308,28 @@ for capture in captures:
     sqls = [bench_sql(sql, params, id_) for _, sql, params in write]
     # What the node pipelines: a write committed on its own with the position read
     # behind it (one round trip).
-    pipelined = len(sqls) == 2 and sqls[1] == LSN and not sqls[0].upper().startswith(("BEGIN", "START"))
-    for variant, body in (("", sqls), ("-nonotify", [strip_notify(s) for s in sqls])):
-        lines = [f"\\set id random(1, {keys})"]
-        if pipelined:
-            lines.append("\\startpipeline")
-        lines += [s + ";" for s in body if s is not None]
-        if pipelined:
-            lines.append("\\endpipeline")
+    pipelined = len(sqls) == 2 and is_position(sqls[1]) and not sqls[0].upper().startswith(("BEGIN", "START"))
+
+    def script(body, form="exact"):
+        body = [s + ";" for s in body if s is not None]
+        if pipelined and form == "pipeline":
+            # The node's two transactions under one Sync: COMMIT executed in a
+            # pipeline commits at once, the position read runs after it.
+            body = ["\\startpipeline", "BEGIN;", body[0], "COMMIT;", *body[1:], "\\endpipeline"]
+        elif pipelined and form == "one-txn":
+            # Both statements in one implicit transaction: the position read runs
+            # before the commit (less work, and a position the node could not use).
+            body = ["\\startpipeline", *body, "\\endpipeline"]
+        return f"\\set id random(1, {keys})\n" + "\n".join(body) + "\n"
+
+    variants = {"": script(sqls, replay), "-nonotify": script([strip_notify(s) for s in sqls], replay)}
+    if pipelined:
+        variants["-exact"] = script(sqls, "exact")
+        variants["-pipeline"] = script(sqls, "pipeline")
+        variants["-one-txn"] = script(sqls, "one-txn")
+    for variant, text in variants.items():
         with open(f"{out}/{mode}{variant}.sql", "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write(text)
     print(f"{mode}: {len(write)} statements{' (pipelined)' if pipelined else ''}", file=sys.stderr)
 EOF
 
@@ -411,12 +432,16 @@ for round in $(seq "$ROUNDS"); do
     for mode in "${order[@]}"; do
         whats=(edgecache pgbench)
         grep -q pg_notify "$WORK/statements/$mode.sql" && whats+=(no-notify)
+        for v in "${ALSO[@]}"; do
+            [ "$v" != "$REPLAY" ] && [ -f "$WORK/statements/$mode-$v.sql" ] && whats+=("$v")
+        done
         for what in "${whats[@]}"; do
             window_start
             case "$what" in
                 edgecache) r=$(run_edge "$mode") ;;
                 pgbench) r=$(run_pgbench "$WORK/statements/$mode.sql" "$WORK/pgbench/$round-$mode") ;;
                 no-notify) r=$(run_pgbench "$WORK/statements/$mode-nonotify.sql" "$WORK/pgbench/$round-$mode-nn") ;;
+                *) r=$(run_pgbench "$WORK/statements/$mode-$what.sql" "$WORK/pgbench/$round-$mode-$what") ;;
             esac
             window_end
             [ -n "$r" ] || die "no result from $what $mode"
@@ -484,8 +509,8 @@ for mode, _ in rows:
         modes.append(mode)
 label = {"patch": "PATCH (merge patch of `description`)", "put": "PUT (whole document)", "incr": "increment"}
 lines = [
-    "| write | edgecache writes/s | pgbench, same statements | ÷ pgbench | pgbench without pg_notify | pg_notify's share | p50 / p99 edgecache | p50 / p99 pgbench | p99 ÷ pgbench | CPU per write: node / PG (edgecache) / PG (pgbench) / loadgen / pgbench | errors | worst foreign CPU |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| write | edgecache writes/s | pgbench, same statements | ÷ pgbench | pgbench without pg_notify | pg_notify's share | p50 / p99 edgecache | p50 / p99 pgbench | p99 ÷ pgbench | CPU per write: node / PG (edgecache) / PG (pgbench) / loadgen / pgbench | errors | worst foreign CPU | other replays by pgbench: writes/s (edgecache ÷ it, PG CPU per write) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for mode in modes:
     rounds = [v for (m, _), v in sorted(rows.items()) if m == mode and {"edgecache", "pgbench"} <= v.keys()]
@@ -497,6 +522,11 @@ for mode in modes:
     p99r = med([r["edgecache"]["p99"] / max(1, r["pgbench"]["p99"]) for r in rounds])
     notify = all("no-notify" in r for r in rounds)
     share = med([1 - r["pgbench"]["wps"] / r["no-notify"]["wps"] for r in rounds]) if notify else None
+    others = sorted({w for r in rounds for w in r} - {"edgecache", "pgbench", "no-notify"})
+    others = [w for w in others if all(w in r for r in rounds)]
+    also = "; ".join(
+        f"{w}: {e('wps', w):,.0f} ({med([r['edgecache']['wps'] / r[w]['wps'] for r in rounds]):.2f}×, "
+        f"PG {med([cpu(r, w, 'pg') for r in rounds]):.0f} µs)" for w in others) or "—"
     lines.append(
         f"| {label.get(mode, mode)} | {e('wps'):,.0f} | {e('wps', 'pgbench'):,.0f} | **{ratio:.2f}** "
         + (f"| {e('wps', 'no-notify'):,.0f} | {100 * share:.0f} % " if notify else "| — (none sent) | — ")
@@ -506,7 +536,7 @@ for mode in modes:
         f"/ {med([cpu(r, 'pgbench', 'pg') for r in rounds]):.0f} / {med([cpu(r, 'edgecache', 'client') for r in rounds]):.0f} "
         f"/ {med([cpu(r, 'pgbench', 'client') for r in rounds]):.0f} µs "
         f"| {sum(r[w]['errors'] for r in rounds for w in r)} "
-        f"| {max(r[w]['foreign'] for r in rounds for w in r):.0f} % |"
+        f"| {max(r[w]['foreign'] for r in rounds for w in r):.0f} % | {also} |"
     )
 text = open(meta).read() + "\n" + "\n".join(lines) + "\n\nMedians over rounds; ratios per round, then their median. Per round:\n\n"
 text += "| round | write | edgecache | pgbench | no pg_notify | foreign CPU % (e / p / n) |\n|---|---|---|---|---|---|\n"
