@@ -40,7 +40,7 @@
 # target/session-bench/results.jsonl; server logs in target/session-bench/logs/.
 # Knobs (environment): SB_DURATION SB_ROUNDS SB_WARM SB_DOCS SB_SESSIONS SB_CONNS
 # SB_WRITE_PCT SB_ZIPF SB_TTL SB_THREADS (client threads, 2) SB_PG_SYNC (the primary's
-# synchronous_commit, off) SB_SYSTEMS ("edgecache
+# synchronous_commit, off) SB_NODE_BIN (the edgecache node's binary, for a before/after) SB_SYSTEMS ("edgecache
 # nginx-ttl stick read-through") SB_OUT PERF_SKIP_BUILD=1 PERF_QUIET_WAIT PERF_QUIET_MAX.
 
 set -euo pipefail
@@ -99,6 +99,13 @@ CACHE_DIR=$(mktemp -d /dev/shm/edgecache-sb.XXXXXX)
 mkdir -p "$WORK/logs" "$WORK/nginx" "$WORK/bin" "$OUT"
 cp "$ROOT/target/release/edgecache" "$WORK/bin/"
 EDGE=$WORK/bin/edgecache
+# SB_NODE_BIN: another build for the edgecache system only (a before/after); the
+# origin of the others and the load generator stay target/release/edgecache.
+NODE_EDGE=$EDGE
+if [ -n "${SB_NODE_BIN:-}" ]; then
+    cp "$SB_NODE_BIN" "$WORK/bin/node" || die "SB_NODE_BIN: cannot copy $SB_NODE_BIN"
+    NODE_EDGE=$WORK/bin/node
+fi
 PIDS=()
 PG_STARTED=0
 trap 'cleanup_all' EXIT
@@ -146,7 +153,7 @@ done
 [ "$n" = "$DOCS" ] || die "the replica holds $n of $DOCS documents"
 
 log "edgecache (:$P_EDGE) on the primary and the replica; the origin (:$P_ORIGIN) on the primary (database origin)"
-start_edge edgecache "$P_EDGE" "$WORK/edge.toml"
+EDGE=$NODE_EDGE start_edge edgecache "$P_EDGE" "$WORK/edge.toml"
 start_edge origin "$P_ORIGIN" "$WORK/origin.toml"
 
 log "nginx: the TTL cache (:$P_TTL) and the sticky one (:$P_STICK)"
