@@ -25,8 +25,10 @@
 # src/sessionbench/mod.rs): SB_SESSIONS (1,000) sessions over SB_CONNS (64) keep-alive
 # connections, SB_WRITE_PCT (5) % merge patches of `description` and the rest reads,
 # documents picked by Zipf (θ SB_ZIPF, 0.99), for SB_DURATION (10) s per run, after a
-# SB_WARM (5) s warm-up of each system. SB_ROUNDS (3) rounds, interleaved, the order
-# rotating per round; new sessions every run.
+# SB_WARM (5) s warm-up of each system, and SB_RUN_WARM (3) s of it again right before
+# each of its runs (0: none), so that no system is measured with a cache left idle
+# while the others ran. SB_ROUNDS (3) rounds, interleaved, the order rotating per
+# round; new sessions every run.
 #
 # Per run: requests/s, p50/p99 latency, hit ratio (nginx's $upstream_cache_status,
 # edgecache's Cache-Status), stale own reads and regressions the sessions saw (from
@@ -38,7 +40,7 @@
 #
 # Output: the table on stdout and in target/session-bench/report.md; raw lines in
 # target/session-bench/results.jsonl; server logs in target/session-bench/logs/.
-# Knobs (environment): SB_DURATION SB_ROUNDS SB_WARM SB_DOCS SB_SESSIONS SB_CONNS
+# Knobs (environment): SB_DURATION SB_ROUNDS SB_WARM SB_RUN_WARM SB_DOCS SB_SESSIONS SB_CONNS
 # SB_WRITE_PCT SB_ZIPF SB_TTL SB_THREADS (client threads, 2) SB_PG_SYNC (the primary's
 # synchronous_commit, off) SB_NODE_BIN (the edgecache node's binary, for a before/after) SB_SYSTEMS ("edgecache
 # nginx-ttl stick read-through") SB_OUT PERF_SKIP_BUILD=1 PERF_QUIET_WAIT PERF_QUIET_MAX.
@@ -51,6 +53,7 @@ cd "$ROOT"
 DURATION=${SB_DURATION:-10}
 ROUNDS=${SB_ROUNDS:-3}
 WARM=${SB_WARM:-5}
+RUN_WARM=${SB_RUN_WARM:-3}
 DOCS=${SB_DOCS:-100000}
 SESSIONS=${SB_SESSIONS:-1000}
 CONNS=${SB_CONNS:-64}
@@ -215,6 +218,12 @@ for round in $(seq "$ROUNDS"); do
     for i in "${!SYSTEMS[@]}"; do order+=("${SYSTEMS[$(((i + round - 1) % ${#SYSTEMS[@]}))]}"); done
     for system in "${order[@]}"; do
         wait_quiet
+        # A warm-up of its own right before the run: otherwise a system is measured
+        # with a cache that sat idle while the others ran (up to 40 s of a 60 s TTL),
+        # and which system that is depends on the round's order.
+        if [ "$RUN_WARM" != 0 ]; then
+            run_bench "$system" "$RUN_WARM" >/dev/null || die "warm-up of $system"
+        fi
         read -r s0 r0 <<<"$(statements)"
         t0=$EPOCHREALTIME
         window_start
@@ -251,7 +260,7 @@ curl -sf "${URL[read-through]}/metrics" -o "$WORK/logs/metrics-origin.txt" || tr
 {
     echo "Machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $(uname -sr); client, servers and PostgreSQL share the cores."
     echo "Run: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' + uncommitted changes'); total $((SECONDS - T_START)) s."
-    echo "Command: \`bash scripts/session-bench.sh\` (SB_DURATION=$DURATION SB_ROUNDS=$ROUNDS SB_DOCS=$DOCS SB_SESSIONS=$SESSIONS SB_CONNS=$CONNS SB_WRITE_PCT=$WRITE_PCT SB_ZIPF=$ZIPF SB_TTL=$TTL)."
+    echo "Command: \`bash scripts/session-bench.sh\` (SB_DURATION=$DURATION SB_ROUNDS=$ROUNDS SB_RUN_WARM=$RUN_WARM SB_DOCS=$DOCS SB_SESSIONS=$SESSIONS SB_CONNS=$CONNS SB_WRITE_PCT=$WRITE_PCT SB_ZIPF=$ZIPF SB_TTL=$TTL)."
     echo "Workload: $SESSIONS sessions over $CONNS connections, $WRITE_PCT % merge patches, Zipf θ $ZIPF over $DOCS documents, ${DURATION} s per run, $ROUNDS interleaved rounds. PostgreSQL 15 primary (synchronous_commit $PG_SYNC) + replica 300 ms behind. $(nginx -v 2>&1). Background: $BACKGROUND primary statements/s with every system idle, subtracted."
 } >"$WORK/meta.md"
 python3 "$ROOT/scripts/session-bench/report.py" "$RESULTS" "$OUT/report.md" --meta "$WORK/meta.md"
