@@ -17,8 +17,17 @@
 #               taken from the primary's statement log (log_statement = all) while
 #               the node writes once of each kind: same SQL, a random id in place of
 #               the one logged, the other parameters as logged; prepared statements
-#               (-M prepared), WB_CLIENTS clients; statements the node pipelines (the
-#               write and the position read) inside \startpipeline … \endpipeline
+#               (-M prepared), WB_CLIENTS clients; in the node's transactions: the
+#               write committed on its own, then the position read after the commit
+#               (pgbench on PostgreSQL 15 cannot pipeline two Syncs, so it waits for
+#               the write's answer first; WB_REPLAY=pipeline makes this column the
+#               one-Sync form below instead)
+#   pipeline    (WB_ALSO) the node's transactions under one Sync: \startpipeline
+#               BEGIN; write; COMMIT; position read \endpipeline (COMMIT in a pipeline
+#               commits at once) — pgbench's best replay of what the node does
+#   one-txn     (WB_ALSO) the write and the position read under one Sync in one
+#               transaction, the position read before the commit: less work than the
+#               node does, and a position it could not use — a bound, not a replay
 #   no-notify   the same pgbench script without pg_notify (its share of the work);
 #               only with WB_FEED=notify: the default logical feed sends none
 #
@@ -37,7 +46,8 @@
 # build for a before/after; default target/release/edgecache, which always runs the
 # load) WB_FEED (the node's origin.change_feed: logical, the default, adds nothing to
 # the write's statement; notify puts pg_notify in it, as before issue 17)
-# WB_SKIP_BUILD=1 (use the built binary) WB_OUT (target/write-bench) WB_PROFILE=1
+# WB_REPLAY (exact: the pgbench column's form; or pipeline) WB_ALSO ("pipeline one-txn":
+# the other replays to run beside it) WB_SKIP_BUILD=1 (use the built binary) WB_OUT (target/write-bench) WB_PROFILE=1
 # (then a profile of the node, below) WB_PIN=1 (the pinned mode, below).
 #
 # Pinned mode (WB_PIN=1): PostgreSQL — primary and replica, every process — on core 0;
@@ -65,7 +75,7 @@ read -r -a MODES <<<"${WB_MODES:-patch put incr}"
 OUT=${WB_OUT:-$ROOT/target/write-bench}
 PIN=${WB_PIN:-0}
 REPLAY=${WB_REPLAY:-exact}
-read -r -a ALSO <<<"${WB_ALSO:-one-txn}"
+read -r -a ALSO <<<"${WB_ALSO:-pipeline one-txn}"
 T_START=$SECONDS
 
 log() { printf '[write-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -484,7 +494,7 @@ fi
     fi
     echo "Machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $(uname -sr); $where."
     echo "Run: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' + uncommitted changes'); node binary $(sha256sum "$NODE" | cut -c1-12)${WB_NODE_BIN:+ ($WB_NODE_BIN)}."
-    echo "Command: \`bash scripts/write-bench.sh\` (WB_SECS=$SECS WB_ROUNDS=$ROUNDS WB_CLIENTS=$CLIENTS WB_KEYS=$KEYS${WB_POOL:+ WB_POOL=$WB_POOL}${WB_FEED:+ WB_FEED=$WB_FEED}$([ "$PIN" = 1 ] && echo " WB_PIN=1")); PostgreSQL $("$EDGECACHE_TEST_PG_BIN/postgres" --version | awk '{print $3}'), fsync off, a streaming replica 300 ms behind."
+    echo "Command: \`bash scripts/write-bench.sh\` (WB_SECS=$SECS WB_ROUNDS=$ROUNDS WB_CLIENTS=$CLIENTS WB_KEYS=$KEYS${WB_POOL:+ WB_POOL=$WB_POOL}${WB_FEED:+ WB_FEED=$WB_FEED}$([ "$PIN" = 1 ] && echo " WB_PIN=1") WB_REPLAY=$REPLAY WB_ALSO=\"${ALSO[*]}\"); PostgreSQL $("$EDGECACHE_TEST_PG_BIN/postgres" --version | awk '{print $3}'), fsync off, a streaming replica 300 ms behind."
     echo "Total time of the run: $((SECONDS - T_START)) s."
 } >"$WORK/meta.md"
 python3 - "$RESULTS" "$OUT/report.md" "$WORK/meta.md" <<'EOF'
