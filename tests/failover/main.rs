@@ -612,7 +612,8 @@ async fn with_the_primary_down_a_projection_without_strict_fields_is_served_and_
 /// replica that reached it would show the item without the write. The session's
 /// token holds one item mark, so the write's mark is compacted into a floor at its
 /// position and only that position stands between the session and the replica's
-/// older copy on another node.
+/// older copy on another node. Both write paths: a write committed on its own, and
+/// a keyed one (its transaction records the key).
 #[actix_web::test]
 async fn a_write_committed_without_waiting_for_its_wal_is_answered_with_a_position_past_its_commit() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -623,18 +624,21 @@ async fn a_write_committed_without_waiting_for_its_wal_is_answered_with_a_positi
             pg::collection("async_commit")
         ))
         .await;
-    let item = format!("/v1/async_commit/{}", unique("a"));
-    let other = format!("/v1/async_commit/{}", unique("b"));
+    let items = [false, true].map(|keyed| (keyed, format!("/v1/async_commit/{}", unique("a"))));
     // Version 1 is committed synchronously and replayed everywhere first.
     let sync_node = spawn_with(&settings);
-    assert_eq!(
-        Client::new().put(&sync_node, &item, json!({"n": 1})).await.status,
-        201
-    );
+    for (_, item) in &items {
+        assert_eq!(
+            Client::new().put(&sync_node, item, json!({"n": 1})).await.status,
+            201
+        );
+    }
     sync_node.stop().await;
     let id = |path: &str| path.rsplit('/').next().unwrap().to_owned();
     let replayed = eventually(Duration::from_secs(10), || async {
-        pg.replica_version("async_commit", &id(&item)) == 1
+        items
+            .iter()
+            .all(|(_, item)| pg.replica_version("async_commit", &id(item)) == 1)
     })
     .await;
     assert!(replayed, "the replica shows version 1");
@@ -657,24 +661,37 @@ async fn a_write_committed_without_waiting_for_its_wal_is_answered_with_a_positi
     })
     .await;
     assert!(in_rotation, "B reads from the replica");
-    let mut user = Client::new();
-    let wrote = user.put(&a, &item, json!({"n": 2})).await;
-    assert_eq!(wrote.status, 200, "{}", wrote.body);
-    assert_eq!(wrote.version(), 2);
-    // A second item: the first one's mark gives way to a floor at its position.
-    assert_eq!(user.put(&a, &other, json!({"n": 1})).await.status, 201);
+    for (keyed, item) in &items {
+        let mut user = Client::new();
+        let key = unique("key");
+        let headers: &[(&str, &str)] = if *keyed { &[("idempotency-key", &key)] } else { &[] };
+        let body = Some(("application/json", json!({"n": 2})));
+        let wrote = user
+            .send_with(a.request(reqwest::Method::PUT, item), body, headers)
+            .await;
+        assert_eq!(wrote.status, 200, "{}", wrote.body);
+        assert_eq!(wrote.version(), 2);
+        // A second item: the first one's mark gives way to a floor at its position.
+        let other = format!("/v1/async_commit/{}", unique("b"));
+        assert_eq!(user.put(&a, &other, json!({"n": 1})).await.status, 201);
+        // A synchronous commit now flushes what the asynchronous ones left in the WAL
+        // buffers: the replica receives all of it, commit records included, and
+        // applies each commit 300 ms late — so it soon stands past an understated
+        // position while the write is not yet visible there.
+        pg.psql(&pg.primary, &["SELECT txid_current()"]);
 
-    // B has no copy: it reads from the replica once that reached the floor (within
-    // replica_wait, 1 s), else from the primary.
-    let read = user.get(&b, &item).await;
-    assert_eq!(read.status, 200, "{}", read.body);
-    assert_eq!(
-        read.body["n"],
-        2,
-        "the session reads its own write ({}; the replica has version {})",
-        read.cache_status(),
-        pg.replica_version("async_commit", &id(&item))
-    );
+        // B has no copy: it reads from the replica once that reached the floor
+        // (within replica_wait, 1 s), else from the primary.
+        let read = user.get(&b, item).await;
+        assert_eq!(read.status, 200, "{}", read.body);
+        assert_eq!(
+            read.body["n"],
+            2,
+            "keyed {keyed}: the session reads its own write ({}; the replica has version {})",
+            read.cache_status(),
+            pg.replica_version("async_commit", &id(item))
+        );
+    }
     a.stop().await;
     b.stop().await;
 }
