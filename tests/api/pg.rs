@@ -162,33 +162,25 @@ impl Cluster {
 
     /// Makes every commit on the primary wait for a synchronous standby that never
     /// answers (`synchronous_standby_names` naming no server) until the guard drops,
-    /// which restores asynchronous commits — also when the test fails, and also if
-    /// the primary is down then: it is started first, so the tests after it do not
-    /// find every commit hanging.
-    pub fn commits_wait_for_nobody(&self) -> CommitsWait<'_> {
-        self.psql(
-            &self.primary,
-            &[
-                "ALTER SYSTEM SET synchronous_standby_names = 'edgecache_nobody'",
-                "SELECT pg_reload_conf()",
-            ],
-        );
-        CommitsWait { cluster: self }
+    /// which restores asynchronous commits.
+    pub fn commits_wait_for_nobody(&self) -> PrimarySetting<'_> {
+        self.set_on_primary("synchronous_standby_names", "'edgecache_nobody'")
     }
 
     /// Makes the primary's WAL writer wait 10 s between rounds (its most) until the
-    /// guard drops, which restores it — also when the test fails. A commit with
-    /// `synchronous_commit = off` then stays in the WAL buffers, unwritten and unsent
-    /// to the replica, until a later synchronous commit or the writer writes it.
-    pub fn wal_writer_waits(&self) -> WalWriterWaits<'_> {
-        self.psql(
-            &self.primary,
-            &[
-                "ALTER SYSTEM SET wal_writer_delay = '10s'",
-                "SELECT pg_reload_conf()",
-            ],
-        );
-        WalWriterWaits { cluster: self }
+    /// guard drops. A commit with `synchronous_commit = off` then stays in the WAL
+    /// buffers, unwritten and unsent to the replica, until a later synchronous commit
+    /// or a full page makes the writer write it.
+    pub fn wal_writer_waits(&self) -> PrimarySetting<'_> {
+        self.set_on_primary("wal_writer_delay", "'10s'")
+    }
+
+    /// Sets `name` to `value` on the primary (`ALTER SYSTEM`, then a reload) until the
+    /// guard drops.
+    fn set_on_primary(&self, name: &'static str, value: &str) -> PrimarySetting<'_> {
+        let set = format!("ALTER SYSTEM SET {name} = {value}");
+        self.psql(&self.primary, &[&set, "SELECT pg_reload_conf()"]);
+        PrimarySetting { cluster: self, name }
     }
 
     /// The primary's URL for a login role of its own (superuser, created if absent)
@@ -241,44 +233,23 @@ impl Drop for PrimaryDown<'_> {
     }
 }
 
-/// Commits waiting for a standby that never answers; dropping it restores them.
+/// A setting of the primary changed until the guard drops, which resets it — also
+/// when the test fails, and also if the primary is down then: it is started first,
+/// so the tests after it find the cluster as it was.
 #[allow(dead_code)]
-pub struct CommitsWait<'a> {
+pub struct PrimarySetting<'a> {
     cluster: &'a Cluster,
+    name: &'static str,
 }
 
-impl Drop for CommitsWait<'_> {
+impl Drop for PrimarySetting<'_> {
     fn drop(&mut self) {
         let c = self.cluster;
         if !c.primary_runs() {
             c.start_primary();
         }
-        c.psql(
-            &c.primary,
-            &[
-                "ALTER SYSTEM RESET synchronous_standby_names",
-                "SELECT pg_reload_conf()",
-            ],
-        );
-    }
-}
-
-/// The WAL writer waiting 10 s; dropping it restores its delay.
-#[allow(dead_code)]
-pub struct WalWriterWaits<'a> {
-    cluster: &'a Cluster,
-}
-
-impl Drop for WalWriterWaits<'_> {
-    fn drop(&mut self) {
-        let c = self.cluster;
-        if !c.primary_runs() {
-            c.start_primary();
-        }
-        c.psql(
-            &c.primary,
-            &["ALTER SYSTEM RESET wal_writer_delay", "SELECT pg_reload_conf()"],
-        );
+        let reset = format!("ALTER SYSTEM RESET {}", self.name);
+        c.psql(&c.primary, &[&reset, "SELECT pg_reload_conf()"]);
     }
 }
 
