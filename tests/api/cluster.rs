@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{
-    eventually, settings, spawn_with, Client, Reply, Store, TestApp, CLUSTER_SECRETS, LONG_TTL,
+    eventually, reserved_port, settings, spawn_with, Client, Reply, Store, TestApp, CLUSTER_SECRETS, LONG_TTL,
 };
 
 /// Three nodes that know each other, on ports chosen before they start.
@@ -33,15 +33,7 @@ fn group_with_secrets(
     timeout: &str,
     secrets: impl Fn(usize) -> String,
 ) -> Vec<TestApp> {
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
+    let ports: Vec<u16> = (0..3).map(|_| reserved_port()).collect();
     (0..3)
         .map(|i| {
             let peers: Vec<String> = (0..3)

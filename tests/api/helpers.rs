@@ -23,6 +23,32 @@ fn init_tracing() {
     });
 }
 
+/// A port for a server that must be named before it starts (a peer of a cluster, a
+/// load balancer's upstream): below the kernel's ephemeral range, so no test binding
+/// port 0 (and no outgoing connection) can take it between this choice and the bind,
+/// and never the same twice in this process. Checked free by a bind.
+pub fn reserved_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Linux's default ephemeral range starts at 32768; read the machine's.
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16;
+    let span = ephemeral.saturating_sub(low).max(1);
+    // Processes of other test binaries start elsewhere in the span.
+    let start = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + (start.wrapping_add(n) % span);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {ephemeral}");
+}
+
 /// A store shared by the nodes of one test.
 pub struct Store {
     _dir: tempfile::TempDir,

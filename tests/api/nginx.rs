@@ -45,11 +45,7 @@ fn binary() -> PathBuf {
 /// `deploy/nginx.conf` in front of `nodes`.
 pub fn start(nodes: &[&TestApp]) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::reserved_port();
     let servers: String = nodes
         .iter()
         .map(|n| {

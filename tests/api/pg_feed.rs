@@ -374,11 +374,7 @@ async fn a_node_killed_and_restarted_leaves_no_replication_slot_behind() {
     let id = table.clone();
     pg.settings(&collection(&table)).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::reserved_port();
     let config = dir.path().join("node.toml");
     std::fs::write(
         &config,

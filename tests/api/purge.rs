@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    eventually, settings, spawn_with, unique, Client, Reply, Store, TestApp, CLUSTER_SECRETS,
+    eventually, reserved_port, settings, spawn_with, unique, Client, Reply, Store, TestApp, CLUSTER_SECRETS,
 };
 use crate::pg::cluster;
 
@@ -36,15 +36,7 @@ token = "{ADMIN_TOKEN}"
 
 /// Ports for `n` nodes, chosen before they start.
 fn ports(n: usize) -> Vec<u16> {
-    (0..n)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect()
+    (0..n).map(|_| reserved_port()).collect()
 }
 
 /// The `[node]` and `[cluster]` of node `i` of a group on `ports`; affinity off, so

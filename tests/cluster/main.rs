@@ -17,6 +17,9 @@
 //! Needs the cluster and nginx that scripts/test.sh starts and installs; runs as its
 //! own test binary (it restarts nothing shared, but loads the machine).
 
+#[path = "../api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
 #[path = "../api/pg.rs"]
 #[allow(dead_code)]
 mod pg;
@@ -93,14 +96,6 @@ impl Drop for PrimaryBack<'_> {
             pg_ctl("start");
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn nginx() -> PathBuf {
@@ -188,7 +183,7 @@ fn run(
         .rsplit_once('/')
         .map(|(base, _)| format!("{base}/{db}"))
         .unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| helpers::reserved_port()).collect();
     let configs: Vec<PathBuf> = (0..3)
         .map(|i| {
             let peers: String = (0..3)
@@ -242,7 +237,7 @@ fn run(
     };
     let mut nodes: Vec<Proc> = (0..3).map(start).collect();
 
-    let nginx_port = free_port();
+    let nginx_port = helpers::reserved_port();
     let servers: String = ports
         .iter()
         .map(|p| format!("        server 127.0.0.1:{p} max_fails=2 fail_timeout=2s;\n"))
