@@ -63,7 +63,8 @@
 #
 # Knobs (environment): PERF_DURATION (5) PERF_ROUNDS (3) PERF_WARM (2, seconds per
 # warm-up) PERF_CONNS ("32 64") PERF_THREADS (2) PERF_KEYS (10000) PERF_SESSIONS (1000)
-# PERF_WRITERS_PCT (10) PERF_MEM_SESSIONS (100000) PERF_PROFILE (1) PERF_EDGE_LOG
+# PERF_WRITERS_PCT (10) PERF_MEM_SESSIONS (100000) PERF_PROFILE (1) PERF_CALLGRAPH (0; 1: a
+# second profile with call stacks, the callers of memmove/memcmp in target/perf/callers.txt) PERF_EDGE_LOG
 # (EDGECACHE_LOG of the nodes; default: edgecache's default, info) PERF_QUIET_WAIT
 # (20) PERF_QUIET_MAX (15, % foreign CPU) PERF_OUT (target/perf) PERF_SKIP_BUILD=1
 # (use the binaries already built) PERF_CONFIGS ("nginx ceiling edge edge-pg"; a
@@ -353,6 +354,29 @@ if [ "$PROFILE" = 1 ] && want edge && command -v perf >/dev/null &&
         echo "## top symbols (self)"
         cut -c1-200 "$WORK/symbols.txt" | head -n 80 || true
     } >"$OUT/profile.txt"
+    if [ "${PERF_CALLGRAPH:-0}" = 1 ]; then
+        # Who calls the copies and the allocator: a second run with stacks (DWARF
+        # unwinding, sampled more sparsely; it costs the node more than the first).
+        log "profiling edge again with call graphs (PERF_CALLGRAPH=1)"
+        perf record -q -e cpu-clock -F 299 --call-graph dwarf,16384 -p "$PID_edge" -o "$WORK/perf-g.data" \
+            -- sleep "$DURATION" >>"$WORK/logs/perf-record.log" 2>&1 &
+        perf_pid=$!
+        run_wrk edge "$KEYS" 64 "$DURATION" >/dev/null
+        wait "$perf_pid" || true
+        {
+            # Each stack folded (callee first), cut to the copy and its nearest callers.
+            for sym in memmove memcpy memcmp malloc; do
+                echo "## $sym: share of the samples, by its nearest callers"
+                perf script -i "$WORK/perf-g.data" -F ip,sym 2>/dev/null | awk -v want="$sym" '
+                    function flush() { if (n > 0) { total++; if (stack[1] ~ want) { key = stack[2] " < " stack[3] " < " stack[4]; hits[key]++; all++ } } n = 0 }
+                    /^$/ { flush(); next }
+                    { sub(/^[ \t]*[0-9a-f]+ /, ""); sub(/ \(inlined\)$/, ""); sub(/\+0x[0-9a-f]+$/, ""); stack[++n] = substr($0, 1, 70) }
+                    END { flush(); printf "%.2f%% of all samples\n", 100 * all / (total ? total : 1)
+                          for (k in hits) printf "%6.2f%%  %s\n", 100 * hits[k] / total, k }' | sort -rn | head -n 12 || true
+            done
+        } >"$OUT/callers.txt"
+        log "callers in $OUT/callers.txt"
+    fi
     log "profile in $OUT/profile.txt"
 else
     log "perf cannot sample here (or PERF_PROFILE=0): no profile"
