@@ -38,7 +38,11 @@ pub use request::{SESSION_ID, SESSION_TOKEN, USER_ID};
 /// Mounts every route. Every resource is named by its full template, the `route`
 /// label of the HTTP metrics ([`route::ROUTES`]).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz", route::HEALTHZ, "GET").route(web::get().to(health::healthz)))
+    // The API first: the router tries routes in this order, and nearly every request
+    // is a `/v1` one (no other route starts with `/v1`). Behind eight others, matching
+    // their prefixes was 1 % of a cache hit (`PERF_CALLGRAPH=1 bash scripts/perf.sh`).
+    cfg.service(web::scope("/v1").default_service(actix_web::dev::fn_service(v1::serve)))
+        .service(resource("/healthz", route::HEALTHZ, "GET").route(web::get().to(health::healthz)))
         .service(resource("/readyz", route::READYZ, "GET").route(web::get().to(health::readyz)))
         .service(
             web::scope("/cluster")
@@ -79,7 +83,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(dashboard::dashboard)),
                 ),
         )
-        .service(web::scope("/v1").default_service(actix_web::dev::fn_service(v1::serve)))
         .default_service(web::to(not_found));
 }
 
