@@ -730,14 +730,19 @@ mod tests {
         );
     }
 
+    /// A new session "s" holding at most `max_items` marks (and 4 pending writes).
+    fn fresh_session(max_items: usize) -> Session {
+        let limits = SessionLimits {
+            max_items,
+            max_pending: 4,
+        };
+        Session::new("s".into(), Lineage::random(), Watermarks::default(), limits)
+    }
+
     #[test]
     fn kept_strategies_serve_only_the_same_flag_generation_and_user() {
         use edgecache_flags::{Arm, Strategy};
-        let limits = SessionLimits {
-            max_items: 4,
-            max_pending: 4,
-        };
-        let session = Session::new("s".into(), Lineage::random(), Watermarks::default(), limits);
+        let session = fresh_session(4);
         let mut state = session.state();
         let off = Strategies::ALL_ON.with(Strategy::ReadYourWrites, Arm::OFF);
         assert_eq!(state.strategies(3, None), None, "nothing kept yet");
@@ -852,11 +857,7 @@ mod tests {
 
     #[test]
     fn a_handover_lasts_until_its_latest_end() {
-        let limits = SessionLimits {
-            max_items: 8,
-            max_pending: 4,
-        };
-        let here = Session::new("s".into(), Lineage::random(), Watermarks::default(), limits);
+        let here = fresh_session(8);
         let mut state = here.state();
         let now = Instant::now();
         assert!(!state.in_handover(now));
