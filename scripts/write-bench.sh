@@ -28,6 +28,13 @@
 #   one-txn     (WB_ALSO) the write and the position read under one Sync in one
 #               transaction, the position read before the commit: less work than the
 #               node does, and a position it could not use — a bound, not a replay
+#   ceiling     loadgen's writes against the write ceiling (benches/write_ceiling.rs):
+#               a bare actix-web server sending, per HTTP write, the pgbench column's
+#               statements (the plain replay's when that column is another) on a
+#               deadpool-postgres pool of WB_POOL (16) as the node sends them — the
+#               most a server on this stack (actix-web, tokio-postgres) does with
+#               them: "ceiling ÷ pgbench" is what the HTTP hop costs, "edgecache ÷
+#               ceiling" what edgecache adds to it
 #   no-notify   the same pgbench script without pg_notify (its share of the work);
 #               only with WB_FEED=notify: the default logical feed sends none
 #
@@ -102,6 +109,12 @@ if [ "${WB_SKIP_BUILD:-0}" != 1 ]; then
     log "cargo build --release"
     cargo build --release --quiet --bin edgecache
 fi
+mkdir -p "$OUT"
+cargo bench --bench write_ceiling --no-run >"$OUT/write-ceiling-build.log" 2>&1 ||
+    { tail -n 30 "$OUT/write-ceiling-build.log" >&2; die "building the write ceiling"; }
+CEILING=$(sed -n 's/.*Executable .*(\(.*\))$/\1/p' "$OUT/write-ceiling-build.log" | tail -n 1)
+[ -n "$CEILING" ] || die "could not find the write ceiling's executable"
+case "$CEILING" in /*) ;; *) CEILING=$ROOT/$CEILING ;; esac
 LOADGEN=$ROOT/target/release/edgecache
 NODE=${WB_NODE_BIN:-$LOADGEN}
 [ -x "$LOADGEN" ] && [ -x "$NODE" ] || die "missing $LOADGEN or $NODE"
@@ -112,14 +125,23 @@ mkdir -p "$WORK/logs" "$WORK/bin" "$WORK/statements" "$WORK/pgbench" "$OUT"
 # Run copies: a build elsewhere during the run must not replace them.
 cp "$LOADGEN" "$WORK/bin/loadgen"
 cp "$NODE" "$WORK/bin/node"
+cp "$CEILING" "$WORK/bin/write-ceiling"
 LOADGEN=$WORK/bin/loadgen
 NODE=$WORK/bin/node
+CEILING=$WORK/bin/write-ceiling
 NODE_PID=
+CEILING_PID=
 PG_STARTED=0
 
 cleanup() {
     local rc=$? i
     trap - EXIT INT TERM
+    if [ -n "$CEILING_PID" ]; then
+        kill -TERM "$CEILING_PID" 2>/dev/null || true
+        for i in $(seq 30); do kill -0 "$CEILING_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$CEILING_PID" 2>/dev/null || true
+        wait "$CEILING_PID" 2>/dev/null || true
+    fi
     if [ -n "$NODE_PID" ]; then
         kill -TERM "$NODE_PID" 2>/dev/null || true
         for i in $(seq 50); do kill -0 "$NODE_PID" 2>/dev/null || break; sleep 0.1; done
@@ -343,6 +365,30 @@ for capture in captures:
     print(f"{mode}: {len(write)} statements{' (pipelined)' if pipelined else ''}", file=sys.stderr)
 EOF
 
+# -- the write ceiling -------------------------------------------------------------------
+
+# benches/write_ceiling.rs: actix-web + deadpool-postgres sending, per HTTP write, the
+# statements of the plain replay (the node's own) as the node sends them — the most a
+# server on this stack does with them; what the HTTP hop costs against pgbench, and
+# what edgecache adds to it. Beside the node, on the node's core when pinned.
+CEILING_PORT=$(free_port)
+CEILING_URL=http://127.0.0.1:$CEILING_PORT
+ceiling_args=()
+for mode in "${MODES[@]}"; do
+    script=$WORK/statements/$mode-exact.sql
+    [ -f "$script" ] || script=$WORK/statements/$mode.sql
+    ceiling_args+=(--statements "$mode=$script")
+done
+"${ON_CLIENT_CORE[@]}" "$CEILING" --port "$CEILING_PORT" --primary "$EDGECACHE_TEST_PG_PRIMARY" \
+    --pool "${WB_POOL:-16}" "${ceiling_args[@]}" >"$WORK/logs/write-ceiling.log" 2>&1 &
+CEILING_PID=$!
+for i in $(seq 100); do
+    curl -s -o /dev/null "$CEILING_URL/" && break
+    kill -0 "$CEILING_PID" 2>/dev/null || { cat "$WORK/logs/write-ceiling.log" >&2; die "the write ceiling exited"; }
+    [ "$i" = 100 ] && die "the write ceiling does not answer"
+    sleep 0.1
+done
+
 # -- CPU accounting (the idea of scripts/perf.sh) ---------------------------------------
 
 NCPU=$(nproc)
@@ -370,32 +416,35 @@ child_secs() {
 window_start() {
     W_BUSY=$(sys_busy)
     W_NODE=$(tree_ticks "$NODE_PID")
+    W_CEIL=$(tree_ticks "$CEILING_PID")
     W_PG=$(tree_ticks "$(pg_roots)")
     child_secs
     W_CHILD=$CHILD_SECS
     W_T0=$EPOCHREALTIME
 }
-# Sets LOAD to "node_cpu_s pg_cpu_s client_cpu_s foreign_pct".
+# Sets LOAD to "node_cpu_s pg_cpu_s client_cpu_s foreign_pct ceiling_cpu_s".
 window_end() {
-    local busy node pg t1=$EPOCHREALTIME
+    local busy node ceil pg t1=$EPOCHREALTIME
     busy=$(sys_busy)
     node=$(tree_ticks "$NODE_PID")
+    ceil=$(tree_ticks "$CEILING_PID")
     pg=$(tree_ticks "$(pg_roots)")
     child_secs
     LOAD=$(awk -v b=$((busy - W_BUSY)) -v n=$((node - W_NODE)) -v p=$((pg - W_PG)) -v c0="$W_CHILD" \
-        -v c1="$CHILD_SECS" -v t0="$W_T0" -v t1="$t1" -v hz="$TICK" -v ncpu="$NCPU" '
-        BEGIN { c = c1 - c0; f = b / hz - n / hz - p / hz - c; if (f < 0) f = 0
-                printf "%.2f %.2f %.2f %.1f\n", n / hz, p / hz, c, 100 * f / ((t1 - t0) * ncpu) }')
+        -v w=$((ceil - W_CEIL)) -v c1="$CHILD_SECS" -v t0="$W_T0" -v t1="$t1" -v hz="$TICK" -v ncpu="$NCPU" '
+        BEGIN { c = c1 - c0; f = b / hz - n / hz - w / hz - p / hz - c; if (f < 0) f = 0
+                printf "%.2f %.2f %.2f %.1f %.2f\n", n / hz, p / hz, c, 100 * f / ((t1 - t0) * ncpu), w / hz }')
 }
 
 # -- runs -------------------------------------------------------------------------------
 
 RESULTS=$OUT/results.tsv
-echo "# round mode what writes secs writes_per_s p50_us p99_us errors node_cpu_s pg_cpu_s client_cpu_s foreign_pct" >"$RESULTS"
+echo "# round mode what writes secs writes_per_s p50_us p99_us errors node_cpu_s pg_cpu_s client_cpu_s foreign_pct ceiling_cpu_s" >"$RESULTS"
 
+# run_edge MODE [URL]: loadgen's writes against the node (or the write ceiling).
 run_edge() {
-    local mode=$1 r
-    r=$("${ON_CLIENT_CORE[@]}" "$LOADGEN" loadgen --targets "$URL" --write-bench "$mode" --bench-secs "$SECS" \
+    local mode=$1 url=${2:-$URL} r
+    r=$("${ON_CLIENT_CORE[@]}" "$LOADGEN" loadgen --targets "$url" --write-bench "$mode" --bench-secs "$SECS" \
         --sessions "$CLIENTS" --keys "$KEYS" --collection products --field description \
         --counter-field stock 2>>"$WORK/logs/loadgen.log") || die "loadgen --write-bench $mode"
     sed -n 's/^WRITE_RESULT [a-z]* //p' <<<"$r"
@@ -428,11 +477,13 @@ print(len(lat), f"{secs:.3f}", f"{tps:.1f}", pct(0.5), pct(0.99), failed.group(1
 EOF
 }
 
-log "warming up: ${SECS}s of each kind through the node"
+log "warming up: 2s of each kind through the node and through the write ceiling"
 for mode in "${MODES[@]}"; do
-    "$LOADGEN" loadgen --targets "$URL" --write-bench "$mode" --bench-secs 2 --sessions "$CLIENTS" \
-        --keys "$KEYS" --collection products --field description --counter-field stock \
-        >/dev/null 2>>"$WORK/logs/loadgen.log" || die "warm-up $mode"
+    for url in "$URL" "$CEILING_URL"; do
+        "$LOADGEN" loadgen --targets "$url" --write-bench "$mode" --bench-secs 2 --sessions "$CLIENTS" \
+            --keys "$KEYS" --collection products --field description --counter-field stock \
+            >/dev/null 2>>"$WORK/logs/loadgen.log" || die "warm-up $mode ($url)"
+    done
 done
 
 log "$ROUNDS rounds × ${#MODES[@]} kinds × (edgecache, pgbench[, pgbench without pg_notify]), ${SECS}s each, $CLIENTS clients"
@@ -440,7 +491,7 @@ for round in $(seq "$ROUNDS"); do
     order=()
     for i in "${!MODES[@]}"; do order+=("${MODES[$(((i + round - 1) % ${#MODES[@]}))]}"); done
     for mode in "${order[@]}"; do
-        whats=(edgecache pgbench)
+        whats=(edgecache pgbench ceiling)
         grep -q pg_notify "$WORK/statements/$mode.sql" && whats+=(no-notify)
         for v in "${ALSO[@]}"; do
             [ "$v" != "$REPLAY" ] && [ -f "$WORK/statements/$mode-$v.sql" ] && whats+=("$v")
@@ -449,6 +500,7 @@ for round in $(seq "$ROUNDS"); do
             window_start
             case "$what" in
                 edgecache) r=$(run_edge "$mode") ;;
+                ceiling) r=$(run_edge "$mode" "$CEILING_URL") ;;
                 pgbench) r=$(run_pgbench "$WORK/statements/$mode.sql" "$WORK/pgbench/$round-$mode") ;;
                 no-notify) r=$(run_pgbench "$WORK/statements/$mode-nonotify.sql" "$WORK/pgbench/$round-$mode-nn") ;;
                 *) r=$(run_pgbench "$WORK/statements/$mode-$what.sql" "$WORK/pgbench/$round-$mode-$what") ;;
@@ -509,9 +561,10 @@ for line in open(results):
     f = line.split()
     rnd, mode, what = f[0], f[1], f[2]
     writes, secs, wps, p50, p99, errors, node, pg, client, foreign = f[3:13]
+    ceiling = f[13] if len(f) > 13 else "0"
     rows[(mode, rnd)][what] = dict(writes=int(writes), wps=float(wps), p50=int(p50), p99=int(p99),
                                    errors=int(errors), node=float(node), pg=float(pg),
-                                   client=float(client), foreign=float(foreign))
+                                   client=float(client), foreign=float(foreign), ceiling=float(ceiling))
 med = statistics.median
 modes = []
 for mode, _ in rows:
@@ -519,8 +572,8 @@ for mode, _ in rows:
         modes.append(mode)
 label = {"patch": "PATCH (merge patch of `description`)", "put": "PUT (whole document)", "incr": "increment"}
 lines = [
-    "| write | edgecache writes/s | pgbench, same statements | ÷ pgbench | pgbench without pg_notify | pg_notify's share | p50 / p99 edgecache | p50 / p99 pgbench | p99 ÷ pgbench | CPU per write: node / PG (edgecache) / PG (pgbench) / loadgen / pgbench | errors | worst foreign CPU | other replays by pgbench: writes/s (edgecache ÷ it, PG CPU per write) |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| write | edgecache writes/s | pgbench, same statements | ÷ pgbench | pgbench without pg_notify | pg_notify's share | p50 / p99 edgecache | p50 / p99 pgbench | p99 ÷ pgbench | CPU per write: node / PG (edgecache) / PG (pgbench) / loadgen / pgbench | write ceiling: writes/s (÷ pgbench; edgecache ÷ it), CPU per write: server / PG | errors | worst foreign CPU | other replays by pgbench: writes/s (edgecache ÷ it, PG CPU per write) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for mode in modes:
     rounds = [v for (m, _), v in sorted(rows.items()) if m == mode and {"edgecache", "pgbench"} <= v.keys()]
@@ -532,7 +585,13 @@ for mode in modes:
     p99r = med([r["edgecache"]["p99"] / max(1, r["pgbench"]["p99"]) for r in rounds])
     notify = all("no-notify" in r for r in rounds)
     share = med([1 - r["pgbench"]["wps"] / r["no-notify"]["wps"] for r in rounds]) if notify else None
-    others = sorted({w for r in rounds for w in r} - {"edgecache", "pgbench", "no-notify"})
+    others = sorted({w for r in rounds for w in r} - {"edgecache", "pgbench", "no-notify", "ceiling"})
+    has_ceiling = all("ceiling" in r for r in rounds)
+    ceiling = (
+        f"{e('wps', 'ceiling'):,.0f} ({med([r['ceiling']['wps'] / r['pgbench']['wps'] for r in rounds]):.2f}×; "
+        f"**{med([r['edgecache']['wps'] / r['ceiling']['wps'] for r in rounds]):.2f}**), "
+        f"{med([cpu(r, 'ceiling', 'ceiling') for r in rounds]):.0f} / {med([cpu(r, 'ceiling', 'pg') for r in rounds]):.0f} µs"
+        if has_ceiling else "—")
     others = [w for w in others if all(w in r for r in rounds)]
     also = "; ".join(
         f"{w}: {e('wps', w):,.0f} ({med([r['edgecache']['wps'] / r[w]['wps'] for r in rounds]):.2f}×, "
@@ -545,15 +604,16 @@ for mode in modes:
         f"| {med([cpu(r, 'edgecache', 'node') for r in rounds]):.0f} / {med([cpu(r, 'edgecache', 'pg') for r in rounds]):.0f} "
         f"/ {med([cpu(r, 'pgbench', 'pg') for r in rounds]):.0f} / {med([cpu(r, 'edgecache', 'client') for r in rounds]):.0f} "
         f"/ {med([cpu(r, 'pgbench', 'client') for r in rounds]):.0f} µs "
+        f"| {ceiling} "
         f"| {sum(r[w]['errors'] for r in rounds for w in r)} "
         f"| {max(r[w]['foreign'] for r in rounds for w in r):.0f} % | {also} |"
     )
 text = open(meta).read() + "\n" + "\n".join(lines) + "\n\nMedians over rounds; ratios per round, then their median. Per round:\n\n"
-text += "| round | write | edgecache | pgbench | no pg_notify | foreign CPU % (e / p / n) |\n|---|---|---|---|---|---|\n"
+text += "| round | write | edgecache | pgbench | write ceiling | no pg_notify | foreign CPU % (e / p / n) |\n|---|---|---|---|---|---|---|\n"
 for (mode, rnd), v in sorted(rows.items(), key=lambda kv: (int(kv[0][1]), kv[0][0])):
     g = lambda w, k: v[w][k] if w in v else 0
     nn = f"{g('no-notify', 'wps'):,.0f}" if "no-notify" in v else "—"
-    text += (f"| {rnd} | {mode} | {g('edgecache', 'wps'):,.0f} | {g('pgbench', 'wps'):,.0f} | {nn} "
+    text += (f"| {rnd} | {mode} | {g('edgecache', 'wps'):,.0f} | {g('pgbench', 'wps'):,.0f} | {g('ceiling', 'wps'):,.0f} | {nn} "
              f"| {g('edgecache', 'foreign')} / {g('pgbench', 'foreign')} / {g('no-notify', 'foreign')} |\n")
 open(out, "w").write(text)
 print(text)
