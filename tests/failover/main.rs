@@ -695,3 +695,68 @@ async fn a_write_committed_without_waiting_for_its_wal_is_answered_with_a_positi
     a.stop().await;
     b.stop().await;
 }
+
+/// A write positioned by the logical feed (decision 0010) is answered with the end of
+/// its commit record, which a replica reaches only once it has applied the commit.
+/// The replica applies commits 300 ms late: until then it stands at the end of the
+/// write's row change, right before its commit record (where the commit's start, or
+/// any position read inside the write's transaction, would lie). The session's token
+/// holds one item mark, so the write's mark becomes a floor at its position, and node
+/// B — no copy, no feed, only the token to go by — serves the session's read of it.
+#[actix_web::test]
+async fn a_write_positioned_by_the_feed_is_answered_with_the_end_of_its_commit() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = pg::cluster();
+    let writer = pg
+        .settings(&format!(
+            "{}\n[session]\nmax_token_items = 1\n",
+            pg::collection("feed_position")
+        ))
+        .await;
+    let mut reader = writer.clone();
+    if let edgecache_config::OriginSettings::Postgres(origin) = &mut reader.origin {
+        origin.change_feed = edgecache_config::ChangeFeed::Off;
+    }
+    let a = spawn_with(&writer);
+    let b = spawn_with(&reader);
+    let told = || a.node.change_feed().map_or(0, |f| f.write_positions);
+    let ready = eventually(Duration::from_secs(10), || async {
+        let absent = format!("/v1/feed_position/{}", unique("absent"));
+        Client::new().get(&b, &absent).await;
+        a.node.change_feed().is_some_and(|f| f.following) && b.node.metrics().reads_from(Tier::Replica) > 0
+    })
+    .await;
+    assert!(ready, "A follows the feed and B reads from the replica");
+    let id = |path: &str| path.rsplit('/').next().unwrap().to_owned();
+    for round in 0..3 {
+        let item = format!("/v1/feed_position/{}", unique(&format!("i{round}")));
+        assert_eq!(Client::new().put(&a, &item, json!({"n": 1})).await.status, 201);
+        let replayed = eventually(Duration::from_secs(10), || async {
+            pg.replica_version("feed_position", &id(&item)) == 1
+        })
+        .await;
+        assert!(replayed, "the replica shows version 1");
+
+        let mut user = Client::new();
+        let before = told();
+        let wrote = user.put(&a, &item, json!({"n": 2})).await;
+        assert_eq!(wrote.status, 200, "{}", wrote.body);
+        assert_eq!(wrote.version(), 2);
+        assert!(told() > before, "the feed told the write its position");
+        // A second item: the first one's mark gives way to a floor at its position.
+        let other = format!("/v1/feed_position/{}", unique("other"));
+        assert_eq!(user.put(&a, &other, json!({"n": 1})).await.status, 201);
+
+        let read = user.get(&b, &item).await;
+        assert_eq!(read.status, 200, "{}", read.body);
+        assert_eq!(
+            read.body["n"],
+            2,
+            "round {round}: the session reads its own write ({}; the replica has version {})",
+            read.cache_status(),
+            pg.replica_version("feed_position", &id(&item))
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
