@@ -18,20 +18,16 @@
 #               the node writes once of each kind: same SQL, a random id in place of
 #               the one logged, the other parameters as logged; prepared statements
 #               (-M prepared), WB_CLIENTS clients; in the node's transactions: the
-#               write committed on its own — its position told by the change feed
-#               (decision 0010), so one statement; with WB_FEED=notify the position
-#               read after the commit follows it (pgbench on PostgreSQL 15 cannot
-#               pipeline two Syncs, so it waits for the write's answer first).
-#               WB_REPLAY=pipeline makes this column the pipeline form below
-#   two-txn     (WB_ALSO) the write, then the position read in a transaction of its
-#               own: what the node sent before decision 0010
-#   pipeline    (WB_ALSO) those two transactions under one Sync: \startpipeline
+#               write committed on its own, then the position read after the commit
+#               (pgbench on PostgreSQL 15 cannot pipeline two Syncs, so it waits for
+#               the write's answer first; WB_REPLAY=pipeline makes this column the
+#               one-Sync form below instead)
+#   pipeline    (WB_ALSO) the node's transactions under one Sync: \startpipeline
 #               BEGIN; write; COMMIT; position read \endpipeline (COMMIT in a pipeline
-#               commits at once) — pgbench's best replay of a write with its position
-#               read after the commit
+#               commits at once) — pgbench's best replay of what the node does
 #   one-txn     (WB_ALSO) the write and the position read under one Sync in one
-#               transaction, the position read before the commit: a position no
-#               write could use — a bound, not a replay
+#               transaction, the position read before the commit: less work than the
+#               node does, and a position it could not use — a bound, not a replay
 #   ceiling     loadgen's writes against the write ceiling (benches/write_ceiling.rs):
 #               a bare actix-web server sending, per HTTP write, the pgbench column's
 #               statements (the plain replay's when that column is another) on a
@@ -57,7 +53,7 @@
 # build for a before/after; default target/release/edgecache, which always runs the
 # load) WB_FEED (the node's origin.change_feed: logical, the default, adds nothing to
 # the write's statement; notify puts pg_notify in it, as before issue 17)
-# WB_REPLAY (exact: the pgbench column's form; or pipeline) WB_ALSO ("two-txn pipeline one-txn":
+# WB_REPLAY (exact: the pgbench column's form; or pipeline) WB_ALSO ("pipeline one-txn":
 # the other replays to run beside it) WB_SKIP_BUILD=1 (use the built binary) WB_OUT (target/write-bench) WB_PROFILE=1
 # (then a profile of the node, below) WB_PIN=1 (the pinned mode, below).
 #
@@ -86,7 +82,7 @@ read -r -a MODES <<<"${WB_MODES:-patch put incr}"
 OUT=${WB_OUT:-$ROOT/target/write-bench}
 PIN=${WB_PIN:-0}
 REPLAY=${WB_REPLAY:-exact}
-read -r -a ALSO <<<"${WB_ALSO:-two-txn pipeline one-txn}"
+read -r -a ALSO <<<"${WB_ALSO:-pipeline one-txn}"
 T_START=$SECONDS
 
 log() { printf '[write-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -99,7 +95,7 @@ for mode in "${MODES[@]}"; do
 done
 case "$REPLAY" in exact | pipeline) ;; *) die "WB_REPLAY: exact or pipeline, not $REPLAY" ;; esac
 for v in "${ALSO[@]}"; do
-    case "$v" in two-txn | pipeline | one-txn | exact) ;; *) die "WB_ALSO: unknown replay $v" ;; esac
+    case "$v" in pipeline | one-txn | exact) ;; *) die "WB_ALSO: unknown replay $v" ;; esac
 done
 # What runs the node and the clients: on core 1 when pinned, PostgreSQL on core 0.
 ON_CLIENT_CORE=()
@@ -283,28 +279,19 @@ def names(params, id_):
     return params and any(v == f"'{id_}'" for v in params.values())
 
 
-# The position read the node sent behind a write before decision 0010 (and still sends
-# without the logical feed): the two-transaction replays add it to a lone statement.
-POSITION = ("SELECT CASE WHEN current_setting('synchronous_commit') = 'off' "
-            "THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_lsn() END")
-
-
 def statements(id_):
     for i, (pid, sql, params) in enumerate(entries):
         if names(params, id_):
             own = [e for e in entries[i:] if e[0] == pid]
+            write = []
+            for e in own:
+                write.append(e)
+                if is_position(e[1]):
+                    break
             before = [e for e in entries[:i] if e[0] == pid]
             if before and before[-1][1].upper().startswith(("BEGIN", "START TRANSACTION")):
-                # A write in a transaction: through its position read.
-                write = [before[-1]]
-                for e in own:
-                    write.append(e)
-                    if is_position(e[1]):
-                        break
-                return write
-            # A write committed on its own: with the position read right behind it
-            # when the node sent one (not when the change feed told it its position).
-            return own[:2] if len(own) > 1 and is_position(own[1][1]) else own[:1]
+                write.insert(0, before[-1])
+            return write
     sys.exit(f"no logged statement names product {id_}")
 
 
@@ -351,41 +338,31 @@ for capture in captures:
             if params:
                 f.write("  -- " + ", ".join(f"${n} = {v}" for n, v in sorted(params.items())) + "\n")
     sqls = [bench_sql(sql, params, id_) for _, sql, params in write]
-    alone = not sqls[0].upper().startswith(("BEGIN", "START"))
-    # What the node pipelines without the logical feed: a write committed on its own
-    # with the position read behind it (one round trip).
-    pipelined = alone and len(sqls) == 2 and is_position(sqls[1])
-    # A write the change feed positions: one statement (decision 0010).
-    single = alone and len(sqls) == 1
-    # The write and its position read in two transactions, as the node sent them
-    # before decision 0010: the forms the other replays rearrange.
-    two = sqls if pipelined else sqls + [POSITION] if single else None
+    # What the node pipelines: a write committed on its own with the position read
+    # behind it (one round trip).
+    pipelined = len(sqls) == 2 and is_position(sqls[1]) and not sqls[0].upper().startswith(("BEGIN", "START"))
 
     def script(body, form="exact"):
         body = [s + ";" for s in body if s is not None]
-        if two and form == "pipeline":
+        if pipelined and form == "pipeline":
             # The node's two transactions under one Sync: COMMIT executed in a
             # pipeline commits at once, the position read runs after it.
             body = ["\\startpipeline", "BEGIN;", body[0], "COMMIT;", *body[1:], "\\endpipeline"]
-        elif two and form == "one-txn":
+        elif pipelined and form == "one-txn":
             # Both statements in one implicit transaction: the position read runs
             # before the commit (less work, and a position the node could not use).
             body = ["\\startpipeline", *body, "\\endpipeline"]
         return f"\\set id random(1, {keys})\n" + "\n".join(body) + "\n"
 
-    own = two if replay == "pipeline" and two else sqls
-    variants = {"": script(own, replay), "-nonotify": script([strip_notify(s) for s in own], replay)}
-    if two:
+    variants = {"": script(sqls, replay), "-nonotify": script([strip_notify(s) for s in sqls], replay)}
+    if pipelined:
         variants["-exact"] = script(sqls, "exact")
-        if single:
-            variants["-two-txn"] = script(two, "exact")
-        variants["-pipeline"] = script(two, "pipeline")
-        variants["-one-txn"] = script(two, "one-txn")
+        variants["-pipeline"] = script(sqls, "pipeline")
+        variants["-one-txn"] = script(sqls, "one-txn")
     for variant, text in variants.items():
         with open(f"{out}/{mode}{variant}.sql", "w") as f:
             f.write(text)
-    how = " (pipelined)" if pipelined else " (positioned by the change feed)" if single else ""
-    print(f"{mode}: {len(write)} statements{how}", file=sys.stderr)
+    print(f"{mode}: {len(write)} statements{' (pipelined)' if pipelined else ''}", file=sys.stderr)
 EOF
 
 # -- the write ceiling -------------------------------------------------------------------

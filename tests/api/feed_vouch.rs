@@ -97,8 +97,6 @@ impl Origin for Fed {
             kind: "logical",
             following: true,
             applied: Some(Position(self.applied.load(Ordering::SeqCst))),
-            write_positions: 0,
-            write_positions_missed: 0,
         })
     }
 }

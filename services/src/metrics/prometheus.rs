@@ -388,17 +388,6 @@ impl Collector for Scrape {
                 None,
                 ConstGauge::new(i64::from(feed.following)),
             )?;
-            if feed.kind == "logical" {
-                family(
-                    &mut e,
-                    "write_positions",
-                    "Writes told their position, by where it came from: the change feed's delivery of their commit, or a read after waiting for that in vain.",
-                    None,
-                    [("feed", feed.write_positions), ("read_after_wait", feed.write_positions_missed)]
-                        .into_iter()
-                        .map(|(source, n)| (vec![("source", source)], counter(n))),
-                )?;
-            }
             if let Some(applied) = feed.applied {
                 single(
                     &mut e,

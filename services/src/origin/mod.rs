@@ -159,11 +159,6 @@ pub struct FeedStatus {
     /// The primary's position up to which every committed change has been applied
     /// to the node's cache (the logical feed; `None` before the first).
     pub applied: Option<Position>,
-    /// Writes whose position the feed delivered (the logical feed).
-    pub write_positions: u64,
-    /// Writes that waited for the feed to deliver their commit in vain and read their
-    /// position instead.
-    pub write_positions_missed: u64,
 }
 
 /// Receives the change feed.

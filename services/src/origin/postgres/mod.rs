@@ -681,8 +681,6 @@ impl Origin for PostgresOrigin {
             kind: inner.change_feed.as_str(),
             following: inner.feed.following(),
             applied: inner.feed.applied(),
-            write_positions: inner.feed.write_positions(),
-            write_positions_missed: inner.feed.write_positions_missed(),
         })
     }
 }

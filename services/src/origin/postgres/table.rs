@@ -178,7 +178,7 @@ impl TableDef {
     /// row becomes a tombstone; then per column, `$4 + 2i` whether to set it and
     /// `$5 + 2i` its value ([`TableDef::patch_params`]); then the
     /// [`TableDef::notify_params`]. Returns the row as [`TableDef::select`] does
-    /// (then the notification's `void`), then the [`COMMIT_COLUMNS`].
+    /// (then the notification's `void`).
     pub fn update(&self) -> &str {
         &self.update
     }
@@ -200,7 +200,7 @@ impl TableDef {
             "WITH u AS (UPDATE {table} SET {version} = {version} + 1, {tombstone} = $3::bool, {sets} \
              WHERE {key} = $1::text AND NOT {tombstone} AND ($2::int8 IS NULL OR {version} = $2::int8) \
              RETURNING {version}, {tombstone}, {returning}) \
-             SELECT u.{version}, u.{tombstone}, {projected}{notify}{COMMIT_COLUMNS} FROM u",
+             SELECT u.{version}, u.{tombstone}, {projected}{notify} FROM u",
             notify = self.notify_sql(4 + 2 * self.columns.len(), "u"),
             table = self.table,
             version = self.version,
@@ -220,8 +220,7 @@ impl TableDef {
     /// `$1` key, `$2` create only (`If-None-Match: *`: an existing row is replaced
     /// only if it is a tombstone), `$3…` the columns ([`TableDef::values`]), then the
     /// [`TableDef::notify_params`]. Returns the new version, whether the item was
-    /// created (absent or a tombstone before) (and the notification's `void`), then
-    /// the [`COMMIT_COLUMNS`]; no row when it changed nothing: create-only on a live item, or a row created
+    /// created (absent or a tombstone before) (and the notification's `void`); no row when it changed nothing: create-only on a live item, or a row created
     /// by another transaction since this statement's snapshot (`old` did not lock it,
     /// so the statement leaves it alone and the caller runs it again).
     pub fn upsert(&self) -> &str {
@@ -248,7 +247,7 @@ impl TableDef {
              ON CONFLICT ({key}) DO UPDATE SET {version} = r.{version} + 1, {tombstone} = false, {sets} \
              WHERE EXISTS (SELECT 1 FROM old) AND (NOT $2::bool OR r.{tombstone}) \
              RETURNING r.{version}) \
-             SELECT w.{version}, coalesce((SELECT o.{tombstone} FROM old o), true){notify}{COMMIT_COLUMNS} FROM w",
+             SELECT w.{version}, coalesce((SELECT o.{tombstone} FROM old o), true){notify} FROM w",
             notify = self.notify_sql(3 + self.columns.len(), "w"),
             table = self.table,
             version = self.version,
@@ -339,7 +338,7 @@ impl TableDef {
     /// One statement that adds `$2` to an integer field within bounds `$4`/`$5`, if
     /// the item exists and (with `$3`) is at that version, and bumps the version
     /// (with the `notify` feed, `$6`/`$7` are the [`TableDef::notify_params`]) — or
-    /// changes nothing. Returns the row as [`TableDef::update`] does.
+    /// changes nothing.
     /// `None`: the field is not an integer field.
     ///
     /// The sum is checked in `numeric`, against the bounds and the bigint range, so a
@@ -362,7 +361,7 @@ impl TableDef {
              AND ($4::int8 IS NULL OR {col}::numeric + $2::int8 >= $4::int8) \
              AND ($5::int8 IS NULL OR {col}::numeric + $2::int8 <= $5::int8) \
              RETURNING {version}, {tombstone}, {list}) \
-             SELECT u.{version}, u.{tombstone}, {cols}{notify}{COMMIT_COLUMNS} FROM u",
+             SELECT u.{version}, u.{tombstone}, {cols}{notify} FROM u",
             notify = self.notify_sql(6, "u"),
             table = self.table,
             version = self.version,
@@ -494,22 +493,6 @@ impl TableDef {
 }
 
 /// `body` as a dollar-quoted string literal whose tag does not occur in it.
-/// The last two columns of every write statement's row: the writing transaction's id
-/// and whether its commit returns before its WAL is flushed (`synchronous_commit =
-/// off`), for [`commit_of`].
-const COMMIT_COLUMNS: &str = ", txid_current(), current_setting('synchronous_commit') = 'off'";
-
-/// The transaction of a write statement's `row` (its id's low 32 bits, as the
-/// logical feed names it) when its commit waited for its WAL to be flushed — so the
-/// feed delivers the commit soon after it returns; `None` otherwise, or if the row
-/// does not say.
-pub fn commit_of(row: &Row) -> Option<u32> {
-    let n = row.len();
-    let xid: i64 = row.try_get(n.checked_sub(2)?).ok()?;
-    let asynchronous: bool = row.try_get(n - 1).ok()?;
-    (!asynchronous).then_some(xid as u32)
-}
-
 fn dollar_quoted(body: &str) -> String {
     let mut tag = String::from("$edgecache$");
     while body.contains(&tag) {

@@ -4,15 +4,11 @@
 //! cache), and requests issued together on one connection go out together
 //! (tokio-postgres pipelines them; the server answers them in order):
 //!
-//! * **Unkeyed PUT, PATCH, DELETE and increments: one round trip, one statement.** The
-//!   write is one statement committed on its own — the precondition checked on the
-//!   row, the new version computed in SQL, with the `notify` feed the notification
-//!   ([`TableDef::upsert`], [`TableDef::update`], [`TableDef::increment`]). Its
-//!   position is where its commit record ended, as the logical feed delivers that
-//!   commit ([decision 0010](../../../../docs/decisions/0010-a-write-positioned-by-the-feed.md));
-//!   without the logical feed, or under asynchronous commit, or if the feed does not
-//!   deliver it within [`FEED_WAIT`], a position read (after the commit: right
-//!   behind the statement in the same round trip, when the feed is not followed).
+//! * **Unkeyed PUT, PATCH, DELETE and increments: one round trip.** The write is one
+//!   statement committed on its own — the precondition checked on the row, the new
+//!   version computed in SQL, with the `notify` feed the notification ([`TableDef::upsert`],
+//!   [`TableDef::update`], [`TableDef::increment`]) — and the position read goes out
+//!   right behind it: it runs after the statement's implicit transaction committed.
 //! * **Keyed writes: three, in one transaction.** `BEGIN; SET LOCAL lock_timeout`
 //!   with the claim of the key; the write's statement; the record of its outcome with
 //!   `COMMIT` and the position read.
@@ -30,11 +26,9 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 use edgecache_actors::{Doc, Fields, Position, Version};
-use edgecache_config::ChangeFeed;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -56,11 +50,8 @@ pub(super) async fn write(inner: &Inner, op: WriteOp) -> Result<Committed, Write
     let client = inner.primary.get().await.map_err(pool_error)?;
     let (applied, replayed, position) = match (&op.idempotency, statement) {
         (None, Some(statement)) => {
-            let (applied, after) = alone(inner, &client, def, &op, &statement).await?;
-            // The connection goes back to the pool before the write waits for its
-            // commit on the feed.
-            drop(client);
-            (applied, false, settle(inner, after).await)
+            let (applied, position) = alone(inner, &client, def, &op, &statement).await?;
+            (applied, false, position)
         }
         (_, statement) => in_transaction(inner, client, def, &op, statement).await?,
     };
@@ -188,62 +179,31 @@ fn plan<'a>(inner: &Inner, def: &'a TableDef, op: &WriteOp) -> Result<Option<Sta
     }))
 }
 
-/// How a committed write learns its position.
-enum After {
-    /// From the logical feed: where the commit record of this transaction (the low
-    /// 32 bits of its id) ended ([decision 0010](../../../../docs/decisions/0010-a-write-positioned-by-the-feed.md)).
-    Feed(u32),
-    /// From the position read sent right behind the write (or, under asynchronous
-    /// commit, after it).
-    Read(Result<Row, tokio_postgres::Error>),
-}
-
-/// How long a write waits for the logical feed to deliver its commit before it reads
-/// its position instead. The feed delivers a commit within a millisecond or two of
-/// its return (it is sent once flushed, and the commit waited for the flush); one that
-/// takes longer lags, and a read costs less than more waiting.
-const FEED_WAIT: Duration = Duration::from_millis(20);
-
-/// An unkeyed write: its one statement, committed on its own. Its position comes
-/// from the logical feed while that follows; otherwise the position read goes right
-/// behind the statement in the same round trip.
+/// An unkeyed write: its one statement, committed on its own, with the position read
+/// right behind it in the same round trip.
 async fn alone(
     inner: &Inner,
     client: &deadpool_postgres::Client,
     def: &TableDef,
     op: &WriteOp,
     statement: &Statement<'_>,
-) -> Result<(Applied, After), WriteError> {
-    let failed = |e| pg_error("write failed", e);
-    let prepared = client.prepare_cached(statement.sql).await.map_err(failed)?;
+) -> Result<(Applied, Position), WriteError> {
+    let prepared = futures_util::try_join!(
+        client.prepare_cached(statement.sql),
+        client.prepare_cached(COMMITTED_LSN)
+    );
+    let (prepared, position_sql) = prepared.map_err(|e| pg_error("write failed", e))?;
     let params = statement.params();
     for _ in 0..ATTEMPTS {
-        let by_feed = inner.change_feed == ChangeFeed::Logical && inner.feed.following();
-        let (row, read) = if by_feed {
-            (client.query_opt(&prepared, &params).await, None)
-        } else {
-            let position_sql = client.prepare_cached(COMMITTED_LSN).await.map_err(failed)?;
-            let (row, read) = futures_util::join!(
-                client.query_opt(&prepared, &params),
-                client.query_one(&position_sql, &[])
-            );
-            (row, Some(read))
-        };
+        let (row, position) = futures_util::join!(
+            client.query_opt(&prepared, &params),
+            client.query_one(&position_sql, &[])
+        );
         match row.map_err(lone_statement_error)? {
             Some(row) => {
                 // Committed: from here on nothing may answer "not applied".
                 let applied = statement.applied(def, &row).map_err(WriteError::OutcomeUnknown)?;
-                let after = match (read, table::commit_of(&row)) {
-                    (Some(read), _) => After::Read(read),
-                    (None, Some(xid)) => After::Feed(xid),
-                    // Committed before its WAL was flushed: the feed would deliver it
-                    // only after the WAL writer's next flush. Read it now.
-                    (None, None) => After::Read(match client.prepare_cached(COMMITTED_LSN).await {
-                        Ok(read) => client.query_one(&read, &[]).await,
-                        Err(e) => Err(e),
-                    }),
-                };
-                return Ok((applied, after));
+                return Ok((applied, settle(inner, position).await));
             }
             None => {
                 if let Some(why) = diagnose(client, def, op).await? {
@@ -303,27 +263,17 @@ fn commit_error(e: tokio_postgres::Error) -> WriteError {
     }
 }
 
-/// The position of a write whose commit returned: from the logical feed, or from
-/// the position read sent right behind it; if the feed does not deliver it in time
-/// or the read failed, read on another connection. If nothing answers, the write
-/// still stands (it committed) and its position is the most conservative one: no
-/// replica reaches it, so the session's reads of the item go to the primary.
-async fn settle(inner: &Inner, after: After) -> Position {
-    let first = match after {
-        After::Feed(xid) => match inner.feed.commit_end(xid, FEED_WAIT).await {
-            Some(position) => return position,
-            None => OriginError::Unavailable {
-                reason: format!("the change feed did not deliver the commit within {FEED_WAIT:?}"),
-                source: None,
-            },
-        },
-        After::Read(read) => match read
-            .map_err(|e| pg_error("reading the primary's position", e))
-            .and_then(|row| lsn(&row))
-        {
-            Ok(position) => return position,
-            Err(e) => e,
-        },
+/// The position of a write whose commit returned, from the position read sent right
+/// behind it; if that failed, read on another connection. If neither answers, the
+/// write still stands (it committed) and its position is the most conservative one:
+/// no replica reaches it, so the session's reads of the item go to the primary.
+async fn settle(inner: &Inner, read: Result<Row, tokio_postgres::Error>) -> Position {
+    let first = match read
+        .map_err(|e| pg_error("reading the primary's position", e))
+        .and_then(|row| lsn(&row))
+    {
+        Ok(position) => return position,
+        Err(e) => e,
     };
     let second = match inner.primary.get().await {
         Ok(other) => position(&other, COMMITTED_LSN).await,
@@ -525,7 +475,7 @@ async fn transaction(
                 }
                 let row = row.map_err(|e| pg_error("reading the idempotency record", e))?;
                 let recorded = idempotency::replayed(&row, key)?;
-                return Ok((recorded, true, settle(inner, After::Read(position)).await));
+                return Ok((recorded, true, settle(inner, position).await));
             }
             match statement {
                 Some(statement) => statement,
@@ -621,7 +571,7 @@ async fn transaction(
             }
         }
     };
-    Ok((applied, false, settle(inner, After::Read(committed)).await))
+    Ok((applied, false, settle(inner, committed).await))
 }
 
 /// A merge patch applied here to the row read `FOR UPDATE` in the transaction: the

@@ -171,16 +171,12 @@ async fn session(
 
     let mut decoder = Decoder::new(stream.watched.iter().cloned());
     let mut in_transaction = false;
-    // The transaction being received (pgoutput's `Begin`): its commit's end is what
-    // a write of it waits for (`FeedProgress::commit_end`).
-    let mut xid = None;
     // The items the transaction being received changed, recorded at its commit.
     let mut changed: Vec<u64> = Vec::new();
     while let Some(event) = client.recv().await? {
         match event {
-            ReplicationEvent::Begin { xid: begun, .. } => {
+            ReplicationEvent::Begin { .. } => {
                 in_transaction = true;
-                xid = Some(begun);
                 changed.clear();
             }
             ReplicationEvent::XLogData { data, .. } => {
@@ -213,11 +209,6 @@ async fn session(
                 progress.record(&changed, end_lsn.as_u64());
                 changed.clear();
                 progress.applied_through(end_lsn.as_u64());
-                if let Some(xid) = xid.take() {
-                    // After the changes are applied: a write told its position finds
-                    // the cache as its commit left it.
-                    progress.committed(xid, end_lsn.as_u64());
-                }
                 client.update_applied_lsn(end_lsn);
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {

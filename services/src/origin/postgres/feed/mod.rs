@@ -87,76 +87,6 @@ impl RecentChanges {
     }
 }
 
-/// How many recent commits the logical feed remembers the end of, by transaction id
-/// ([`CommitEnds`]): a write whose commit the feed delivered before the write asked
-/// finds it here. Seconds of commits at any rate the node writes at.
-pub const RECENT_COMMITS: usize = 65_536;
-
-/// Where recent transactions' commit records ended, by transaction id (the low 32
-/// bits: pgoutput's `Begin` carries those), as the logical feed delivered them, and
-/// the writes waiting for theirs
-/// ([decision 0010](../../../../../docs/decisions/0010-a-write-positioned-by-the-feed.md)).
-#[derive(Debug)]
-struct CommitEnds {
-    ends: HashMap<u32, u64>,
-    order: VecDeque<u32>,
-    waiting: HashMap<u32, tokio::sync::oneshot::Sender<u64>>,
-    bound: usize,
-}
-
-impl CommitEnds {
-    fn new(bound: usize) -> Self {
-        Self {
-            ends: HashMap::new(),
-            order: VecDeque::new(),
-            waiting: HashMap::new(),
-            bound: bound.max(1),
-        }
-    }
-
-    /// Transaction `xid`'s commit record ended at `end`: its waiter learns it, and it
-    /// is kept for a write that asks later.
-    fn committed(&mut self, xid: u32, end: u64) {
-        if let Some(waiter) = self.waiting.remove(&xid) {
-            // The waiter may have given up since: nothing to tell then.
-            let _ = waiter.send(end);
-        }
-        if self.ends.insert(xid, end).is_none() {
-            self.order.push_back(xid);
-        }
-        while self.order.len() > self.bound {
-            if let Some(old) = self.order.pop_front() {
-                self.ends.remove(&old);
-            }
-        }
-    }
-
-    /// The end of `xid`'s commit if delivered already, or a receiver of it. A second
-    /// waiter for the same transaction replaces the first (whose receiver then
-    /// closes: it falls back).
-    fn end_or_wait(&mut self, xid: u32) -> Result<u64, tokio::sync::oneshot::Receiver<u64>> {
-        if let Some(&end) = self.ends.get(&xid) {
-            return Ok(end);
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.waiting.insert(xid, tx);
-        Err(rx)
-    }
-
-    /// A waiter that gave up (or never got an answer) leaves no entry behind.
-    fn give_up(&mut self, xid: u32) {
-        if self.waiting.get(&xid).is_some_and(|tx| tx.is_closed()) {
-            self.waiting.remove(&xid);
-        }
-    }
-
-    /// The feed stopped: what it will not deliver (the commits while it reconnects)
-    /// nobody waits for; every waiter falls back now.
-    fn abandon_waiters(&mut self) {
-        self.waiting.clear();
-    }
-}
-
 /// What the feed has done, shared with whoever reports it (metrics, `/readyz`).
 #[derive(Debug)]
 pub struct FeedProgress {
@@ -166,12 +96,6 @@ pub struct FeedProgress {
     applied: AtomicU64,
     /// Recorded before `applied` moves past them.
     recent: Mutex<RecentChanges>,
-    /// The logical feed's recent commits, for writes that wait for theirs.
-    commits: Mutex<CommitEnds>,
-    /// Writes told their position by [`FeedProgress::commit_end`], and those it
-    /// could not tell.
-    told: AtomicU64,
-    missed: AtomicU64,
 }
 
 impl Default for FeedProgress {
@@ -180,9 +104,6 @@ impl Default for FeedProgress {
             following: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             recent: Mutex::new(RecentChanges::new(RECENT_CHANGES)),
-            commits: Mutex::new(CommitEnds::new(RECENT_COMMITS)),
-            told: AtomicU64::new(0),
-            missed: AtomicU64::new(0),
         }
     }
 }
@@ -204,53 +125,6 @@ impl FeedProgress {
 
     fn set_following(&self, following: bool) {
         self.following.store(following, Ordering::Release);
-        if !following {
-            self.commits.lock().abandon_waiters();
-        }
-    }
-
-    /// Transaction `xid` (its low 32 bits) committed, its commit record ending at
-    /// `end`.
-    fn committed(&self, xid: u32, end: u64) {
-        self.commits.lock().committed(xid, end);
-    }
-
-    /// The position past the commit record of transaction `xid` (the low 32 bits of
-    /// its `txid_current()`), as the logical feed delivers it: at once if delivered
-    /// already, else within `wait`. `None` when the feed does not deliver it in time
-    /// (it stopped, lags, or the transaction changed nothing it follows): the caller
-    /// reads the position instead.
-    pub async fn commit_end(&self, xid: u32, wait: Duration) -> Option<Position> {
-        let waiting = match self.commits.lock().end_or_wait(xid) {
-            Ok(end) => {
-                self.told.fetch_add(1, Ordering::Relaxed);
-                return Some(Position(end));
-            }
-            Err(rx) => rx,
-        };
-        let end = match tokio::time::timeout(wait, waiting).await {
-            Ok(Ok(end)) => Some(Position(end)),
-            // Gave up, or the feed stopped and dropped the waiter.
-            Ok(Err(_)) | Err(_) => None,
-        };
-        match end {
-            Some(_) => self.told.fetch_add(1, Ordering::Relaxed),
-            None => {
-                self.commits.lock().give_up(xid);
-                self.missed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-        end
-    }
-
-    /// Writes [`FeedProgress::commit_end`] told their position.
-    pub fn write_positions(&self) -> u64 {
-        self.told.load(Ordering::Relaxed)
-    }
-
-    /// Writes [`FeedProgress::commit_end`] could not tell it in time.
-    pub fn write_positions_missed(&self) -> u64 {
-        self.missed.load(Ordering::Relaxed)
     }
 
     /// Raises the applied position (never lowers it).
@@ -282,68 +156,7 @@ impl FeedProgress {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-
-    #[test]
-    fn a_commit_is_found_whether_it_came_before_or_after_the_question() {
-        let mut commits = CommitEnds::new(2);
-        commits.committed(7, 700);
-        assert_eq!(
-            commits.end_or_wait(7).ok(),
-            Some(700),
-            "delivered before the question"
-        );
-        let mut rx = commits.end_or_wait(8).expect_err("not delivered yet");
-        commits.committed(8, 800);
-        assert_eq!(rx.try_recv().ok(), Some(800), "delivered after the question");
-        assert!(commits.waiting.is_empty());
-        commits.committed(9, 900); // forgets 7: the bound is 2
-        assert!(commits.end_or_wait(7).is_err(), "forgotten past the bound");
-    }
-
-    #[test]
-    fn waiters_of_a_stopped_feed_fall_back_and_given_up_waiters_leave_nothing() {
-        let mut commits = CommitEnds::new(4);
-        let mut rx = commits.end_or_wait(1).expect_err("nothing delivered");
-        commits.abandon_waiters();
-        assert!(rx.try_recv().is_err(), "the feed stopped: the waiter falls back");
-        let rx = commits.end_or_wait(2).expect_err("nothing delivered");
-        drop(rx);
-        commits.give_up(2);
-        assert!(commits.waiting.is_empty());
-        commits.committed(2, 20); // delivered after the waiter gave up: kept, told nobody
-        assert_eq!(commits.end_or_wait(2).ok(), Some(20));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_write_waits_for_its_commit_at_most_the_bound() {
-        let progress = Arc::new(FeedProgress::default());
-        let wait = Duration::from_millis(20);
-        let feed = progress.clone();
-        let delivered = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            feed.committed(3, 300);
-        });
-        assert_eq!(progress.commit_end(3, wait).await, Some(Position(300)));
-        delivered.await.unwrap();
-        assert_eq!(progress.commit_end(4, wait).await, None, "never delivered");
-        assert!(progress.commits.lock().waiting.is_empty());
-        progress.set_following(true);
-        let feed = progress.clone();
-        let stopped = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            feed.set_following(false);
-        });
-        let started = tokio::time::Instant::now();
-        assert_eq!(progress.commit_end(5, Duration::from_secs(60)).await, None);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "a stopped feed ends the wait at once"
-        );
-        stopped.await.unwrap();
-    }
 
     #[test]
     fn recent_changes_tell_whether_an_item_changed_after_a_position() {
