@@ -271,8 +271,10 @@ for line in open(f"{out}/log.txt", encoding="utf-8", errors="replace"):
 
 def is_position(sql):
     # The position read that ends a write (pg_current_wal_lsn(), or the insert
-    # position in a session with synchronous_commit = off).
-    return sql.startswith("SELECT") and "pg_current_wal_lsn()" in sql
+    # position in a session with synchronous_commit = off) — not the node's probe of
+    # the primary's position (a bare SELECT pg_current_wal_lsn()), which may run on
+    # the write's connection between two writes.
+    return sql.startswith("SELECT CASE") and "pg_current_wal_lsn()" in sql
 
 
 def names(params, id_):
