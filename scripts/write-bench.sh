@@ -2,7 +2,7 @@
 # scripts/write-bench.sh — the PostgreSQL write path against PostgreSQL doing the same
 # writes directly (issue 18).
 #
-#     bash scripts/write-bench.sh        # as root (PostgreSQL runs as postgres); ~4 min
+#     bash scripts/write-bench.sh        # as root (PostgreSQL runs as postgres); ~9 min
 #
 # Starts its own PostgreSQL 15 primary and a streaming replica applying WAL 300 ms
 # late (scripts/pg-cluster.sh), with fsync = off on both (the cluster's other settings
