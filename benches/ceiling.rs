@@ -29,44 +29,27 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use quick_cache::sync::Cache;
 
-const USAGE: &str = "usage: ceiling --port PORT [--body FILE] [--keys N] [--collection NAME] [--workers N]";
+const USAGE: &str =
+    "usage: ceiling --port PORT [--body FILE] [--keys 10000] [--collection bench] [--workers 0]";
 
 const DEFAULT_BODY: &str = r#"{"id":"k1","name":"Espresso cup","description":"A 90 ml porcelain cup with a thick wall that keeps the crema warm; dishwasher safe, stackable, made in Limoges.","price":12.5,"stock":40,"tags":["kitchen","coffee","porcelain"],"origin":"FR","weight_g":180,"sku":"CUP-090-WHT"}"#;
 
+/// The ceiling's flags (see the module's documentation).
+#[derive(clap::Parser)]
 struct Args {
+    #[arg(long)]
     port: Option<u16>,
+    #[arg(long)]
     body: Option<PathBuf>,
+    #[arg(long, default_value_t = 10_000)]
     keys: usize,
+    #[arg(long, default_value = "bench")]
     collection: String,
+    #[arg(long, default_value_t = 0)]
     workers: usize,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        port: None,
-        body: None,
-        keys: 10_000,
-        collection: "bench".to_owned(),
-        workers: 0,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--port" => args.port = Some(value("--port")?.parse().map_err(|e| format!("--port: {e}"))?),
-            "--body" => args.body = Some(value("--body")?.into()),
-            "--keys" => args.keys = value("--keys")?.parse().map_err(|e| format!("--keys: {e}"))?,
-            "--collection" => args.collection = value("--collection")?,
-            "--workers" => {
-                args.workers = value("--workers")?
-                    .parse()
-                    .map_err(|e| format!("--workers: {e}"))?
-            }
-            // `cargo bench` passes `--bench`; anything else unknown is ignored too.
-            _ => {}
-        }
-    }
-    Ok(args)
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 async fn get(request: HttpRequest, cache: web::Data<Cache<String, Bytes>>) -> HttpResponse {
@@ -77,8 +60,7 @@ async fn get(request: HttpRequest, cache: web::Data<Cache<String, Bytes>>) -> Ht
 }
 
 fn main() -> std::io::Result<()> {
-    let args = parse_args()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}\n{USAGE}")))?;
+    let args = <Args as clap::Parser>::parse();
     let Some(port) = args.port else {
         eprintln!("ceiling: not serving (no --port)\n{USAGE}");
         return Ok(());

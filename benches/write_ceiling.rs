@@ -35,6 +35,7 @@ use std::str::FromStr;
 use actix_web::http::header::ContentType;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::future::LocalBoxFuture;
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::NoTls;
 
@@ -45,12 +46,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str =
     "usage: write_ceiling --port PORT --primary URL --statements MODE=FILE… [--pool N] [--workers N]";
 
+/// The write ceiling's flags (see the module's documentation).
+#[derive(clap::Parser)]
 struct Args {
+    #[arg(long)]
     port: Option<u16>,
+    #[arg(long)]
     primary: Option<String>,
-    statements: HashMap<String, Vec<String>>,
+    /// MODE=FILE: the pgbench script of a write mode (patch, put, incr).
+    #[arg(long = "statements", value_parser = statements)]
+    statements: Vec<(String, Vec<String>)>,
+    #[arg(long, default_value_t = 16)]
     pool: usize,
+    #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 /// The statements of a pgbench script: its `\`-lines dropped, `:id` as `$1`.
@@ -62,43 +74,17 @@ fn script(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        port: None,
-        primary: None,
-        statements: HashMap::new(),
-        pool: 16,
-        workers: 0,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--port" => args.port = Some(value("--port")?.parse().map_err(|e| format!("--port: {e}"))?),
-            "--primary" => args.primary = Some(value("--primary")?),
-            "--statements" => {
-                let spec = value("--statements")?;
-                let (mode, file) = spec
-                    .split_once('=')
-                    .ok_or_else(|| format!("--statements {spec}: want MODE=FILE"))?;
-                let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
-                let sqls = script(&text);
-                if sqls.is_empty() {
-                    return Err(format!("{file}: no statements"));
-                }
-                args.statements.insert(mode.to_owned(), sqls);
-            }
-            "--pool" => args.pool = value("--pool")?.parse().map_err(|e| format!("--pool: {e}"))?,
-            "--workers" => {
-                args.workers = value("--workers")?
-                    .parse()
-                    .map_err(|e| format!("--workers: {e}"))?
-            }
-            // `cargo bench` passes `--bench`; anything else unknown is ignored too.
-            _ => {}
-        }
+/// `--statements MODE=FILE`: the mode and its statements.
+fn statements(spec: &str) -> Result<(String, Vec<String>), String> {
+    let (mode, file) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("{spec}: want MODE=FILE"))?;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+    let sqls = script(&text);
+    if sqls.is_empty() {
+        return Err(format!("{file}: no statements"));
     }
-    Ok(args)
+    Ok((mode.to_owned(), sqls))
 }
 
 struct State {
@@ -156,29 +142,16 @@ async fn run(state: &State, mode: &str, id: &str) -> HttpResponse {
         .body(format!(r#"{{"version":{version},"position":"{position}"}}"#))
 }
 
-async fn put(path: web::Path<(String, String)>, _body: web::Bytes, state: web::Data<State>) -> HttpResponse {
-    run(&state, "put", &path.1).await
-}
-
-async fn patch(
-    path: web::Path<(String, String)>,
-    _body: web::Bytes,
-    state: web::Data<State>,
-) -> HttpResponse {
-    run(&state, "patch", &path.1).await
-}
-
-async fn increment(
-    path: web::Path<(String, String)>,
-    _body: web::Bytes,
-    state: web::Data<State>,
-) -> HttpResponse {
-    run(&state, "incr", &path.1).await
+/// The handler of the writes of `mode`.
+fn handler(
+    mode: &'static str,
+) -> impl Fn(web::Path<(String, String)>, web::Bytes, web::Data<State>) -> LocalBoxFuture<'static, HttpResponse>
+       + Clone {
+    move |path, _body, state| Box::pin(async move { run(&state, mode, &path.1).await })
 }
 
 fn main() -> std::io::Result<()> {
-    let args = parse_args()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}\n{USAGE}")))?;
+    let args = <Args as clap::Parser>::parse();
     let Some(port) = args.port else {
         eprintln!("write_ceiling: not serving (no --port)\n{USAGE}");
         return Ok(());
@@ -187,7 +160,8 @@ fn main() -> std::io::Result<()> {
     let primary = args
         .primary
         .ok_or_else(|| invalid("--primary is required".into()))?;
-    if args.statements.is_empty() {
+    let statements: HashMap<String, Vec<String>> = args.statements.into_iter().collect();
+    if statements.is_empty() {
         return Err(invalid("at least one --statements MODE=FILE".into()));
     }
     let config =
@@ -204,7 +178,7 @@ fn main() -> std::io::Result<()> {
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| invalid(format!("pool: {e}")))?;
-    let modes: Vec<&String> = args.statements.keys().collect();
+    let modes: Vec<&String> = statements.keys().collect();
     let workers = if args.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -215,17 +189,14 @@ fn main() -> std::io::Result<()> {
         "write_ceiling: {modes:?} on http://{addr} with {workers} workers, a pool of {}",
         args.pool
     );
-    let state = web::Data::new(State {
-        pool,
-        statements: args.statements,
-    });
+    let state = web::Data::new(State { pool, statements });
     actix_web::rt::System::new().block_on(async move {
         HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .route("/v1/{collection}/{id}", web::put().to(put))
-                .route("/v1/{collection}/{id}", web::patch().to(patch))
-                .route("/v1/{collection}/{id}/increment", web::post().to(increment))
+                .route("/v1/{collection}/{id}", web::put().to(handler("put")))
+                .route("/v1/{collection}/{id}", web::patch().to(handler("patch")))
+                .route("/v1/{collection}/{id}/increment", web::post().to(handler("incr")))
         })
         .workers(workers)
         .bind(addr)?

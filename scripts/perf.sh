@@ -143,11 +143,9 @@ if [ "${PERF_SKIP_BUILD:-0}" != 1 ]; then
     log "cargo bench --bench ceiling --no-run"
 fi
 mkdir -p "$OUT"
-cargo bench --bench ceiling --no-run >"$OUT/ceiling-build.log" 2>&1 ||
-    { tail -n 30 "$OUT/ceiling-build.log" >&2; die "building the ceiling bench"; }
-CEILING=$(sed -n 's/.*Executable .*(\(.*\))$/\1/p' "$OUT/ceiling-build.log" | tail -n 1)
-[ -n "$CEILING" ] || die "could not find the ceiling bench executable"
-case "$CEILING" in /*) ;; *) CEILING=$ROOT/$CEILING ;; esac
+# shellcheck source=scripts/perf/bench-bin.sh
+source "$HELPERS/bench-bin.sh"
+CEILING=$(bench_executable ceiling "$OUT/ceiling-build.log") || exit 1
 EDGE=$ROOT/target/release/edgecache
 [ -x "$EDGE" ] && [ -x "$CEILING" ] || die "missing $EDGE or $CEILING"
 

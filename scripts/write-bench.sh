@@ -110,11 +110,9 @@ if [ "${WB_SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release --quiet --bin edgecache
 fi
 mkdir -p "$OUT"
-cargo bench --bench write_ceiling --no-run >"$OUT/write-ceiling-build.log" 2>&1 ||
-    { tail -n 30 "$OUT/write-ceiling-build.log" >&2; die "building the write ceiling"; }
-CEILING=$(sed -n 's/.*Executable .*(\(.*\))$/\1/p' "$OUT/write-ceiling-build.log" | tail -n 1)
-[ -n "$CEILING" ] || die "could not find the write ceiling's executable"
-case "$CEILING" in /*) ;; *) CEILING=$ROOT/$CEILING ;; esac
+# shellcheck source=scripts/perf/bench-bin.sh
+source "$ROOT/scripts/perf/bench-bin.sh"
+CEILING=$(bench_executable write_ceiling "$OUT/write-ceiling-build.log") || exit 1
 LOADGEN=$ROOT/target/release/edgecache
 NODE=${WB_NODE_BIN:-$LOADGEN}
 [ -x "$LOADGEN" ] && [ -x "$NODE" ] || die "missing $LOADGEN or $NODE"
