@@ -21,13 +21,14 @@
 //! Without `--port` (as when `cargo bench` runs every bench) it prints this usage
 //! and exits 0 instead of serving forever.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use actix_web::http::header::ContentType;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use quick_cache::sync::Cache;
+
+mod support;
 
 const USAGE: &str =
     "usage: ceiling --port PORT [--body FILE] [--keys 10000] [--collection bench] [--workers 0]";
@@ -86,12 +87,7 @@ fn main() -> std::io::Result<()> {
         )));
     }
     let cache = web::Data::new(cache);
-    let workers = if args.workers == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        args.workers
-    };
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let (addr, workers) = support::listen(port, args.workers);
     eprintln!(
         "ceiling: serving {} keys of {} bytes on http://{addr} with {workers} workers",
         args.keys,

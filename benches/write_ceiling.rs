@@ -29,7 +29,6 @@
 //! exits 0 instead of serving forever.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
 use actix_web::http::header::ContentType;
@@ -38,6 +37,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::future::LocalBoxFuture;
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::NoTls;
+
+mod support;
 
 // The node's allocator (src/main.rs): the ceiling must not lose to the node on malloc.
 #[global_allocator]
@@ -179,12 +180,7 @@ fn main() -> std::io::Result<()> {
         .build()
         .map_err(|e| invalid(format!("pool: {e}")))?;
     let modes: Vec<&String> = statements.keys().collect();
-    let workers = if args.workers == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        args.workers
-    };
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let (addr, workers) = support::listen(port, args.workers);
     eprintln!(
         "write_ceiling: {modes:?} on http://{addr} with {workers} workers, a pool of {}",
         args.pool
