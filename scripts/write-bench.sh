@@ -486,7 +486,7 @@ for mode in "${MODES[@]}"; do
     done
 done
 
-log "$ROUNDS rounds × ${#MODES[@]} kinds × (edgecache, pgbench[, pgbench without pg_notify]), ${SECS}s each, $CLIENTS clients"
+log "$ROUNDS rounds × ${#MODES[@]} kinds × (edgecache, pgbench, the write ceiling[, pgbench without pg_notify][, other replays]), ${SECS}s each, $CLIENTS clients"
 for round in $(seq "$ROUNDS"); do
     order=()
     for i in "${!MODES[@]}"; do order+=("${MODES[$(((i + round - 1) % ${#MODES[@]}))]}"); done
@@ -508,7 +508,7 @@ for round in $(seq "$ROUNDS"); do
             window_end
             [ -n "$r" ] || die "no result from $what $mode"
             echo "$round $mode $what $r $LOAD" >>"$RESULTS"
-            log "round $round $mode $what: $(cut -d' ' -f3 <<<"$r") writes/s (node, PostgreSQL, client CPU s; foreign %: $LOAD)"
+            log "round $round $mode $what: $(cut -d' ' -f3 <<<"$r") writes/s (node, PostgreSQL, client CPU s; foreign %; write ceiling CPU s: $LOAD)"
         done
     done
 done
